@@ -1,0 +1,90 @@
+"""Provider-neutral request and completion records shared by prompts, scorers, adapters and the runner."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Request:
+    """One model call, independent of the provider's wire format.
+
+    `top_logprobs` asks for that many alternatives per generated token (None = no logprobs);
+    `prompt_logprobs` asks the server to score the prompt tokens (vLLM-style teacher forcing);
+    `samples` asks for several independent completions of the same prompt.
+    """
+
+    messages: tuple[Message, ...]
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    samples: int = 1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    raw_completion: bool = False  # True: send the rendered text to a completions endpoint, no chat template
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical, JSON-ready form (used for cache keys; holds no credentials)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()  # alternatives, most likely first
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cached_input_tokens + other.cached_input_tokens,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a provider answered: one text per sample, per-token logprobs when the API returns them."""
+
+    texts: tuple[str, ...]
+    logprobs: tuple[tuple[TokenLogprob, ...], ...] | None = None  # per sample, per generated token
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    finish_reasons: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        return self.texts[0] if self.texts else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Completion":
+        def tl(x: Any) -> TokenLogprob:
+            return TokenLogprob(x["token"], float(x["logprob"]), tuple((t, float(lp)) for t, lp in x["top"]))
+
+        return cls(
+            texts=tuple(d["texts"]),
+            logprobs=None if d.get("logprobs") is None else tuple(tuple(tl(t) for t in s) for s in d["logprobs"]),
+            prompt_logprobs=None if d.get("prompt_logprobs") is None else tuple(tl(t) for t in d["prompt_logprobs"]),
+            usage=Usage(**d.get("usage", {})),
+            model=d.get("model", ""),
+            finish_reasons=tuple(d.get("finish_reasons", ())),
+        )

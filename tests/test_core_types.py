@@ -1,0 +1,77 @@
+"""The shared core: sparse Fourier evaluation and the de-duplicating, budgeted oracle."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from providers.types import Completion, TokenLogprob, Usage
+from spex_api import BudgetExceededError, Oracle, SparseFourier, ValueFunctionError, r2_score
+
+
+def all_masks(n):
+    return np.array(list(itertools.product([0, 1], repeat=n)), dtype=bool)
+
+
+def test_sparse_fourier_matches_definition():
+    f = SparseFourier(5, [(), (1,), (4, 0), (0, 4)], [1.0, 2.0, -3.0, 0.5])
+    assert f.to_dict() == {(): 1.0, (1,): 2.0, (0, 4): -2.5}
+    X = all_masks(5)
+    expect = 1.0 + 2.0 * (-1.0) ** X[:, 1] - 2.5 * (-1.0) ** (X[:, 0].astype(int) + X[:, 4])
+    assert np.allclose(f.predict(X), expect)
+    assert f.degree == 2
+    with pytest.raises(ValueError):
+        SparseFourier(3, [(3,)], [1.0])
+
+
+def test_oracle_dedups_caches_and_caps():
+    f = SparseFourier(70, [(), (1,), (3, 65)], [1.0, 2.0, -3.0])
+    sent = []
+
+    def vf(m):
+        sent.append(m.copy())
+        return f.predict(m)
+
+    rng = np.random.default_rng(0)
+    X = rng.random((6, 70)) < 0.5
+    o = Oracle(vf, 70, budget=10)
+    assert np.allclose(o(np.vstack([X, X[:2]])), f.predict(np.vstack([X, X[:2]])))
+    assert o.queries_used == 6 and len(sent[0]) == 6
+    Y = rng.random((2, 70)) < 0.5
+    assert np.allclose(o(np.vstack([X[3:], Y])), f.predict(np.vstack([X[3:], Y])))
+    assert o.queries_used == 8 and len(sent) == 2 and len(sent[1]) == 2
+    assert o.count_new(rng.random((5, 70)) < 0.5) == 5
+    with pytest.raises(BudgetExceededError):
+        o(rng.random((5, 70)) < 0.5)
+    assert len(sent) == 2  # nothing was sent for the refused batch
+
+
+def test_oracle_accepts_async_and_rejects_bad_scores():
+    f = SparseFourier(4, [(0,)], [1.0])
+
+    async def af(m):
+        return f.predict(m)
+
+    X = all_masks(4)
+    assert np.allclose(Oracle(af, 4)(X), f.predict(X))
+    with pytest.raises(ValueFunctionError, match="non-finite"):
+        Oracle(lambda m: np.where(m[:, 0], np.inf, 0.0), 4)(X)
+    with pytest.raises(ValueFunctionError, match="shape"):
+        Oracle(lambda m: np.zeros(len(m) + 1), 4)(X)
+
+
+def test_r2_score():
+    y = np.array([1.0, 2.0, 3.0])
+    assert r2_score(y, y) == 1.0
+    assert r2_score(y, np.full(3, 2.0)) == 0.0
+
+
+def test_completion_roundtrip():
+    c = Completion(
+        texts=("True",),
+        logprobs=((TokenLogprob("True", -0.1, (("True", -0.1), ("False", -2.3))),),),
+        usage=Usage(10, 1),
+        model="m",
+        finish_reasons=("length",),
+    )
+    assert Completion.from_dict(c.to_dict()) == c
