@@ -1,0 +1,65 @@
+"""Terminal report: a rich table of the top interactions with their words or sentences, sign and size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from spex_api.report._common import DEFAULT_INDEX, fmt_cost, fmt_r2, shorten, summary, top_rows
+
+_BAR = 20  # width of the magnitude bar, in characters
+
+
+def interactions_table(expl: Any, k: int = 10, index: str = DEFAULT_INDEX, width: int = 48) -> Table:
+    """Rich table of the k strongest interactions: rank, order, signed value, bar, feature texts."""
+    rows = top_rows(expl, k, index)
+    table = Table(title=f"Top {len(rows)} interactions ({index})", title_justify="left", expand=False)
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("order", justify="right")
+    table.add_column("effect", justify="right")
+    table.add_column("size", no_wrap=True)
+    table.add_column("features (kept together)", overflow="fold")
+    scale = max((abs(r.value) for r in rows), default=0.0) or 1.0
+    for r in rows:
+        colour = "green" if r.value > 0 else "red"
+        bar = "█" * max(1, round(_BAR * abs(r.value) / scale))
+        table.add_row(
+            str(r.rank),
+            str(r.order),
+            Text(f"{r.value:+.3f}", style=colour),
+            Text(bar, style=colour),
+            " × ".join(f"“{shorten(t, width)}”" for t in r.texts),
+        )
+    return table
+
+
+def header(expl: Any) -> Panel:
+    """Answer, model and the plan/cost/faithfulness figures."""
+    s = summary(expl)
+    lines = []
+    if s["answer"] is not None:
+        lines.append(f"[bold]answer[/]   {shorten(s['answer'], 100)}")
+    if s["model"]:
+        lines.append(f"[bold]model[/]    {s['provider']} / {s['model']}   scorer: {s['scorer']}")
+    budget = f" of {s['budget']}" if s["budget"] else ""
+    lines.append(f"[bold]method[/]   {s['method']}   queries: {s['queries_used']}{budget}   cost: {fmt_cost(s['cost'])}")
+    lines.append(f"[bold]faithful[/] held-out R² {fmt_r2(s['faithfulness'])}   features: {s['n']}")
+    lines.append(f"[bold]score[/]    all kept {s['full']:+.3f}   all masked {s['baseline']:+.3f}")
+    if s["plan_reason"]:
+        lines.append(f"[dim]plan: {s['plan_reason']}[/]")
+    return Panel("\n".join(lines), title="spex-api explanation", title_align="left", expand=False)
+
+
+def print_report(expl: Any, k: int = 10, index: str = DEFAULT_INDEX, console: Console | None = None) -> None:
+    """Print the header and the interaction table to the terminal."""
+    console = console or Console()
+    console.print(header(expl))
+    console.print(interactions_table(expl, k, index))
+    console.print(
+        "[dim]effect > 0: keeping these features together raises the score; < 0: lowers it. "
+        "Order 1 is a feature alone, order ≥ 2 the extra effect of the combination.[/]"
+    )
