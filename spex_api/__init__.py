@@ -5,3 +5,15 @@ from spex_api.value_function import BudgetExceededError, Oracle, ValueFunctionEr
 
 __all__ = ["SparseFourier", "r2_score", "Oracle", "BudgetExceededError", "ValueFunctionError"]
 __version__ = "0.1.0"
+
+# Names imported on first use, so `import spex_api` never pulls in providers or their SDKs.
+_LAZY = {"explain": "spex_api.sdk", "explain_many": "spex_api.sdk"}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'spex_api' has no attribute {name!r}")
