@@ -1,0 +1,515 @@
+"""Scorers turn one completion into one finite float for the engine.
+
+Each scorer states what it needs from the provider (``requires``) and checks it in ``validate(adapter)``
+BEFORE any query is spent; ``request(messages)`` builds the `Request` it can score (max_tokens,
+top_logprobs, prompt_logprobs, samples, temperature); ``score(completion)`` returns the float.
+Scorers that compare against the unmasked answer need ``set_reference(completion)`` first, where the
+completion answers ``reference_request(full_messages)``.
+
+==================  ==========================================  ==========================================
+scorer              needs                                       providers
+==================  ==========================================  ==========================================
+LabelMargin         top_logprobs of generated tokens            OpenAI chat, llama-server, vLLM, Ollama
+AnswerLogprob       top_logprobs (first token) /                same; "sequence" needs prompt logprobs
+                    prompt_logprobs ("sequence")                (vLLM)
+AnswerFrequency     k samples at temperature > 0                all, incl. Anthropic
+AnswerSimilarity    the answer text                             all, incl. Anthropic
+==================  ==========================================  ==========================================
+
+**Missing label bound.** An API lists only the top-k alternatives of a token. A label absent from that list
+has a probability below both the smallest listed probability and the unlisted mass 1 − Σ listed, so we
+use ``log(min(p_min, 1 − Σ p))`` — an upper bound on the label's log-probability, never a fixed −100
+floor. When the listed mass is numerically 1 (nothing left to bound) the bound is ``log(p_min) +
+log(1e-6)``, i.e. a million times below the least likely listed token; the score then reports how far
+the listed alternatives rule the label out, and ``bound_hits`` counts how often a bound was used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from providers.types import Completion, Message, Request, TokenLogprob
+
+_REMAINDER_FLOOR = math.log(1e-6)
+
+
+class ScorerError(ValueError):
+    """The scorer cannot work with this configuration or provider; raised before any spend."""
+
+
+class ScoringError(RuntimeError):
+    """A completion does not contain what the scorer needs (e.g. no logprobs were returned)."""
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _capability(adapter: Any, name: str) -> Any:
+    """Read a capability from ``adapter.capabilities`` (object or dict) or the adapter itself."""
+    caps = getattr(adapter, "capabilities", None)
+    if isinstance(caps, dict) and name in caps:
+        return caps[name]
+    if caps is not None and hasattr(caps, name):
+        return getattr(caps, name)
+    return getattr(adapter, name, None)
+
+
+def _max_top_logprobs(adapter: Any) -> int | None:
+    value = _capability(adapter, "top_logprobs")
+    if value is None:
+        value = _capability(adapter, "max_top_logprobs")
+    return None if value in (None, False) else int(value)
+
+
+def _describe(adapter: Any) -> str:
+    return f"{getattr(adapter, 'provider', type(adapter).__name__)}:{getattr(adapter, 'model', '?')}"
+
+
+def _listed(position: TokenLogprob) -> dict[str, float]:
+    """The alternatives listed at one position (incl. the chosen token), token -> logprob."""
+    out = {tok: float(lp) for tok, lp in position.top}
+    out.setdefault(position.token, float(position.logprob))
+    return out
+
+
+def missing_bound(listed_logprobs: Sequence[float]) -> float:
+    """Upper bound on the logprob of a token that is NOT among the listed top-k alternatives."""
+    lps = np.asarray(listed_logprobs, dtype=float)
+    if lps.size == 0:
+        return 0.0  # nothing listed: the only safe upper bound is log(1)
+    p_min = float(np.exp(lps.min()))
+    remainder = 1.0 - float(np.exp(lps).sum())
+    if remainder <= 1e-12:
+        return math.log(p_min) + _REMAINDER_FLOOR
+    return math.log(min(p_min, remainder))
+
+
+def _logsumexp(values: Sequence[float]) -> float:
+    a = np.asarray(values, dtype=float)
+    m = a.max()
+    return float(m + np.log(np.exp(a - m).sum()))
+
+
+def _token_count(tokenizer: Callable[[str], Any] | None, adapter: Any, text: str) -> int | None:
+    """Exact token count from a caller tokenizer or the adapter's exact tokenizer; None when unknown."""
+    fn = tokenizer
+    if fn is None:
+        tok = getattr(adapter, "tokenize", None)
+        if callable(tok):
+            fn = tok
+        elif callable(getattr(adapter, "count_tokens", None)) and _capability(adapter, "exact_tokenizer"):
+            fn = adapter.count_tokens
+    if fn is None:
+        return None
+    out = fn(text)
+    return int(out) if isinstance(out, (int, np.integer)) else len(out)
+
+
+def _first_logprobs(completion: Completion) -> tuple[TokenLogprob, ...]:
+    if not completion.logprobs or not completion.logprobs[0]:
+        raise ScoringError(
+            "the completion carries no token logprobs; the provider ignored top_logprobs "
+            "(use AnswerFrequency or AnswerSimilarity for providers without logprobs)"
+        )
+    return completion.logprobs[0]
+
+
+class Scorer:
+    """Base class: completion -> finite float. Subclasses set ``name`` and ``requires``."""
+
+    name: str = "scorer"
+    requires: str = ""
+    needs_reference: bool = False
+
+    def __init__(self) -> None:
+        self.bound_hits = 0  # how many scores used the missing-label bound
+
+    def validate(self, adapter: Any) -> None:
+        """Raise `ScorerError` if this scorer cannot run on `adapter` (called before any spend)."""
+
+    def request(self, messages: Sequence[Message]) -> Request:
+        raise NotImplementedError
+
+    def reference_request(self, messages: Sequence[Message]) -> Request:
+        """The request whose answer `set_reference` expects (the unmasked prompt's full answer)."""
+        raise ScorerError(f"{self.name} does not use a reference answer")
+
+    def set_reference(self, completion: Completion) -> None:
+        raise ScorerError(f"{self.name} does not use a reference answer")
+
+    def score(self, completion: Completion) -> float:
+        raise NotImplementedError
+
+    def score_many(self, completions: Sequence[Completion]) -> np.ndarray:
+        return np.array([self.score(c) for c in completions], dtype=float)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+class _LabelMatcher:
+    """Normalises tokens/answers so that 'True', ' true', 'TRUE' match label 'True' (as configured)."""
+
+    def __init__(self, labels: Sequence[str], case_sensitive: bool, strip: bool) -> None:
+        if len(labels) < 2 or any(not isinstance(x, str) or not x.strip() for x in labels):
+            raise ScorerError(f"need at least two non-empty labels, got {labels!r}")
+        self.case_sensitive, self.strip = case_sensitive, strip
+        self.labels = tuple(labels)
+        self.keys = tuple(self.norm(x) for x in labels)
+        if len(set(self.keys)) != len(self.keys):
+            raise ScorerError(f"labels {labels!r} collide after normalisation (case_sensitive={case_sensitive})")
+
+    def norm(self, s: str) -> str:
+        s = s.strip() if self.strip else s
+        return s if self.case_sensitive else s.lower()
+
+    def which(self, token: str) -> int | None:
+        key = self.norm(token)
+        return self.keys.index(key) if key in self.keys else None
+
+
+# ---------------------------------------------------------------------------------------------- scorers
+class LabelMargin(Scorer):
+    """logprob(labels[0]) − logprob(labels[1]) at the answer token, from ``top_logprobs``.
+
+    All listed token variants of a label (leading space, case if ``case_sensitive=False``) are summed
+    in probability space. A label missing from the list gets the upper bound described in the module
+    doc. With ``max_tokens > 1`` the first generated position whose alternatives contain a label (skipping
+    whitespace/markup tokens) is scored. Labels must be single tokens: checked with ``tokenizer`` (a
+    callable text -> tokens or count, e.g. ``LocalServer.tokenize``) or the adapter's ``tokenize`` /
+    exact ``count_tokens``; without any exact tokenizer the check is skipped (documented limitation).
+    """
+
+    name = "label_margin"
+    requires = "top_logprobs"
+
+    def __init__(
+        self,
+        labels: Sequence[str] = ("True", "False"),
+        top_logprobs: int = 20,
+        max_tokens: int = 1,
+        case_sensitive: bool = False,
+        strip: bool = True,
+        tokenizer: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.matcher = _LabelMatcher(labels, case_sensitive, strip)
+        if len(labels) != 2:
+            raise ScorerError("LabelMargin compares exactly two labels")
+        if not 1 <= int(top_logprobs) <= 20:
+            raise ScorerError(f"top_logprobs must be in 1..20 (the OpenAI limit), got {top_logprobs}")
+        if int(max_tokens) < 1:
+            raise ScorerError(f"max_tokens={max_tokens} is too small: LabelMargin reads the first generated token")
+        self.labels = tuple(labels)
+        self.top_logprobs = int(top_logprobs)
+        self.max_tokens = int(max_tokens)
+        self.tokenizer = tokenizer
+        self._k = self.top_logprobs
+
+    def validate(self, adapter: Any) -> None:
+        cap = _max_top_logprobs(adapter)
+        if cap is None:
+            raise ScorerError(
+                f"LabelMargin needs top_logprobs, which {_describe(adapter)} does not return; "
+                "use AnswerFrequency or AnswerSimilarity"
+            )
+        self._k = min(self.top_logprobs, cap)
+        for label in self.labels:
+            n = _token_count(self.tokenizer, adapter, label)
+            if n is not None and n != 1:
+                raise ScorerError(
+                    f"label {label!r} is {n} tokens for {_describe(adapter)}; LabelMargin needs single-token "
+                    "labels (pick e.g. 'Yes'/'No', or use AnswerFrequency)"
+                )
+
+    def request(self, messages: Sequence[Message]) -> Request:
+        return Request(tuple(messages), max_tokens=self.max_tokens, temperature=0.0, top_logprobs=self._k)
+
+    def label_logprobs(self, completion: Completion) -> tuple[float, float, bool]:
+        """(logprob label0, logprob label1, whether a bound was used) at the scored position."""
+        positions = _first_logprobs(completion)
+        chosen = positions[0]
+        for pos in positions:
+            listed = _listed(pos)
+            if any(self.matcher.which(t) is not None for t in listed):
+                chosen = pos
+                break
+            if pos.token.strip(string.whitespace + "*_`\"'#:"):
+                break  # a real (non-label) token was generated first: score this position
+        listed = _listed(chosen)
+        found: list[list[float]] = [[], []]
+        for tok, lp in listed.items():
+            i = self.matcher.which(tok)
+            if i is not None:
+                found[i].append(lp)
+        bound = missing_bound(list(listed.values()))
+        values = [_logsumexp(f) if f else bound for f in found]
+        return values[0], values[1], not (found[0] and found[1])
+
+    def score(self, completion: Completion) -> float:
+        a, b, bounded = self.label_logprobs(completion)
+        self.bound_hits += bounded
+        return a - b
+
+
+class AnswerLogprob(Scorer):
+    """Log-probability of the original (unmasked) answer under the masked prompt.
+
+    ``mode="first_token"``: logprob of the reference's first token at the first generated position
+    (top_logprobs; bound if unlisted). ``mode="sequence"``: teacher forcing — the reference answer is
+    appended as an assistant message and the server scores the prompt tokens (``prompt_logprobs``,
+    vLLM); the score is the sum over the answer's tokens. Needs ``set_reference``.
+    """
+
+    name = "answer_logprob"
+    requires = "top_logprobs (first_token) or prompt_logprobs (sequence)"
+    needs_reference = True
+
+    def __init__(
+        self,
+        mode: str = "first_token",
+        top_logprobs: int = 20,
+        reference_max_tokens: int = 64,
+    ) -> None:
+        super().__init__()
+        if mode not in ("first_token", "sequence"):
+            raise ScorerError(f"mode must be 'first_token' or 'sequence', got {mode!r}")
+        if not 1 <= int(top_logprobs) <= 20:
+            raise ScorerError(f"top_logprobs must be in 1..20, got {top_logprobs}")
+        if int(reference_max_tokens) < 1:
+            raise ScorerError("reference_max_tokens must be at least 1")
+        self.mode = mode
+        self.top_logprobs = int(top_logprobs)
+        self.reference_max_tokens = int(reference_max_tokens)
+        self._k = self.top_logprobs
+        self.reference: Completion | None = None
+
+    def validate(self, adapter: Any) -> None:
+        if self.mode == "sequence":
+            if not _capability(adapter, "prompt_logprobs"):
+                raise ScorerError(
+                    f"AnswerLogprob(mode='sequence') needs prompt logprobs (teacher forcing, e.g. vLLM); "
+                    f"{_describe(adapter)} does not offer them — use mode='first_token'"
+                )
+            return
+        cap = _max_top_logprobs(adapter)
+        if cap is None:
+            raise ScorerError(f"AnswerLogprob needs top_logprobs, which {_describe(adapter)} does not return")
+        self._k = min(self.top_logprobs, cap)
+
+    def reference_request(self, messages: Sequence[Message]) -> Request:
+        return Request(
+            tuple(messages), max_tokens=self.reference_max_tokens, temperature=0.0, top_logprobs=self._k
+        )
+
+    def set_reference(self, completion: Completion) -> None:
+        if not completion.text.strip():
+            raise ScorerError("the reference answer is empty; nothing to score against")
+        if self.mode == "first_token":
+            _first_logprobs(completion)
+        self.reference = completion
+
+    def _require_reference(self) -> Completion:
+        if self.reference is None:
+            raise ScorerError("call set_reference(original completion) before scoring")
+        return self.reference
+
+    def request(self, messages: Sequence[Message]) -> Request:
+        ref = self._require_reference()
+        if self.mode == "first_token":
+            return Request(tuple(messages), max_tokens=1, temperature=0.0, top_logprobs=self._k)
+        return Request(
+            tuple(messages) + (Message("assistant", ref.text),), max_tokens=1, temperature=0.0, prompt_logprobs=1
+        )
+
+    def score(self, completion: Completion) -> float:
+        ref = self._require_reference()
+        if self.mode == "first_token":
+            target = _first_logprobs(ref)[0].token
+            listed = _listed(_first_logprobs(completion)[0])
+            if target in listed:
+                return listed[target]
+            self.bound_hits += 1
+            return missing_bound(list(listed.values()))
+        return self._sequence_logprob(completion, ref)
+
+    @staticmethod
+    def _sequence_logprob(completion: Completion, ref: Completion) -> float:
+        """Sum of prompt logprobs over the tokens that spell the reference answer (found from the end)."""
+        toks = completion.prompt_logprobs
+        if not toks:
+            raise ScoringError("the completion carries no prompt logprobs; the server ignored prompt_logprobs")
+        target = ref.text.strip()
+        # the answer is followed by at most a few template tokens (end-of-turn); search those ends
+        for end in range(len(toks), max(len(toks) - 8, 0), -1):
+            text = ""
+            for start in range(end - 1, -1, -1):
+                text = toks[start].token + text
+                stripped = text.strip()
+                if stripped == target:
+                    return float(sum(t.logprob for t in toks[start:end]))
+                if len(stripped) > len(target):
+                    break
+        raise ScoringError("could not locate the reference answer's tokens among the prompt logprobs")
+
+
+def _normalise_words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s]", " ", text.lower()).split()
+
+
+class AnswerFrequency(Scorer):
+    """Smoothed log-odds that the answer is labels[0] rather than labels[1], over ``samples`` draws.
+
+    Each sampled answer counts for the label its first word matches (case/punctuation-insensitive unless
+    ``case_sensitive``); other answers count for neither. Score = log(c0 + α) − log(c1 + α), α =
+    ``smoothing`` (0.5: Jeffreys-like), so the range is ±log((k + α)/α). Works without logprobs
+    (Anthropic); providers without a native ``n`` send ``samples`` calls (adapter's business).
+    """
+
+    name = "answer_frequency"
+    requires = "sampling (temperature > 0)"
+
+    def __init__(
+        self,
+        labels: Sequence[str] = ("True", "False"),
+        samples: int = 8,
+        smoothing: float = 0.5,
+        temperature: float = 1.0,
+        max_tokens: int = 4,
+        case_sensitive: bool = False,
+        tokenizer: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.matcher = _LabelMatcher(labels, case_sensitive, True)
+        if len(labels) != 2:
+            raise ScorerError("AnswerFrequency compares exactly two labels")
+        if int(samples) < 1:
+            raise ScorerError("samples must be at least 1")
+        if not smoothing > 0:
+            raise ScorerError("smoothing must be > 0 (it keeps the log-odds finite)")
+        if int(samples) > 1 and not temperature > 0:
+            raise ScorerError("samples > 1 at temperature 0 repeat one answer; set temperature > 0")
+        if int(max_tokens) < 1:
+            raise ScorerError(f"max_tokens={max_tokens} is too small to hold a label")
+        self.labels = tuple(labels)
+        self.samples, self.smoothing = int(samples), float(smoothing)
+        self.temperature, self.max_tokens = float(temperature), int(max_tokens)
+        self.tokenizer = tokenizer
+
+    def validate(self, adapter: Any) -> None:
+        for label in self.labels:
+            n = _token_count(self.tokenizer, adapter, label)
+            if n is not None and n > self.max_tokens:
+                raise ScorerError(f"max_tokens={self.max_tokens} is too small for label {label!r} ({n} tokens)")
+
+    def request(self, messages: Sequence[Message]) -> Request:
+        return Request(
+            tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature, samples=self.samples
+        )
+
+    def counts(self, completion: Completion) -> tuple[int, int]:
+        if not completion.texts:
+            raise ScoringError("the completion has no answer text")
+        c = Counter()
+        for text in completion.texts:
+            words = _normalise_words(text) if not self.matcher.case_sensitive else re.sub(r"[^\w\s]", " ", text).split()
+            if words:
+                i = self.matcher.which(words[0])
+                if i is not None:
+                    c[i] += 1
+        return c[0], c[1]
+
+    def score(self, completion: Completion) -> float:
+        c0, c1 = self.counts(completion)
+        return math.log(c0 + self.smoothing) - math.log(c1 + self.smoothing)
+
+
+def token_f1(a: str, b: str) -> float:
+    """SQuAD-style bag-of-words F1 between two answers (lower-cased, punctuation dropped)."""
+    ta, tb = _normalise_words(a), _normalise_words(b)
+    if not ta and not tb:
+        return 1.0
+    common = sum((Counter(ta) & Counter(tb)).values())
+    if common == 0:
+        return 0.0
+    p, r = common / len(ta), common / len(tb)
+    return 2 * p * r / (p + r)
+
+
+def char_ngram_cosine(a: str, b: str, n: int = 3) -> float:
+    """Cosine similarity of character n-gram counts (whitespace collapsed, lower-cased)."""
+
+    def grams(s: str) -> Counter[str]:
+        s = " ".join(s.lower().split())
+        s = f" {s} "
+        return Counter(s[i : i + n] for i in range(max(len(s) - n + 1, 1)))
+
+    ga, gb = grams(a), grams(b)
+    dot = sum(v * gb[k] for k, v in ga.items())
+    norm = math.sqrt(sum(v * v for v in ga.values()) * sum(v * v for v in gb.values()))
+    return dot / norm if norm else 0.0
+
+
+_SIMILARITIES: dict[str, Callable[[str, str], float]] = {"token_f1": token_f1, "char_ngram": char_ngram_cosine}
+
+
+class AnswerSimilarity(Scorer):
+    """Similarity in [0, 1] of the masked prompt's answer to the original answer (mean over samples).
+
+    ``metric="token_f1"`` (default; bag-of-words F1 after lower-casing and dropping punctuation) or
+    ``"char_ngram"`` (cosine of character 3-gram counts; kinder to inflections). No logprobs needed.
+    """
+
+    name = "answer_similarity"
+    requires = "answer text"
+    needs_reference = True
+
+    def __init__(
+        self, metric: str = "token_f1", max_tokens: int = 128, samples: int = 1, temperature: float = 0.0
+    ) -> None:
+        super().__init__()
+        if metric not in _SIMILARITIES:
+            raise ScorerError(f"metric must be one of {sorted(_SIMILARITIES)}, got {metric!r}")
+        if int(max_tokens) < 1:
+            raise ScorerError("max_tokens must be at least 1")
+        if int(samples) < 1:
+            raise ScorerError("samples must be at least 1")
+        if int(samples) > 1 and not temperature > 0:
+            raise ScorerError("samples > 1 at temperature 0 repeat one answer; set temperature > 0")
+        self.metric, self.max_tokens = metric, int(max_tokens)
+        self.samples, self.temperature = int(samples), float(temperature)
+        self._sim = _SIMILARITIES[metric]
+        self.reference: Completion | None = None
+
+    def reference_request(self, messages: Sequence[Message]) -> Request:
+        return Request(tuple(messages), max_tokens=self.max_tokens, temperature=0.0)
+
+    def set_reference(self, completion: Completion) -> None:
+        if not completion.text.strip():
+            raise ScorerError("the reference answer is empty; nothing to compare against")
+        if completion.usage.output_tokens > self.max_tokens or (completion.finish_reasons[:1] == ("length",)):
+            raise ScorerError(
+                f"max_tokens={self.max_tokens} is too small: the reference answer needs "
+                f"{completion.usage.output_tokens} tokens (finish_reason={completion.finish_reasons[:1]}); "
+                "masked answers would be truncated and look dissimilar"
+            )
+        self.reference = completion
+
+    def request(self, messages: Sequence[Message]) -> Request:
+        if self.reference is None:
+            raise ScorerError("call set_reference(original completion) before scoring")
+        return Request(
+            tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature, samples=self.samples
+        )
+
+    def score(self, completion: Completion) -> float:
+        if self.reference is None:
+            raise ScorerError("call set_reference(original completion) before scoring")
+        if not completion.texts:
+            raise ScoringError("the completion has no answer text")
+        ref = self.reference.text
+        return float(np.mean([self._sim(t, ref) for t in completion.texts]))

@@ -1,0 +1,149 @@
+"""Scorers: margins, the missing-label bound, teacher forcing alignment, sampling log-odds, similarity,
+and validation errors raised before any spend (checked against capability records, no network)."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from providers.scorers import (
+    AnswerFrequency,
+    AnswerLogprob,
+    AnswerSimilarity,
+    LabelMargin,
+    ScorerError,
+    ScoringError,
+    char_ngram_cosine,
+    missing_bound,
+    token_f1,
+)
+from providers.types import Completion, Message, TokenLogprob, Usage
+
+MSGS = (Message("user", "Is the sky blue? Answer True or False."),)
+OPENAI = SimpleNamespace(provider="openai", model="m", capabilities=SimpleNamespace(top_logprobs=20, prompt_logprobs=False, multi_sample=True))
+VLLM = SimpleNamespace(provider="vllm", model="m", capabilities=SimpleNamespace(top_logprobs=20, prompt_logprobs=True, multi_sample=True))
+ANTHROPIC = SimpleNamespace(provider="anthropic", model="c", capabilities=SimpleNamespace(top_logprobs=None, prompt_logprobs=False, multi_sample=False))
+
+
+def comp(*positions, texts=("x",), prompt=None, usage=Usage(), finish=("stop",)):
+    lps = tuple(TokenLogprob(t, lp, tuple(top)) for t, lp, top in positions)
+    return Completion(texts=texts, logprobs=(lps,) if positions else None, prompt_logprobs=prompt, usage=usage, finish_reasons=finish)
+
+
+def test_label_margin_sums_variants():
+    s = LabelMargin()
+    s.validate(OPENAI)
+    r = s.request(MSGS)
+    assert (r.max_tokens, r.top_logprobs, r.temperature) == (1, 20, 0.0)
+    top = [("True", math.log(0.5)), (" true", math.log(0.2)), ("False", math.log(0.1)), ("Yes", math.log(0.05))]
+    c = comp(("True", math.log(0.5), top))
+    assert s.score(c) == pytest.approx(math.log(0.7) - math.log(0.1))
+    assert s.bound_hits == 0
+    strict = LabelMargin(case_sensitive=True)
+    assert strict.score(c) == pytest.approx(math.log(0.5) - math.log(0.1))
+
+
+def test_missing_label_uses_bound_not_floor():
+    top = [("True", math.log(0.6)), ("Yes", math.log(0.3)), ("Sure", math.log(0.05))]
+    # unlisted mass 0.05, least listed 0.05 -> bound log(0.05)
+    assert missing_bound([lp for _, lp in top]) == pytest.approx(math.log(0.05))
+    top2 = [("True", math.log(0.6)), ("Yes", math.log(0.38))]  # remaining 0.02 < p_min 0.38
+    s = LabelMargin()
+    value = s.score(comp(("True", math.log(0.6), top2)))
+    assert value == pytest.approx(math.log(0.6) - math.log(0.02))
+    assert s.bound_hits == 1
+    assert value < 100  # no -100 floor
+    full = [("True", math.log(0.9)), ("Yes", math.log(0.1))]  # listed mass 1: bound below p_min
+    assert missing_bound([lp for _, lp in full]) == pytest.approx(math.log(0.1) + math.log(1e-6))
+
+
+def test_label_margin_skips_markup_tokens_when_max_tokens_gt_1():
+    s = LabelMargin(max_tokens=3)
+    c = comp(("**", -0.1, [("**", -0.1), ("True", -3.0)]), ("False", -0.2, [("False", -0.2), ("True", -1.9)]))
+    # position 0 already lists a label ("True") -> it is the scored position; False bounded there
+    a, b, bounded = s.label_logprobs(c)
+    assert a == pytest.approx(-3.0) and bounded
+    c2 = comp(("\n", -0.1, [("\n", -0.1)]), ("False", -0.2, [("False", -0.2), ("True", -1.9)]))
+    assert s.score(c2) == pytest.approx(-1.9 + 0.2)
+
+
+def test_label_margin_validation_before_spend():
+    with pytest.raises(ScorerError, match="does not return"):
+        LabelMargin().validate(ANTHROPIC)
+    with pytest.raises(ScorerError, match="max_tokens=0 is too small"):
+        LabelMargin(max_tokens=0)
+    with pytest.raises(ScorerError, match="top_logprobs"):
+        LabelMargin(top_logprobs=50)
+    with pytest.raises(ScorerError, match="collide"):
+        LabelMargin(labels=("True", "true"))
+    tok = {"True": [1], "False": [2], "Definitely": [3, 4]}
+    with pytest.raises(ScorerError, match="'Definitely' is 2 tokens"):
+        LabelMargin(labels=("True", "Definitely"), tokenizer=tok.__getitem__).validate(OPENAI)
+    LabelMargin(tokenizer=tok.__getitem__).validate(OPENAI)
+    capped = SimpleNamespace(provider="x", model="m", capabilities={"top_logprobs": 5})
+    s = LabelMargin()
+    s.validate(capped)
+    assert s.request(MSGS).top_logprobs == 5
+    with pytest.raises(ScoringError, match="no token logprobs"):
+        s.score(Completion(texts=("True",)))
+
+
+def test_answer_logprob_first_token():
+    s = AnswerLogprob()
+    s.validate(OPENAI)
+    with pytest.raises(ScorerError, match="set_reference"):
+        s.request(MSGS)
+    ref = comp(("Paris", -0.1, [("Paris", -0.1)]), (".", -0.2, []), texts=("Paris.",))
+    s.set_reference(ref)
+    assert s.reference_request(MSGS).max_tokens == 64
+    assert s.request(MSGS).max_tokens == 1
+    assert s.score(comp(("Lyon", -0.5, [("Lyon", -0.5), ("Paris", -1.5)]))) == pytest.approx(-1.5)
+    assert s.score(comp(("Lyon", math.log(0.9), [("Lyon", math.log(0.9))]))) == pytest.approx(math.log(0.1))
+    with pytest.raises(ScorerError, match="prompt logprobs"):
+        AnswerLogprob(mode="sequence").validate(OPENAI)
+
+
+def test_answer_logprob_sequence_teacher_forcing():
+    s = AnswerLogprob(mode="sequence")
+    s.validate(VLLM)
+    s.set_reference(Completion(texts=("Paris is nice",)))
+    r = s.request(MSGS)
+    assert r.prompt_logprobs == 1 and r.messages[-1] == Message("assistant", "Paris is nice")
+    toks = [("<user>", -9.0), ("Q", -3.0), ("<model>", -0.1), ("Paris", -0.5), (" is", -0.25), (" nice", -1.0), ("<end>", -0.01), ("\n", -0.02)]
+    prompt = tuple(TokenLogprob(t, lp) for t, lp in toks)
+    assert s.score(Completion(texts=("x",), prompt_logprobs=prompt)) == pytest.approx(-1.75)
+    with pytest.raises(ScoringError, match="locate"):
+        s.score(Completion(texts=("x",), prompt_logprobs=prompt[:4]))
+
+
+def test_answer_frequency_log_odds():
+    s = AnswerFrequency(samples=6, smoothing=0.5)
+    s.validate(ANTHROPIC)
+    r = s.request(MSGS)
+    assert (r.samples, r.temperature, r.max_tokens) == (6, 1.0, 4)
+    c = Completion(texts=("True.", "true", "**False**", "TRUE!", "I think so", "False"))
+    assert s.counts(c) == (3, 2)
+    assert s.score(c) == pytest.approx(math.log(3.5 / 2.5))
+    with pytest.raises(ScorerError, match="temperature"):
+        AnswerFrequency(samples=4, temperature=0)
+    with pytest.raises(ScorerError, match="smoothing"):
+        AnswerFrequency(smoothing=0)
+    with pytest.raises(ScorerError, match="too small for label 'Absolutely'"):
+        AnswerFrequency(labels=("Absolutely", "No"), max_tokens=1, tokenizer=lambda t: t.split("l")).validate(ANTHROPIC)
+
+
+def test_answer_similarity():
+    assert token_f1("The cat sat.", "the cat sat") == 1.0
+    assert token_f1("a b", "c d") == 0.0
+    assert token_f1("a b c d", "a b") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert char_ngram_cosine("running", "running") == pytest.approx(1.0)
+    assert 0 < char_ngram_cosine("running fast", "runs fast") < 1
+    s = AnswerSimilarity(max_tokens=8)
+    s.validate(ANTHROPIC)
+    with pytest.raises(ScorerError, match="max_tokens=8 is too small"):
+        s.set_reference(Completion(texts=("a long answer",), usage=Usage(5, 8), finish_reasons=("length",)))
+    s.set_reference(Completion(texts=("The cat sat",), usage=Usage(5, 3), finish_reasons=("stop",)))
+    assert s.request(MSGS).max_tokens == 8
+    assert s.score(Completion(texts=("the cat", "a dog sat"))) == pytest.approx((0.8 + 1 / 3) / 2)
+    with pytest.raises(ScorerError, match="metric"):
+        AnswerSimilarity(metric="bleu")
