@@ -2,8 +2,10 @@
 
 from spex_api.fourier import SparseFourier, r2_score
 from spex_api.value_function import BudgetExceededError, Oracle, ValueFunctionError
+from spex_api.explanation import Explanation, Interaction
 
 __all__ = ["SparseFourier", "r2_score", "Oracle", "BudgetExceededError", "ValueFunctionError"]
+__all__ += ["Explanation", "Interaction"]
 __version__ = "0.1.0"
 
 # Names imported on first use, so `import spex_api` never pulls in providers or their SDKs.

@@ -1,0 +1,269 @@
+"""The engine's result: a sparse Fourier surrogate of the value function plus how it was obtained.
+
+An `Explanation` predicts the score of any mask, ranks interactions under any supported index
+(computed over the sparse support only), and round-trips through JSON so a paid-for analysis is
+never lost.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from spex_api.fourier import Key, SparseFourier
+from spex_api.indices import SparseMobius, canonical_index, fourier_to_mobius, interaction_index
+
+FORMAT_VERSION = 1
+
+# Our index names → shapiq's (shapiq has no Fourier index).
+_SHAPIQ_INDEX = {
+    "mobius": "Moebius",
+    "banzhaf": "BV",
+    "shapley": "SV",
+    "bii": "BII",
+    "sii": "SII",
+    "k-sii": "k-SII",
+    "fbii": "FBII",
+    "fsii": "FSII",
+    "stii": "STII",
+}
+
+
+class Interaction(NamedTuple):
+    """One ranked interaction: feature indices, index value, feature names."""
+
+    features: tuple[int, ...]
+    value: float
+    names: tuple[str, ...]
+
+
+def _jsonable(obj: Any) -> Any:
+    """Recursively turn numpy scalars/arrays, tuples and tuple-keyed dicts into plain JSON values."""
+    if isinstance(obj, dict):
+        if any(isinstance(k, tuple) for k in obj):
+            return {"__tuple_keys__": [[list(k), _jsonable(v)] for k, v in obj.items()]}
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if hasattr(obj, "to_dict"):
+        return _jsonable(obj.to_dict())
+    return obj
+
+
+def _unjsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tuple_keys__"}:
+            return {tuple(k): _unjsonable(v) for k, v in obj["__tuple_keys__"]}
+        return {k: _unjsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unjsonable(v) for v in obj]
+    return obj
+
+
+def _restore_plan(data: Any) -> Any:
+    """Rebuild a Plan with spex_api.planner.Plan.from_dict when that module exists; else keep the dict."""
+    if data is None:
+        return None
+    try:
+        planner = importlib.import_module("spex_api.planner")
+    except ImportError:
+        return data
+    plan_cls = getattr(planner, "Plan", None)
+    if plan_cls is None or not hasattr(plan_cls, "from_dict"):
+        return data
+    return plan_cls.from_dict(data)
+
+
+@dataclass
+class Explanation:
+    """Sparse Fourier explanation of a value function, with provenance and faithfulness."""
+
+    fourier: SparseFourier
+    method: str
+    queries_used: int
+    plan: Any = None
+    faithfulness: float | None = None
+    faithfulness_detail: dict = field(default_factory=dict)
+    feature_names: list[str] | None = None
+    cost: float | None = None
+    metadata: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.feature_names is not None:
+            self.feature_names = [str(name) for name in self.feature_names]
+            if len(self.feature_names) != self.fourier.n:
+                raise ValueError(f"{len(self.feature_names)} feature names for n={self.fourier.n} features")
+        self._mobius: SparseMobius | None = None
+        self._index_cache: dict[tuple[str, int | None], dict[Key, float]] = {}
+
+    @property
+    def n(self) -> int:
+        return self.fourier.n
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        """Surrogate score of each mask (rows of a (N, n) bool array, True = kept)."""
+        return self.fourier.predict(masks)
+
+    @property
+    def mobius(self) -> SparseMobius:
+        """Möbius coefficients over every subset of the Fourier support."""
+        if self._mobius is None:
+            self._mobius = fourier_to_mobius(self.fourier)
+        return self._mobius
+
+    def values(self, index: str = "fourier", order: int | None = None) -> dict[Key, float]:
+        """All values of `index` (including the empty-set baseline where defined) as {tuple: value}."""
+        key = (canonical_index(index), order)
+        if key not in self._index_cache:
+            self._index_cache[key] = interaction_index(self.fourier, key[0], order)
+        return dict(self._index_cache[key])
+
+    def _names(self, features: tuple[int, ...]) -> tuple[str, ...]:
+        if self.feature_names is None:
+            return tuple(f"x{i}" for i in features)
+        return tuple(self.feature_names[i] for i in features)
+
+    def interactions(
+        self, index: str = "fourier", order: int | None = None, include_empty: bool = False
+    ) -> list[Interaction]:
+        """Interactions under `index` ranked by |value| (ties: lower order, then feature indices).
+
+        `order` is the index's order for k-sii/fbii/fsii/stii and the largest order shown otherwise
+        (see spex_api.indices.interaction_index). The empty set (a baseline, not an interaction) is
+        left out unless include_empty.
+        """
+        table = self.values(index, order)
+        items = [(k, v) for k, v in table.items() if include_empty or k]
+        items.sort(key=lambda kv: (-abs(kv[1]), len(kv[0]), kv[0]))
+        return [Interaction(k, float(v), self._names(k)) for k, v in items]
+
+    def top(self, k: int = 10, index: str = "fourier", order: int | None = None) -> list[Interaction]:
+        """The k largest interactions under `index`."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        return self.interactions(index, order)[:k]
+
+    def summary(self, k: int = 10, index: str = "fourier") -> str:
+        """Short human-readable report: method, queries, faithfulness and the top interactions."""
+        faith = "n/a" if self.faithfulness is None else f"{self.faithfulness:.3f}"
+        lines = [
+            f"{self.method} explanation of {self.n} features: {len(self.fourier)} Fourier coefficients "
+            f"(degree {self.fourier.degree}), {self.queries_used} queries, held-out R² {faith}"
+            + ("" if self.cost is None else f", cost ${self.cost:.4f}"),
+            f"top {k} by {canonical_index(index)}:",
+        ]
+        for item in self.top(k, index):
+            lines.append(f"  {item.value:+.4f}  {' × '.join(item.names)}")
+        return "\n".join(lines)
+
+    # -- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict (keys as lists)."""
+        plan = self.plan
+        if plan is not None and hasattr(plan, "to_dict"):
+            plan = plan.to_dict()
+        return {
+            "format_version": FORMAT_VERSION,
+            "n": self.n,
+            "method": self.method,
+            "queries_used": int(self.queries_used),
+            "fourier": {
+                "keys": [list(k) for k in self.fourier.keys],
+                "values": self.fourier.values.tolist(),
+            },
+            "plan": _jsonable(plan),
+            "faithfulness": None if self.faithfulness is None else float(self.faithfulness),
+            "faithfulness_detail": _jsonable(self.faithfulness_detail),
+            "feature_names": self.feature_names,
+            "cost": None if self.cost is None else float(self.cost),
+            "metadata": _jsonable(self.metadata),
+            "diagnostics": _jsonable(self.diagnostics),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Explanation":
+        version = data.get("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ValueError(f"explanation format {version} is newer than this spex-api ({FORMAT_VERSION})")
+        coefficients = data["fourier"]
+        fourier = SparseFourier(int(data["n"]), [tuple(k) for k in coefficients["keys"]], coefficients["values"])
+        return cls(
+            fourier=fourier,
+            method=data["method"],
+            queries_used=int(data["queries_used"]),
+            plan=_restore_plan(_unjsonable(data.get("plan"))),
+            faithfulness=data.get("faithfulness"),
+            faithfulness_detail=_unjsonable(data.get("faithfulness_detail") or {}),
+            feature_names=data.get("feature_names"),
+            cost=data.get("cost"),
+            metadata=_unjsonable(data.get("metadata") or {}),
+            diagnostics=_unjsonable(data.get("diagnostics") or {}),
+        )
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Explanation":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON form to path (atomically: a crash never leaves a half-written file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json(indent=1), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Explanation":
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    # -- interop -------------------------------------------------------------------------------
+
+    def to_shapiq(self, index: str = "k-SII", order: int | None = None):
+        """The interactions as shapiq.InteractionValues (only the sparse support is listed)."""
+        try:
+            from shapiq import InteractionValues
+        except ImportError as exc:
+            raise ImportError("to_shapiq needs shapiq: pip install shapiq") from exc
+        name = canonical_index(index)
+        if name not in _SHAPIQ_INDEX:
+            raise ValueError(f"shapiq has no {name!r} index; choose one of {', '.join(_SHAPIQ_INDEX)}")
+        table = self.values(name, order)
+        max_order = 1 if name in ("banzhaf", "shapley") else max(
+            (len(k) for k in table), default=1
+        )
+        if order is not None:
+            max_order = int(order)
+        baseline = float(self.fourier.predict(np.zeros((1, self.n), dtype=bool))[0])
+        if name in ("mobius", "shapley", "k-sii", "fsii", "stii"):
+            table.setdefault((), baseline)
+        keys = list(table)
+        lookup = {k: i for i, k in enumerate(keys)}
+        return InteractionValues(
+            np.array([table[k] for k in keys], dtype=float),
+            index=_SHAPIQ_INDEX[name],
+            max_order=max(max_order, 1),
+            n_players=self.n,
+            min_order=0 if () in table else 1,
+            interaction_lookup=lookup,
+            estimated=True,
+            estimation_budget=int(self.queries_used),
+            baseline_value=baseline,
+        )

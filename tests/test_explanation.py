@@ -1,0 +1,92 @@
+"""The Explanation result object: ranking, names, JSON round trip, shapiq conversion."""
+
+import json
+
+import numpy as np
+import pytest
+
+from spex_api.explanation import Explanation, Interaction
+from spex_api.fourier import SparseFourier
+
+
+def make(**kwargs):
+    f = SparseFourier(4, [(), (0,), (1, 2), (0, 1, 3)], [2.0, -0.5, 1.5, 0.25])
+    return Explanation(fourier=f, method="proxyspex", queries_used=123, **kwargs)
+
+
+def test_ranking_names_and_top():
+    e = make(feature_names=["the", "cat", "sat", "down"])
+    ranked = e.interactions()
+    assert ranked[0] == Interaction((1, 2), 1.5, ("cat", "sat"))
+    assert [i.features for i in ranked] == [(1, 2), (0,), (0, 1, 3)]
+    assert e.top(1) == ranked[:1]
+    assert e.interactions(include_empty=True)[0].features == ()
+    assert make().top(1)[0].names == ("x1", "x2")
+    assert all(len(i.features) <= 2 for i in e.interactions(order=2))
+    with pytest.raises(ValueError):
+        make(feature_names=["a"])
+
+
+def test_predict_and_mobius_agree():
+    e = make()
+    X = np.random.default_rng(0).random((50, 4)) < 0.5
+    assert np.allclose(e.predict(X), e.fourier.predict(X))
+    assert np.allclose(e.mobius.predict(X), e.predict(X))
+    assert e.n == 4
+
+
+def test_k_sii_is_efficient():
+    e = make()
+    ksii = e.interactions("k-SII", order=2)
+    full = e.predict(np.ones((1, 4), bool))[0] - e.predict(np.zeros((1, 4), bool))[0]
+    assert sum(i.value for i in ksii) == pytest.approx(full)
+
+
+class FakePlan:
+    def __init__(self, method, total):
+        self.method, self.total = method, total
+
+    def to_dict(self):
+        return {"method": self.method, "total": self.total}
+
+
+def test_json_round_trip(tmp_path):
+    e = make(
+        plan=FakePlan("proxyspex", 200),
+        faithfulness=0.97,
+        faithfulness_detail={"n_holdout": np.int64(10), "r2_linear": np.float64(0.5)},
+        feature_names=["a", "b", "c", "d"],
+        cost=0.0123,
+        metadata={"answer": "yes", "scores": np.arange(3)},
+        diagnostics={"grid": {"max_depth": 3}, "kept": (1, 2)},
+    )
+    text = e.to_json()
+    data = json.loads(text)
+    assert data["fourier"]["keys"][2] == [1, 2]
+    back = Explanation.from_json(text)
+    assert back.fourier.to_dict() == e.fourier.to_dict()
+    assert (back.method, back.queries_used, back.faithfulness, back.cost) == ("proxyspex", 123, 0.97, 0.0123)
+    assert back.feature_names == e.feature_names
+    assert back.metadata == {"answer": "yes", "scores": [0, 1, 2]}
+    assert back.diagnostics["grid"] == {"max_depth": 3}
+    plan = back.plan if isinstance(back.plan, dict) else back.plan.to_dict()
+    assert plan["method"] == "proxyspex" and plan["total"] == 200
+    path = e.save(tmp_path / "e.json")
+    assert Explanation.load(path).interactions("shapley") == e.interactions("shapley")
+    assert "proxyspex" in e.summary() and "b × c" in e.summary()
+
+
+def test_to_shapiq():
+    shapiq = pytest.importorskip("shapiq")
+    e = make()
+    iv = e.to_shapiq("k-SII", order=2)
+    assert isinstance(iv, shapiq.InteractionValues)
+    assert iv.index == "k-SII" and iv.max_order == 2 and iv.n_players == 4
+    ours = e.values("k-sii", 2)
+    for key, value in ours.items():
+        assert iv[key] == pytest.approx(value)
+    assert iv.baseline_value == pytest.approx(e.predict(np.zeros((1, 4), bool))[0])
+    assert float(np.sum(iv.values)) == pytest.approx(e.predict(np.ones((1, 4), bool))[0])
+    assert e.to_shapiq("SV").index == "SV"
+    with pytest.raises(ValueError, match="shapiq has no"):
+        e.to_shapiq("fourier")
