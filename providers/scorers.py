@@ -49,19 +49,12 @@ class ScoringError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- helpers
 def _capability(adapter: Any, name: str) -> Any:
-    """Read a capability from ``adapter.capabilities`` (object or dict) or the adapter itself."""
-    caps = getattr(adapter, "capabilities", None)
-    if isinstance(caps, dict) and name in caps:
-        return caps[name]
-    if caps is not None and hasattr(caps, name):
-        return getattr(caps, name)
+    """An adapter capability: ``max_top_logprobs`` (None = no logprobs), ``prompt_logprobs``, ``multi_sample``."""
     return getattr(adapter, name, None)
 
 
 def _max_top_logprobs(adapter: Any) -> int | None:
-    value = _capability(adapter, "top_logprobs")
-    if value is None:
-        value = _capability(adapter, "max_top_logprobs")
+    value = _capability(adapter, "max_top_logprobs")
     return None if value in (None, False) else int(value)
 
 
@@ -95,13 +88,16 @@ def _logsumexp(values: Sequence[float]) -> float:
 
 
 def _token_count(tokenizer: Callable[[str], Any] | None, adapter: Any, text: str) -> int | None:
-    """Exact token count from a caller tokenizer or the adapter's exact tokenizer; None when unknown."""
+    """Token count from the caller's tokenizer, else tiktoken for OpenAI's own API; None when unknown.
+
+    Other adapters only estimate (chars/4), which cannot decide single-token-ness, so the check is skipped
+    there unless a tokenizer is passed (e.g. ``LocalServer.tokenize`` for llama-server's ``/tokenize``).
+    """
     fn = tokenizer
-    if fn is None:
-        tok = getattr(adapter, "tokenize", None)
-        if callable(tok):
-            fn = tok
-        elif callable(getattr(adapter, "count_tokens", None)) and _capability(adapter, "exact_tokenizer"):
+    if fn is None and getattr(adapter, "provider", None) == "openai":
+        from providers.adapters.base import tiktoken_encoding
+
+        if tiktoken_encoding(getattr(adapter, "model", "")) is not None:
             fn = adapter.count_tokens
     if fn is None:
         return None
@@ -491,7 +487,7 @@ class AnswerSimilarity(Scorer):
     def set_reference(self, completion: Completion) -> None:
         if not completion.text.strip():
             raise ScorerError("the reference answer is empty; nothing to compare against")
-        if completion.usage.output_tokens > self.max_tokens or (completion.finish_reasons[:1] == ("length",)):
+        if completion.usage.output_tokens > self.max_tokens or (completion.finish_reasons[:1] in (("length",), ("max_tokens",))):
             raise ScorerError(
                 f"max_tokens={self.max_tokens} is too small: the reference answer needs "
                 f"{completion.usage.output_tokens} tokens (finish_reason={completion.finish_reasons[:1]}); "

