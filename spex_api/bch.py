@@ -67,7 +67,7 @@ class GF2m:
         self.m = m
         self.order = (1 << m) - 1
         poly = _PRIMITIVE_POLY[m]
-        exp = np.zeros(4 * self.order + 2, dtype=np.int64)  # indices >= 2*order map to 0
+        exp = np.zeros(4 * self.order + 2, dtype=np.int32)  # indices >= 2*order map to 0
         value = 1
         for i in range(self.order):
             exp[i] = value
@@ -77,7 +77,7 @@ class GF2m:
         if value != 1 or len(set(exp[: self.order].tolist())) != self.order:
             raise AssertionError(f"polynomial {poly:#x} is not primitive for m={m}")
         exp[self.order : 2 * self.order] = exp[: self.order]
-        log = np.zeros(1 << m, dtype=np.int64)
+        log = np.zeros(1 << m, dtype=np.int32)
         log[exp[: self.order]] = np.arange(self.order)
         log[0] = 2 * self.order  # sentinel: any sum involving it lands in the zero region of exp
         self.exp, self.log = exp, log
@@ -121,6 +121,7 @@ class BCHCode:
         bits = (vals[:, :, None] >> np.arange(self.m)) & 1
         self.syndrome_matrix = bits.reshape(self.length, self.t * self.m).astype(np.float32)
         self._bit_weights = (1 << np.arange(self.m)).astype(np.int64)
+        self._position_syndromes = self.gf.exp[(self._exponent[:, None] * odd[None, :]) % self.gf.order]
 
     def _generator(self) -> np.ndarray:
         """Coefficients (low degree first, length P+1) of prod (x - alpha^e) over the root set."""
@@ -200,18 +201,19 @@ class BCHCode:
         cost = np.where(usable, rel_sel, 1e300) @ patterns.T.astype(float)
         n_pat = len(patterns) if chase_patterns is None else min(int(chase_patterns), len(patterns))
         order = np.argsort(cost, axis=1, kind="stable")[:, :n_pat]
-        A = self.syndrome_matrix.astype(np.int64)
+        base_odd = self._pack_syndromes(base[fail])
+        contrib = self._position_syndromes[sel]  # (F, depth, t): odd syndromes of each flippable position
         active = np.arange(len(fail))
         start, step = 0, 1
         while start < n_pat and len(active):
             stop = min(n_pat, start + step)
             pats = patterns[order[active, start:stop]]  # (Fa, q, depth)
             pats &= usable[active][:, None, :]
-            rows = A[sel[active]]  # (Fa, depth, t*m)
-            delta = np.einsum("aqd,adk->aqk", pats.astype(np.int64), rows) & 1
-            trial = base[fail[active]][:, None, :] ^ delta
+            trial = np.repeat(base_odd[active][:, None, :], stop - start, axis=1)
+            for d in range(depth):
+                trial ^= np.where(pats[:, :, d : d + 1], contrib[active, None, d, :], 0)
             q = stop - start
-            tpos, tok = self._decode_syndromes(trial.reshape(-1, trial.shape[-1]))
+            tpos, tok = self._decode_odd(trial.reshape(-1, self.t))
             tok = tok.reshape(len(active), q)
             hit = tok.any(axis=1)
             if hit.any():
@@ -225,12 +227,19 @@ class BCHCode:
             start, step = stop, step * 2
         return out, ok
 
+    def _pack_syndromes(self, bits: np.ndarray) -> np.ndarray:
+        """(W, t*m) syndrome bits -> (W, t) GF(2^m) elements S_1, S_3, ..."""
+        return (bits.reshape(len(bits), self.t, self.m) @ self._bit_weights).astype(np.int32)
+
     def _decode_syndromes(self, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hard-decode from odd-syndrome bits: (positions (W, t) -1 padded, ok (W,))."""
+        return self._decode_odd(self._pack_syndromes(bits))
+
+    def _decode_odd(self, odd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hard-decode from odd syndromes (W, t) as field elements."""
         gf, t = self.gf, self.t
-        W = len(bits)
-        odd = (bits.reshape(W, t, self.m) @ self._bit_weights).astype(np.int64)
-        synd = np.zeros((W, 2 * t), dtype=np.int64)  # synd[:, j-1] = S_j
+        W = len(odd)
+        synd = np.zeros((W, 2 * t), dtype=np.int32)  # synd[:, j-1] = S_j
         for j in range(1, 2 * t + 1):
             synd[:, j - 1] = odd[:, (j - 1) // 2] if j % 2 else gf.square(synd[:, j // 2 - 1])
         locator, L = self._berlekamp_massey(synd)
@@ -255,14 +264,18 @@ class BCHCode:
         """Error-locator polynomials (W, 2t+1), low degree first, and their lengths L, for all words."""
         gf = self.gf
         W, T2 = synd.shape
-        C = np.zeros((W, T2 + 1), dtype=np.int64)
+        C = np.zeros((W, T2 + 1), dtype=np.int32)
         C[:, 0] = 1
         B = C.copy()
         L = np.zeros(W, dtype=np.int64)
         shift = np.ones(W, dtype=np.int64)
-        b = np.ones(W, dtype=np.int64)
+        b = np.ones(W, dtype=np.int32)
         cols = np.arange(T2 + 1)[None, :]
         for r in range(T2):
+            if r % 2:
+                # Binary codes: S_2j = S_j^2 makes every even-step discrepancy vanish.
+                shift += 1
+                continue
             d = synd[:, r].copy()
             if r:
                 d ^= np.bitwise_xor.reduce(gf.mul(C[:, 1 : r + 1], synd[:, r - 1 :: -1]), axis=1)
@@ -293,15 +306,16 @@ class BCHCode:
                 continue
             # Reversed locator is monic (constant term of the locator is 1): x^deg = sum_i rev[i] x^i.
             rev = locator[rows, deg::-1][:, :deg]  # rev[i] = C[deg - i], i < deg
-            r = np.zeros((len(rows), deg), dtype=np.int64)
+            log_rev = gf.log[rev]
+            r = np.zeros((len(rows), deg), dtype=np.int32)
             r[:, 1] = 1
             for _ in range(self.m):
-                sq = np.zeros((len(rows), 2 * deg - 1), dtype=np.int64)
+                sq = np.zeros((len(rows), 2 * deg - 1), dtype=np.int32)
                 sq[:, ::2] = gf.square(r)
                 for top in range(2 * deg - 2, deg - 1, -1):
-                    sq[:, top - deg : top] ^= gf.mul(sq[:, top : top + 1], rev)
+                    sq[:, top - deg : top] ^= gf.exp[gf.log[sq[:, top : top + 1]] + log_rev]
                 r = sq[:, :deg]
-            target = np.zeros(deg, dtype=np.int64)
+            target = np.zeros(deg, dtype=np.int32)
             target[1] = 1
             keep[rows] = (r == target).all(axis=1)
         return keep
@@ -317,7 +331,7 @@ class BCHCode:
         chunk = max(1, 2_000_000 // self.length)
         for s in range(0, W, chunk):
             lc = logc[s : s + chunk]
-            acc = np.zeros((len(lc), self.length), dtype=np.int64)
+            acc = np.zeros((len(lc), self.length), dtype=np.int32)
             for i in range(t + 1):
                 # Lambda(alpha^-e) = sum_i C_i alpha^(-e i)
                 expo = np.where(lc[:, i : i + 1] >= 2 * gf.order, 2 * gf.order, (lc[:, i : i + 1] - e[None, :] * i) % gf.order)

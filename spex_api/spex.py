@@ -1,0 +1,386 @@
+"""SPEX: sparse Fourier recovery of a value function from BCH-coded subsampling designs.
+
+Each of C groups draws a random M_c in {0,1}^{n x b}; one delay matrix D (row 0 zeros, rows 1..P the
+parity rows of a BCH code shortened to n) is shared. Queries are x = M_c l XOR d_p for every l in
+F_2^b and every row p, so C (P+1) 2^b in all. A 2^b-point Walsh-Hadamard transform of each block
+aliases the Fourier coefficients into bins; a bin holding one interaction k (a singleton) carries
+k's BCH parity signs across the delay rows, and decoding recovers k. Peeling subtracts found terms
+from their bins in every group, exposing more singletons. A final least-squares refit over the
+recovered support, the empty set and all singletons uses every sample; its Gram matrix and moments
+come straight from the bins, so it costs O(#candidates * bin load), not O(samples * candidates).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import cg
+
+from spex_api.bch import BCHCode, bch_code, bch_parity_length
+from spex_api.explanation import Explanation
+from spex_api.fourier import Key, SparseFourier, incidence
+from spex_api.value_function import Oracle, ValueFunction
+
+# Columns of M drawn per group whatever b is, so that designs for different b are nested.
+_B_MAX = 30
+
+
+def _fwht(a: np.ndarray) -> np.ndarray:
+    """Unnormalised Walsh-Hadamard transform along the last axis (length a power of 2)."""
+    a = np.array(a, dtype=float, copy=True)
+    lead, size = a.shape[:-1], a.shape[-1]
+    h = 1
+    while h < size:
+        v = a.reshape(*lead, size // (2 * h), 2, h)
+        x, y = v[..., 0, :].copy(), v[..., 1, :]
+        v[..., 0, :] += y
+        v[..., 1, :] = x - y
+        h *= 2
+    return a
+
+
+class SPEX:
+    """Sparse Fourier explanation with BCH-coded masking designs (SPEX, arXiv 2502.13870).
+
+    Parameters
+    ----------
+    n: number of features.
+    max_order: largest interaction order decoded (BCH correction capacity t).
+    b: log2 of the bins per group; None = choose from the Oracle's remaining budget in `fit`.
+    decoder: "soft" (Chase decoding on the real-valued delay ratios) or "hard" (signs only).
+    refit: run the cross-validated least-squares refit over support + {} + all singletons.
+    n_groups: number C of independent subsampling groups.
+    random_state: seeds the subsampling matrices (the only random draw).
+    chase_depth: least reliable parity positions the Chase decoder may flip (default 2t).
+    chase_patterns: cheapest flip patterns tried per failed bin.
+    acceptance: a decoded k is kept when ||col - rho s||^2 / ||col||^2 is below this.
+    max_rounds, patience: peeling stops after max_rounds, or after `patience` rounds finding nothing new.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        max_order: int = 5,
+        b: int | None = None,
+        decoder: str = "soft",
+        refit: bool = True,
+        n_groups: int = 3,
+        random_state: int | None = 0,
+        chase_depth: int | None = None,
+        chase_patterns: int = 128,
+        acceptance: float = 0.9,
+        max_rounds: int = 100,
+        patience: int = 15,
+    ) -> None:
+        if int(n) < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if int(max_order) < 1:
+            raise ValueError(f"max_order must be >= 1, got {max_order}")
+        if b is not None and not 1 <= int(b) <= _B_MAX:
+            raise ValueError(f"b must be in [1, {_B_MAX}], got {b}")
+        if decoder not in ("soft", "hard"):
+            raise ValueError(f"decoder must be 'soft' or 'hard', got {decoder!r}")
+        if int(n_groups) < 1:
+            raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+        if not 0.0 < acceptance <= 1.0:
+            raise ValueError(f"acceptance must be in (0, 1], got {acceptance}")
+        self.n = int(n)
+        self.max_order = int(max_order)
+        self.b = None if b is None else int(b)
+        self.decoder = decoder
+        self.refit = bool(refit)
+        self.n_groups = int(n_groups)
+        # None means "fresh entropy", fixed once here so design() and fit() agree.
+        self.random_state = random_state if random_state is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.chase_depth = chase_depth
+        self.chase_patterns = int(chase_patterns)
+        self.acceptance = float(acceptance)
+        self.max_rounds = int(max_rounds)
+        self.patience = int(patience)
+
+    # ------------------------------------------------------------------ budget arithmetic
+    @staticmethod
+    def n_queries(n: int, b: int, max_order: int = 5, n_groups: int = 3) -> int:
+        """Exact size of the design: C * (P + 1) * 2^b (before de-duplication)."""
+        return int(n_groups) * (bch_parity_length(n, max_order) + 1) * (1 << int(b))
+
+    @staticmethod
+    def largest_b(n: int, budget: int, max_order: int = 5, n_groups: int = 3) -> int | None:
+        """Largest b >= 1 whose design fits the budget (None if even b = 1 does not), by formula."""
+        per_bin = int(n_groups) * (bch_parity_length(n, max_order) + 1)
+        if budget < 2 * per_bin:
+            return None
+        return min(int(budget // per_bin).bit_length() - 1, _B_MAX)
+
+    # ------------------------------------------------------------------ design
+    @property
+    def code(self) -> BCHCode:
+        return bch_code(self.n, self.max_order)
+
+    def delays(self) -> np.ndarray:
+        """(P+1, n) delay matrix: a zero row, then the BCH parity rows."""
+        code = self.code
+        return np.vstack([np.zeros((1, self.n), dtype=bool), code.parity_matrix])
+
+    def _subsampling(self, b: int) -> np.ndarray:
+        """(C, n, b) subsampling matrices: the first b of _B_MAX columns drawn from random_state."""
+        rng = np.random.default_rng(self.random_state)
+        return rng.integers(0, 2, size=(self.n_groups, self.n, _B_MAX), dtype=np.uint8)[:, :, :b].astype(bool)
+
+    def _b(self, b: int | None) -> int:
+        b = self.b if b is None else int(b)
+        if b is None:
+            raise ValueError("no b: pass b to SPEX(...) or design()/fit(), or give the Oracle a budget")
+        if not 1 <= b <= _B_MAX:
+            raise ValueError(f"b must be in [1, {_B_MAX}], got {b}")
+        return b
+
+    def design(self, b: int | None = None) -> np.ndarray:
+        """(C (P+1) 2^b, n) bool masks, ordered (group, delay row, l); True = feature kept.
+
+        Index i of l encodes l_j as bit (b-1-j) of i, so the design for b' < b is exactly the rows
+        with i a multiple of 2^(b-b') built from the first b' columns of M: designs are nested.
+        """
+        b = self._b(b)
+        M = self._subsampling(b).astype(np.float32)  # (C, n, b)
+        ell = ((np.arange(1 << b)[:, None] >> np.arange(b - 1, -1, -1)) & 1).astype(np.float32)  # (2^b, b)
+        base = (np.matmul(ell[None], M.transpose(0, 2, 1)).astype(np.int64) & 1).astype(bool)  # (C, 2^b, n)
+        masks = base[:, None, :, :] ^ self.delays()[None, :, None, :]
+        return masks.reshape(-1, self.n)
+
+    def _bin_codes(self, b: int) -> np.ndarray:
+        """(C, n+1) int: bin index contributed by each feature in each group (column n = 0 for padding)."""
+        M = self._subsampling(b).astype(np.int64)
+        weights = 1 << np.arange(b - 1, -1, -1)
+        codes = M @ weights
+        return np.concatenate([codes, np.zeros((self.n_groups, 1), dtype=np.int64)], axis=1)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, value_fn: ValueFunction | Oracle, b: int | None = None) -> Explanation:
+        """Query the design (one batch through an Oracle), peel, refit; returns an Explanation."""
+        cpu0 = time.process_time()
+        oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
+        if oracle.n != self.n:
+            raise ValueError(f"oracle has n={oracle.n} but SPEX has n={self.n}")
+        if b is None and self.b is None:
+            if oracle.remaining is None:
+                raise ValueError("no b: pass b, or give the Oracle a budget so b can be chosen")
+            b = self.largest_b(self.n, oracle.remaining, self.max_order, self.n_groups)
+            if b is None:
+                raise ValueError(
+                    f"budget too small for SPEX at n={self.n}, t={self.max_order}: {oracle.remaining} queries "
+                    f"remain, the smallest design needs {self.n_queries(self.n, 1, self.max_order, self.n_groups)}"
+                )
+        b = self._b(b)
+        masks = self.design(b)
+        used0 = oracle.queries_used
+        q0 = time.process_time()
+        y = oracle(masks)
+        query_cpu = time.process_time() - q0
+
+        C, P1, B = self.n_groups, self.code.P + 1, 1 << b
+        raw = _fwht(y.reshape(C, P1, B))  # (C, P+1, 2^b): 2^b * U
+        U = np.ascontiguousarray((raw / B).transpose(0, 2, 1))  # (C, bins, P+1)
+        codes = self._bin_codes(b)
+        found, peel_info = self._peel(U, codes)
+        keys = list(found)
+        diagnostics: dict[str, Any] = {
+            "b": b,
+            "t": self.max_order,
+            "P": self.code.P,
+            "n_groups": C,
+            "bins": C * B,
+            "design_size": len(masks),
+            "decoder": self.decoder,
+            **peel_info,
+            "decoded": len(keys),
+        }
+        if self.refit:
+            fourier, refit_info = self._refit(keys, raw, y.reshape(C, P1, B), codes, b, found)
+            diagnostics.update(refit_info)
+        else:
+            peeled = {k: v for k, v in found.items()}
+            fourier = SparseFourier(self.n, list(peeled), np.array(list(peeled.values()), dtype=float))
+            diagnostics["refit"] = False
+        diagnostics["cpu_seconds"] = time.process_time() - cpu0
+        diagnostics["cpu_seconds_engine"] = diagnostics["cpu_seconds"] - query_cpu
+        return Explanation(
+            fourier=fourier,
+            method="spex",
+            queries_used=oracle.queries_used - used0,
+            diagnostics=diagnostics,
+        )
+
+    # ------------------------------------------------------------------ peeling
+    def _peel(self, U: np.ndarray, codes: np.ndarray) -> tuple[dict[Key, float], dict[str, Any]]:
+        """Singleton detection + BCH decoding over all bins at once, peeled across groups."""
+        code, t, n = self.code, self.max_order, self.n
+        C, B, P1 = U.shape
+        delays = self.delays().astype(np.float32)
+        scale = float(np.sqrt(np.mean(U**2))) if U.size else 0.0
+        zero_tol = (1e-9 * scale) ** 2 * P1
+        depth = 2 * t if self.chase_depth is None else int(self.chase_depth)
+        found: dict[Key, float] = {}
+        dirty = np.ones((C, B), dtype=bool)
+        rounds = idle = attempts = 0
+        while rounds < self.max_rounds and idle < self.patience:
+            energy = np.einsum("cbp,cbp->cb", U, U)
+            todo = dirty & (energy > zero_tol)
+            dirty[:] = False
+            if not todo.any():
+                break
+            rounds += 1
+            gc, gb = np.nonzero(todo)
+            cols = U[gc, gb]  # (W, P+1)
+            attempts += len(cols)
+            sign0 = np.where(cols[:, 0] < 0, -1.0, 1.0)
+            rel_par = cols[:, 1:] * sign0[:, None]
+            words = np.concatenate([np.zeros((len(cols), n), dtype=bool), rel_par < 0], axis=1)
+            if self.decoder == "soft":
+                reliability = np.concatenate([np.full((len(cols), n), np.inf), np.abs(rel_par)], axis=1)
+                pos, ok = code.decode(words, reliability, depth, self.chase_patterns)
+            else:
+                pos, ok = code.decode(words)
+            # Message positions (< n) are the interaction; parity positions were noise flips.
+            msg = np.where((pos >= 0) & (pos < n), pos, n)
+            msg = np.sort(msg, axis=1)[:, :t]
+            ok &= (msg < n).sum(axis=1) <= t
+            bin_of = np.bitwise_xor.reduce(codes[gc][np.arange(len(gc))[:, None], msg], axis=1)
+            ok &= bin_of == gb
+            # Residual test with the code's exact signs s = (-1)^(D k).
+            inc = np.zeros((len(msg), n + 1), dtype=np.float32)
+            np.put_along_axis(inc, msg, 1.0, axis=1)
+            signs = 1.0 - 2.0 * ((inc[:, :n] @ delays.T).astype(np.int64) & 1)  # (W, P+1)
+            rho = np.mean(signs * cols, axis=1)
+            resid = np.sum((cols - rho[:, None] * signs) ** 2, axis=1) / np.maximum(np.sum(cols**2, axis=1), 1e-300)
+            ok &= resid < self.acceptance
+            if not ok.any():
+                idle += 1
+                continue
+            acc = np.flatnonzero(ok)
+            # One detection per interaction per round (the same k may surface in several groups).
+            _, first = np.unique(msg[acc], axis=0, return_index=True)
+            acc = acc[np.sort(first)]
+            new = 0
+            for i in acc:
+                key = tuple(int(v) for v in msg[i] if v < n)
+                new += key not in found
+                found[key] = found.get(key, 0.0) + float(rho[i])
+            idle = 0 if new else idle + 1
+            # Peel: remove rho * s from the bin of k in every group.
+            kb = np.bitwise_xor.reduce(codes[:, msg[acc]], axis=2)  # (C, A)
+            contrib = rho[acc, None] * signs[acc]  # (A, P+1)
+            for c in range(C):
+                np.subtract.at(U[c], kb[c], contrib)
+                dirty[c, kb[c]] = True
+        return found, {"peeling_rounds": rounds, "decode_attempts": int(attempts)}
+
+    # ------------------------------------------------------------------ refit
+    def _refit(
+        self,
+        support: list[Key],
+        raw: np.ndarray,
+        y: np.ndarray,
+        codes: np.ndarray,
+        b: int,
+        peeled: dict[Key, float],
+    ) -> tuple[SparseFourier, dict[str, Any]]:
+        """Least squares on support + {} + singletons from bin statistics, screened by CV'd |t| threshold.
+
+        For candidate keys k, k' the Gram entry over all C (P+1) 2^b samples is
+        2^b * #{c : same bin} * sum_p s_p(k) s_p(k'), and X^T y is read off the transformed blocks,
+        so no (samples x candidates) matrix is ever built. Folds are sets of delay rows: held-out
+        masks are genuinely new masks. The CV picks the significance threshold z a candidate's
+        |t|-statistic must pass (z = 0 keeps every candidate).
+        """
+        n, t = self.n, self.max_order
+        C, P1, B = raw.shape
+        keys: list[Key] = [()] + [(i,) for i in range(n)] + [k for k in support if len(k) > 1]
+        K = len(keys)
+        pad = np.full((K, t), n, dtype=np.int64)
+        for j, k in enumerate(keys):
+            pad[j, : len(k)] = k
+        J = np.bitwise_xor.reduce(codes[:, pad], axis=2)  # (C, K) bins
+        S = 1.0 - 2.0 * ((self.delays().astype(np.float32) @ incidence(keys, n).astype(np.float32)).astype(np.int64) & 1)
+        S = S.T  # (K, P+1)
+        # Pattern of same-bin pairs, counted over groups.
+        rows = np.repeat(np.arange(K), C)
+        Z = sp.csr_matrix((np.ones(K * C), (rows, (J.T + (np.arange(C) * B)[None, :]).reshape(-1))), shape=(K, C * B))
+        pattern = (Z @ Z.T).tocoo()
+        pa, pb, pcount = pattern.row, pattern.col, pattern.data
+        pair_p = S[pa] * S[pb]  # (pairs, P+1) products per delay row
+        # X^T y per delay row: sum_c raw[c, p, J[c, k]] * S[k, p]
+        xty_p = np.zeros((K, P1))
+        for c in range(C):
+            xty_p += raw[c][:, J[c]].T * S
+        yy_p = np.einsum("cpl,cpl->p", y, y)
+        n_folds = min(5, P1)
+        fold_of = np.arange(P1) % n_folds
+
+        def gram(rows_mask: np.ndarray) -> sp.csr_matrix:
+            vals = B * pcount * pair_p[:, rows_mask].sum(axis=1)
+            return sp.csr_matrix((vals, (pa, pb)), shape=(K, K))
+
+        G_all = gram(np.ones(P1, dtype=bool))
+        r_all = xty_p.sum(axis=1)
+        yy_all = float(yy_p.sum())
+        n_samples = C * P1 * B
+        y_scale = float(np.sqrt(max(yy_all / n_samples, 1e-300)))
+        z_grid = (0.0, 2.0, 3.0, 5.0)
+
+        def fit_screened(G: sp.csr_matrix, r: np.ndarray, yy: float, m: int) -> list[np.ndarray]:
+            beta = _solve(G, r, np.arange(K))
+            dof = max(m - K, 1)
+            rss = max(yy - float(beta @ r), 0.0)
+            sigma = max(np.sqrt(rss / dof), 1e-9 * y_scale)
+            tstat = np.abs(beta) * np.sqrt(np.maximum(G.diagonal(), 1e-300)) / sigma
+            out = []
+            for z in z_grid:
+                keep = np.flatnonzero((tstat > z) | (np.arange(K) == 0))
+                coef = np.zeros(K)
+                coef[keep] = _solve(G, r, keep)
+                out.append(coef)
+            return out
+
+        cv_err = np.zeros(len(z_grid))
+        for f in range(n_folds):
+            held = fold_of == f
+            G_tr, G_te = gram(~held), gram(held)
+            r_tr, r_te = xty_p[:, ~held].sum(axis=1), xty_p[:, held].sum(axis=1)
+            yy_tr, yy_te = float(yy_p[~held].sum()), float(yy_p[held].sum())
+            for i, coef in enumerate(fit_screened(G_tr, r_tr, yy_tr, C * B * int((~held).sum()))):
+                cv_err[i] += yy_te - 2 * coef @ r_te + coef @ (G_te @ coef)
+        best = int(np.argmin(cv_err))
+        coef = fit_screened(G_all, r_all, yy_all, n_samples)[best]
+        keep = np.flatnonzero(coef != 0)
+        keep = keep[(np.abs(coef[keep]) > 1e-12 * np.abs(coef).max(initial=0.0)) | (keep == 0)]
+        fourier = SparseFourier(n, [keys[i] for i in keep], coef[keep])
+        # CV error of the peeled (un-refit) coefficients, for comparison in diagnostics.
+        peel_coef = np.zeros(K)
+        index = {k: i for i, k in enumerate(keys)}
+        for k, v in peeled.items():
+            peel_coef[index[k]] += v
+        peel_err = yy_all - 2 * peel_coef @ r_all + peel_coef @ (G_all @ peel_coef)
+        info = {
+            "refit": True,
+            "refit_candidates": K,
+            "refit_z": z_grid[best],
+            "refit_cv_mse": float(cv_err[best] / n_samples),
+            "refit_cv_mse_by_z": {str(z): float(e / n_samples) for z, e in zip(z_grid, cv_err)},
+            "peeled_train_mse": float(peel_err / n_samples),
+            "refit_kept": int(len(keep)),
+        }
+        return fourier, info
+
+
+def _solve(G: sp.csr_matrix, r: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Least squares on the kept columns: Jacobi-preconditioned CG on the (near-diagonal) Gram system."""
+    Gk = G[keep][:, keep]
+    diag = Gk.diagonal()
+    inv = np.where(diag > 0, 1.0 / np.maximum(diag, 1e-300), 0.0)
+    precond = sp.diags(inv)
+    sol, _ = cg(Gk, r[keep], M=precond, rtol=1e-12, atol=0.0, maxiter=500)
+    return sol
