@@ -1,7 +1,7 @@
 """Seeded planted sparse functions for benchmarks and tests.
 
-Hierarchical: a few "top" interactions of degree <= max_degree, each with all of its non-empty
-subsets at magnitudes decaying geometrically with the number of features dropped (the structure
+Hierarchical: a few "top" interactions of degree <= max_degree in the Möbius (AND) basis, plus
+some of their subsets at magnitudes decaying with the number of features dropped (the structure
 LLM value functions show and ProxySPEX's trees exploit). Non-hierarchical: isolated interactions
 with no subsets (sparse but adversarial for tree proxies). Optional noise is a deterministic
 function of the mask (hashed), so a repeated or re-ordered query gets the same answer, as a cached
@@ -84,35 +84,51 @@ def _random_support(rng: np.random.Generator, n: int, degree: int, taken: set) -
             return key
 
 
+def mobius_to_fourier(n: int, mobius: dict[tuple[int, ...], float]) -> SparseFourier:
+    """Exact Fourier form of f(x) = sum_T a(T) prod_{i in T} x_i: F(S) = sum_{T ⊇ S} a(T) (-1)^|S| 2^-|T|."""
+    coefficients: dict[tuple[int, ...], float] = {}
+    for top, a in mobius.items():
+        for size in range(len(top) + 1):
+            for sub in itertools.combinations(top, size):
+                coefficients[sub] = coefficients.get(sub, 0.0) + a * (-1.0) ** size / 2.0 ** len(top)
+    return SparseFourier.from_dict(n, coefficients)
+
+
 def planted_hierarchical(
     n: int,
-    n_top: int = 20,
+    n_top: int = 10,
     max_degree: int = 4,
     min_degree: int = 2,
     decay: float = 0.5,
+    subset_fraction: float = 0.5,
     constant: float = 1.0,
     noise: float = 0.0,
     seed: int = 0,
 ) -> PlantedFunction:
-    """`n_top` top interactions (degrees uniform in [min_degree, max_degree]) and all their subsets.
+    """`n_top` top interactions (degrees uniform in [min_degree, max_degree]) with some of their subsets.
 
-    A subset S of a top T gets magnitude |a_T| * decay**(|T| - |S|) * U(0.5, 1) and a random sign;
-    top magnitudes are U(0.5, 1.5). Shared subsets add up.
+    Built in the Möbius (AND) basis, as LLM effects are ("this clause matters only when that one is
+    present"): a top T gets a(T) = ±U(0.5, 1.5); each proper non-empty subset S of T is kept with
+    probability `subset_fraction` with a(S) = ±|a(T)| decay^(|T|-|S|) U(0.5, 1). The Fourier form has
+    every subset of every top (a degree-d AND spreads over all 2^d subsets), so ~10 tops of degree
+    <= 4 give ~100-150 Fourier terms.
     """
     if not 1 <= min_degree <= max_degree <= n:
         raise ValueError(f"need 1 <= min_degree <= max_degree <= n, got {min_degree}, {max_degree}, {n}")
     rng = np.random.default_rng(seed)
-    coefficients: dict[tuple[int, ...], float] = {(): constant}
+    mobius: dict[tuple[int, ...], float] = {(): constant}
     tops: set[tuple[int, ...]] = set()
     for _ in range(n_top):
         top = _random_support(rng, n, int(rng.integers(min_degree, max_degree + 1)), tops)
         tops.add(top)
         scale = rng.uniform(0.5, 1.5)
-        for size in range(len(top), 0, -1):
+        mobius[top] = mobius.get(top, 0.0) + scale * rng.choice((-1.0, 1.0))
+        for size in range(len(top) - 1, 0, -1):
             for sub in itertools.combinations(top, size):
-                mag = scale * decay ** (len(top) - size) * (1.0 if size == len(top) else rng.uniform(0.5, 1.0))
-                coefficients[sub] = coefficients.get(sub, 0.0) + mag * rng.choice((-1.0, 1.0))
-    return PlantedFunction(SparseFourier.from_dict(n, coefficients), noise=noise, seed=seed, kind="hierarchical")
+                if rng.random() < subset_fraction:
+                    mag = scale * decay ** (len(top) - size) * rng.uniform(0.5, 1.0)
+                    mobius[sub] = mobius.get(sub, 0.0) + mag * rng.choice((-1.0, 1.0))
+    return PlantedFunction(mobius_to_fourier(n, mobius), noise=noise, seed=seed, kind="hierarchical")
 
 
 def planted_isolated(
