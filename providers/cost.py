@@ -1,0 +1,112 @@
+"""Prices and cost accounting: what a call cost (from the usage it reported) and the worst case before sending.
+
+The built-in table holds list prices in US dollars per 1M tokens, as known when it was written
+(PRICES_AS_OF). Prices change: pass your own `PriceTable({...})` or `overrides=` to replace or add entries.
+Models are matched by the longest table key that prefixes the model name, so dated snapshots
+("gpt-4o-mini-2024-07-18", "claude-3-5-haiku-20241022") find their family. Local and OpenAI-compatible
+servers cost 0 unless priced explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from providers.errors import ConfigurationError
+from providers.types import Usage
+
+PRICES_AS_OF = "2026-11-21 (table written from the providers' published list prices known to the author; verify before relying on it)"
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per 1M tokens. `batch_*` are Batch-API prices (half the list price at both providers)."""
+
+    input: float
+    cached_input: float
+    output: float
+    batch_input: float | None = None
+    batch_output: float | None = None
+
+    def cost(self, usage: Usage, batch: bool = False) -> float:
+        """Dollars for a call that used `usage` (cached input tokens are a subset of input tokens)."""
+        cached = min(usage.cached_input_tokens, usage.input_tokens)
+        inp = self.batch_input if batch and self.batch_input is not None else self.input
+        out = self.batch_output if batch and self.batch_output is not None else self.output
+        return ((usage.input_tokens - cached) * inp + cached * self.cached_input + usage.output_tokens * out) / 1e6
+
+
+def _p(inp: float, cached: float, out: float) -> Price:
+    return Price(inp, cached, out, inp / 2, out / 2)
+
+
+FREE = Price(0.0, 0.0, 0.0, 0.0, 0.0)
+
+DEFAULT_PRICES: dict[str, dict[str, Price]] = {
+    "openai": {
+        "gpt-4o-mini": _p(0.15, 0.075, 0.60),
+        "gpt-4o": _p(2.50, 1.25, 10.00),
+        "gpt-4.1": _p(2.00, 0.50, 8.00),
+        "gpt-4.1-mini": _p(0.40, 0.10, 1.60),
+        "gpt-4.1-nano": _p(0.10, 0.025, 0.40),
+        "gpt-4-turbo": _p(10.00, 10.00, 30.00),
+        "gpt-3.5-turbo": _p(0.50, 0.50, 1.50),
+        "gpt-5": _p(1.25, 0.125, 10.00),
+        "gpt-5-mini": _p(0.25, 0.025, 2.00),
+        "gpt-5-nano": _p(0.05, 0.005, 0.40),
+        "o1": _p(15.00, 7.50, 60.00),
+        "o1-mini": _p(1.10, 0.55, 4.40),
+        "o3": _p(2.00, 0.50, 8.00),
+        "o3-mini": _p(1.10, 0.55, 4.40),
+        "o4-mini": _p(1.10, 0.275, 4.40),
+    },
+    "anthropic": {  # cached_input = prompt-cache read price
+        "claude-3-haiku": _p(0.25, 0.03, 1.25),
+        "claude-3-5-haiku": _p(0.80, 0.08, 4.00),
+        "claude-haiku-4-5": _p(1.00, 0.10, 5.00),
+        "claude-3-5-sonnet": _p(3.00, 0.30, 15.00),
+        "claude-3-7-sonnet": _p(3.00, 0.30, 15.00),
+        "claude-sonnet-4": _p(3.00, 0.30, 15.00),
+        "claude-sonnet-4-5": _p(3.00, 0.30, 15.00),
+        "claude-3-opus": _p(15.00, 1.50, 75.00),
+        "claude-opus-4": _p(15.00, 1.50, 75.00),
+        "claude-opus-4-1": _p(15.00, 1.50, 75.00),
+        "claude-opus-4-5": _p(5.00, 0.50, 25.00),
+    },
+}
+
+PAID_PROVIDERS = frozenset(DEFAULT_PRICES)
+
+
+class PriceTable:
+    """Per-provider price lookup by longest model-name prefix; `overrides` win over the built-in table."""
+
+    def __init__(self, overrides: Mapping[str, Mapping[str, Price]] | None = None, builtin: bool = True) -> None:
+        self._table: dict[str, dict[str, Price]] = {p: dict(m) for p, m in DEFAULT_PRICES.items()} if builtin else {}
+        for provider, models in (overrides or {}).items():
+            self._table.setdefault(provider, {}).update(models)
+
+    def lookup(self, provider: str, model: str) -> Price | None:
+        """The price entry for this model, FREE for unpriced non-paid providers, None if a paid one is unknown."""
+        models = self._table.get(provider, {})
+        best = max((k for k in models if model == k or model.startswith(k + "-") or model.startswith(k + ".")),
+                   key=len, default=None)
+        if best is not None:
+            return models[best]
+        return None if provider in PAID_PROVIDERS else FREE
+
+    def price(self, provider: str, model: str) -> Price:
+        """Like lookup, but a paid provider's unknown model is a clear error (raised before any spend)."""
+        p = self.lookup(provider, model)
+        if p is None:
+            known = ", ".join(sorted(self._table.get(provider, {})))
+            raise ConfigurationError(
+                f"no price for {provider} model {model!r} (known families: {known}); "
+                f"pass PriceTable({{'{provider}': {{'{model}': Price(input=..., cached_input=..., output=...)}}}})"
+            )
+        return p
+
+
+def worst_case_cost(price: Price, input_tokens: int, max_tokens: int, samples: int = 1) -> float:
+    """Upper bound on a call's cost: every prompt token uncached, every sample runs to max_tokens."""
+    return price.cost(Usage(input_tokens=input_tokens, output_tokens=max_tokens * samples))

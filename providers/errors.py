@@ -1,0 +1,83 @@
+"""Provider errors, split by what the runner may do about them: retry (transient) or surface at once (fatal).
+
+Adapters translate each SDK's exceptions into these, so retry policy lives in one place (the runner) and
+never depends on which SDK raised. Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from spex_api.value_function import BudgetExceededError
+
+
+class ProviderError(Exception):
+    """Base class for everything the providers layer raises."""
+
+
+class ConfigurationError(ProviderError, ValueError):
+    """Bad setup detected before any spend: unknown provider or model, missing key, unsupported request."""
+
+
+class APICallError(ProviderError):
+    """A call reached the provider (or tried to) and failed; carries the HTTP status and headers if any."""
+
+    def __init__(self, message: str, status: int | None = None, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = dict(headers or {})
+
+
+class TransientError(APICallError):
+    """Worth retrying with backoff: rate limit, overload, server error, timeout, dropped connection, bad JSON.
+
+    `billed_unknown` is True when the provider may have done (and charged for) the work although we got
+    nothing usable back (timeouts, dropped connections, a truncated 200); the runner then keeps that attempt's
+    worst-case cost reserved instead of releasing it.
+    """
+
+    billed_unknown = False
+
+
+class RateLimitError(TransientError):
+    """429 (not a quota problem): wait as the provider says, then retry."""
+
+
+class ServerError(TransientError):
+    """5xx or Anthropic's 529 overload."""
+
+
+class TransportError(TransientError):
+    """Timeout or connection error: the request may or may not have been processed."""
+
+    billed_unknown = True
+
+
+class MalformedResponseError(TransientError):
+    """The provider answered 200 with a body that is not the JSON we expect."""
+
+    billed_unknown = True
+
+
+class FatalAPIError(APICallError):
+    """Retrying cannot help; surfaced to the caller as is."""
+
+
+class AuthenticationError(FatalAPIError):
+    """The API key was rejected (401)."""
+
+
+class PermissionDeniedError(FatalAPIError):
+    """The key may not use this model or endpoint (403)."""
+
+
+class QuotaExceededError(FatalAPIError):
+    """The account is out of credit or quota (OpenAI 429 insufficient_quota, 402)."""
+
+
+class InvalidRequestError(FatalAPIError):
+    """The provider rejected the request itself (400, 404, 413, 422): fix the request, do not retry."""
+
+
+class CapExceededError(ProviderError, BudgetExceededError):
+    """The runner refused to send a request because it would break `max_queries` or `max_cost` (nothing sent)."""

@@ -1,0 +1,404 @@
+"""The async engine between value function and adapter: cache first, then rate limits, caps, retries.
+
+For each request the runner looks in the disk cache; a miss reserves one query and the worst-case cost of
+the call against the hard caps (refusing before sending when they do not fit), waits for a concurrency slot
+and the requests/tokens-per-minute limiters, honours any pause the provider asked for (Retry-After, exhausted
+x-ratelimit-* / anthropic-ratelimit-* budgets), sends, writes the answer to the cache, and only then settles
+the reservation with the reported usage and hands the answer back. Transient failures (429, 5xx, 529,
+timeouts, dropped connections, malformed JSON) are retried by tenacity with jittered exponential backoff;
+authentication, permission, quota and invalid-request errors stop the run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+import weakref
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from providers.adapters.base import Adapter, merge_completions, split_samples
+from providers.cache import ResponseCache, cache_key
+from providers.cost import Price, PriceTable, worst_case_cost
+from providers.errors import CapExceededError, ConfigurationError, FatalAPIError, TransientError
+from providers.types import Completion, Request, Usage
+
+
+@dataclass
+class RunnerStats:
+    """Counters of one runner (all runs). `spend` is dollars from reported usage plus the worst case of
+    attempts whose outcome is unknown (timeouts, dropped connections), which are counted as paid."""
+
+    api_calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    failures: int = 0
+    spend: float = 0.0
+    unknown_outcome_spend: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    busy_seconds: float = 0.0
+    _started: float | None = field(default=None, repr=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def rate(self) -> float:
+        """API calls per second over the time the runner was running."""
+        t = self.busy_seconds + (time.monotonic() - self._started if self._started is not None else 0.0)
+        return self.api_calls / t if t > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d.update(tokens=self.tokens, rate=self.rate)
+        return d
+
+
+def _seconds(value: str) -> float | None:
+    """Seconds from '1.5', '20ms', '6m0s', '1h2m3.5s' or an HTTP/RFC 3339 date; None if unreadable."""
+    v = value.strip()
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", v)
+    if parts and "".join(a + b for a, b in parts) == v:
+        scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+        return sum(float(a) * scale[b] for a, b in parts)
+    try:
+        from datetime import datetime, timezone
+
+        when = datetime.fromisoformat(v.replace("Z", "+00:00")) if "T" in v else email.utils.parsedate_to_datetime(v)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+_BUDGET_HEADERS = (
+    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+    ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset"),
+    ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset"),
+)
+
+
+def pause_from_headers(headers: Mapping[str, str]) -> float:
+    """How long the provider asks us to wait: retry-after-ms, retry-after, or the reset time of an exhausted
+    x-ratelimit-* / anthropic-ratelimit-* budget. 0 if nothing asks for a pause."""
+    h = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in h:
+        try:
+            return max(0.0, float(h["retry-after-ms"]) / 1000)
+        except ValueError:
+            pass
+    if "retry-after" in h:
+        s = _seconds(h["retry-after"])
+        if s is not None:
+            return s
+    wait = 0.0
+    for remaining, reset in _BUDGET_HEADERS:
+        try:
+            exhausted = remaining in h and float(h[remaining]) <= 0
+        except ValueError:
+            exhausted = False
+        if exhausted and reset in h:
+            wait = max(wait, _seconds(h[reset]) or 0.0)
+    return wait
+
+
+class _Aborted(Exception):
+    """Internal: the run is stopping (fatal error or cap); this call was not sent."""
+
+
+@dataclass
+class _LoopState:
+    """asyncio primitives are bound to one event loop; a runner reused across asyncio.run calls gets fresh ones."""
+
+    slots: asyncio.Semaphore
+    rpm: AsyncLimiter | None
+    tpm: AsyncLimiter | None
+    budget_changed: asyncio.Event
+    inflight: dict[str, asyncio.Future[Completion]] = field(default_factory=dict)
+
+
+class Runner:
+    """Runs requests for one adapter with caching, limits, retries and hard caps.
+
+    Parameters: `cache` a directory or ResponseCache (None = no disk cache); `concurrency` parallel calls;
+    `rpm` / `tpm` requests / estimated tokens per minute (None = unlimited); `max_queries` hard cap on HTTP
+    calls sent (every attempt counts, retries included); `max_cost` hard cap in dollars (worst case reserved
+    before each call); `prices` a PriceTable; `max_attempts` per request; `backoff_initial`/`backoff_max`
+    seconds of the jittered exponential backoff; `max_pause` longest wait honoured from a provider's
+    Retry-After/reset headers; `on_progress(stats)` is called after every request resolves.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        cache: str | ResponseCache | None = None,
+        concurrency: int = 8,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        max_queries: int | None = None,
+        max_cost: float | None = None,
+        prices: PriceTable | None = None,
+        max_attempts: int = 6,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        max_pause: float = 120.0,
+        on_progress: Callable[[RunnerStats], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        for name, v in (("rpm", rpm), ("tpm", tpm), ("max_cost", max_cost)):
+            if v is not None and v <= 0:
+                raise ConfigurationError(f"{name} must be positive (or None for no limit)")
+        if max_queries is not None and max_queries < 0:
+            raise ConfigurationError("max_queries must be >= 0")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be >= 1")
+        self.adapter = adapter
+        self.cache = ResponseCache(cache) if isinstance(cache, str) or hasattr(cache, "__fspath__") else cache
+        self.concurrency = concurrency
+        self.rpm = rpm
+        self.tpm = tpm
+        self.max_queries = max_queries
+        self.max_cost = max_cost
+        self.price: Price = (prices or PriceTable()).price(adapter.provider, adapter.model)
+        self.max_attempts = max_attempts
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_pause = max_pause
+        self.on_progress = on_progress
+        self.stats = RunnerStats()
+        self._queries_reserved = 0
+        self._cost_reserved = 0.0
+        self._pause_until = 0.0
+        self._states: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
+        self._abort: BaseException | None = None
+
+    # ---- public -------------------------------------------------------------------------------------
+    @property
+    def spend(self) -> float:
+        return self.stats.spend
+
+    def worst_case_cost(self, request: Request) -> float:
+        """Upper bound on what one request can cost (all samples, max_tokens each, prompt bound)."""
+        calls = 1 if self.adapter.multi_sample else request.samples
+        per_call = worst_case_cost(self.price, self.adapter.input_token_bound(request), request.max_tokens,
+                                   request.samples if self.adapter.multi_sample else 1)
+        return per_call * calls
+
+    def estimate_cost(self, request: Request, output_tokens: int | None = None) -> float:
+        """Typical cost of one request: estimated prompt tokens, `output_tokens` (default max_tokens) per sample."""
+        calls = 1 if self.adapter.multi_sample else request.samples
+        out = (request.max_tokens if output_tokens is None else output_tokens) * request.samples
+        inp = self.adapter.estimate_input_tokens(request) * calls
+        return self.price.cost(Usage(inp, out))
+
+    def is_cached(self, request: Request) -> bool:
+        """True if every call of this request is in the cache (it would cost nothing)."""
+        return self.cache is not None and all(k in self.cache for _, k in self._calls(request))
+
+    async def run(self, requests: Sequence[Request]) -> list[Completion]:
+        """Completions for the requests, in order. Raises the first fatal error (or cap refusal) after letting
+        calls already in flight finish and reach the cache; requests not yet sent are not sent."""
+        for r in requests:
+            self.adapter.check(r)
+        state = self._state()
+        self._abort = None
+        self.stats._started = time.monotonic()
+        try:
+            results = await asyncio.gather(*(self._request(r, state) for r in requests), return_exceptions=True)
+        finally:
+            self.stats.busy_seconds += time.monotonic() - self.stats._started
+            self.stats._started = None
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise self._abort if self._abort is not None else errors[0]
+        return list(results)  # type: ignore[arg-type]
+
+    async def send(self, request: Request) -> Completion:
+        return (await self.run([request]))[0]
+
+    # ---- internals ----------------------------------------------------------------------------------
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        st = self._states.get(loop)
+        if st is None:
+            st = _LoopState(
+                slots=asyncio.Semaphore(self.concurrency),
+                # capacity 1 per 60/rpm s: evenly spaced calls, never a burst above the limit
+                rpm=AsyncLimiter(1, 60.0 / self.rpm) if self.rpm else None,
+                # tokens: a 10-second bucket (a sixth of the minute's tokens) smooths bursts
+                tpm=AsyncLimiter(self.tpm / 6.0, 10.0) if self.tpm else None,
+                budget_changed=asyncio.Event(),
+            )
+            self._states[loop] = st
+        return st
+
+    def _calls(self, request: Request) -> list[tuple[Request, str]]:
+        """The HTTP calls a request needs and their cache keys (one per sample without multi_sample)."""
+        if request.samples == 1 or self.adapter.multi_sample:
+            return [(request, cache_key(self.adapter.cache_material(request)))]
+        return [(sub, cache_key({**self.adapter.cache_material(sub), "sample": i}))
+                for i, sub in enumerate(split_samples(request))]
+
+    async def _request(self, request: Request, state: _LoopState) -> Completion:
+        parts = await asyncio.gather(*(self._call(sub, key, state) for sub, key in self._calls(request)),
+                                     return_exceptions=True)
+        for p in parts:
+            if isinstance(p, BaseException):
+                raise p
+        out = parts[0] if len(parts) == 1 else merge_completions(list(parts))  # type: ignore[arg-type]
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+        return out  # type: ignore[return-value]
+
+    async def _call(self, request: Request, key: str, state: _LoopState) -> Completion:
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.stats.cache_hits += 1
+                return hit
+        if key in state.inflight:  # the same call is already on its way in this run
+            return await asyncio.shield(state.inflight[key])
+        fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        state.inflight[key] = fut
+        try:
+            result = await self._with_retries(request, key, state)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
+            raise
+        else:
+            fut.set_result(result)
+            return result
+        finally:
+            del state.inflight[key]
+
+    def _wait(self, rs: RetryCallState) -> float:
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        hint = pause_from_headers(exc.headers) if isinstance(exc, TransientError) else 0.0
+        backoff = wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max)(rs)
+        return min(max(hint, backoff), self.max_pause)
+
+    def _before_sleep(self, rs: RetryCallState) -> None:
+        self.stats.retries += 1
+
+    async def _with_retries(self, request: Request, key: str, state: _LoopState) -> Completion:
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(TransientError),
+                                           stop=stop_after_attempt(self.max_attempts), wait=self._wait,
+                                           before_sleep=self._before_sleep, reraise=True):
+            with attempt:
+                try:
+                    return await self._attempt(request, key, state)
+                except TransientError as exc:
+                    if attempt.retry_state.attempt_number >= self.max_attempts:
+                        raise self._stop(exc)  # retries exhausted: do not start further calls
+                    raise
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _reserve(self, cost: float, state: _LoopState) -> None:
+        """Take one query and `cost` dollars from the caps, waiting for in-flight calls to settle if that could
+        make room; raise CapExceededError (nothing sent) when it cannot fit. Check-and-take has no await in
+        between, so concurrent tasks cannot both take the last room."""
+        while True:
+            if self._abort is not None:
+                raise _Aborted
+            if self.max_queries is not None and self._queries_reserved + 1 > self.max_queries:
+                raise self._stop(CapExceededError(
+                    f"max_queries={self.max_queries} reached ({self._queries_reserved} calls sent); "
+                    "nothing more is sent. Cached answers are kept: raise the cap and rerun to continue."))
+            committed = self.stats.spend + self._cost_reserved
+            if self.max_cost is None or committed + cost <= self.max_cost + 1e-12:
+                self._queries_reserved += 1
+                self._cost_reserved += cost
+                return
+            if self._cost_reserved <= 0:
+                raise self._stop(CapExceededError(
+                    f"max_cost=${self.max_cost:.6f}: spent ${self.stats.spend:.6f}, the next call may cost up to "
+                    f"${cost:.6f}; nothing more is sent. Cached answers are kept: raise the cap and rerun."))
+            await state.budget_changed.wait()
+
+    def _settle(self, reserved: float, actual: float, state: _LoopState) -> None:
+        """Replace a reservation by what the call actually cost and wake tasks waiting for room."""
+        self._cost_reserved -= reserved
+        self.stats.spend += actual
+        state.budget_changed.set()
+        state.budget_changed = asyncio.Event()
+
+    def _stop(self, exc: BaseException) -> BaseException:
+        if self._abort is None:
+            self._abort = exc
+        return exc
+
+    async def _honour_pause(self) -> None:
+        while (delay := self._pause_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+
+    def _pause(self, headers: Mapping[str, str]) -> None:
+        wait = min(pause_from_headers(headers), self.max_pause)
+        if wait > 0:
+            self._pause_until = max(self._pause_until, time.monotonic() + wait)
+
+    async def _attempt(self, request: Request, key: str, state: _LoopState) -> Completion:
+        await self._honour_pause()
+        reserved = self.worst_case_cost(request)
+        await self._reserve(reserved, state)
+        charged = reserved  # until we know better, an attempt counts at its worst case
+        try:
+            async with state.slots:
+                if state.rpm is not None:
+                    await state.rpm.acquire()
+                if state.tpm is not None:
+                    need = self.adapter.estimate_input_tokens(request) + request.max_tokens * request.samples
+                    await state.tpm.acquire(min(need, state.tpm.max_rate))
+                await self._honour_pause()
+                if self._abort is not None:
+                    raise _Aborted
+                self.stats.api_calls += 1
+                completion, headers = await self.adapter.exchange(request)
+        except TransientError as exc:
+            self.stats.failures += 1
+            self._pause(exc.headers)
+            if not exc.billed_unknown:
+                charged = 0.0
+            else:
+                self.stats.unknown_outcome_spend += charged
+            raise
+        except FatalAPIError as exc:
+            self.stats.failures += 1
+            charged = 0.0
+            raise self._stop(exc)
+        except _Aborted:
+            charged = 0.0
+            raise
+        except BaseException:
+            # cancelled or unexpected: the call may have been billed; keep its worst case charged
+            self.stats.unknown_outcome_spend += charged
+            raise
+        else:
+            if self.cache is not None:
+                self.cache.put(key, completion)  # durable before anyone uses the answer
+            charged = self.price.cost(completion.usage)
+            u = completion.usage
+            self.stats.input_tokens += u.input_tokens
+            self.stats.output_tokens += u.output_tokens
+            self.stats.cached_input_tokens += u.cached_input_tokens
+            self._pause(headers)
+            return completion
+        finally:
+            self._settle(reserved, charged, state)
