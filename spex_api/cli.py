@@ -1,0 +1,233 @@
+"""The `spex-api` command line: explain, serve-local, report, demo.
+
+Exit codes: 0 success, 1 runtime failure (the model or network failed, a cap was hit), 2 bad usage or input
+(caught before any query is spent). Heavy modules are imported inside the commands so that
+`spex-api explain --dry-run` answers quickly.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="spex-api",
+    help="Explain why an LLM answered what it did: the few prompt-feature interactions that drive its answer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DEMO_PROMPT = (
+    "The restaurant was noisy and the waiter forgot our order, but the pasta was excellent and the dessert "
+    "was unforgettable."
+)
+DEMO_TEMPLATE = "Review: {content}\nIs this review positive? Answer True or False.\nAnswer:"
+
+
+class Granularity(str, Enum):
+    words = "words"
+    sentences = "sentences"
+    paragraphs = "paragraphs"
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean 'bad input or setup' (exit 2) when raised before any spend."""
+    return (ValueError, TypeError, LookupError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def _guard(stage: str, fn: Callable[[], Any]) -> Any:
+    """Run fn; turn errors into one-line messages with the exit code a shell user expects."""
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        raise _fail("interrupted; answers received so far are cached, rerun to resume", 130)
+    except Exception as exc:  # noqa: BLE001 - the CLI's job is to report, not to crash with a traceback
+        from spex_api.sdk import SpendRefused
+
+        if isinstance(exc, SpendRefused):
+            raise _fail(str(exc), 1)
+        code = 2 if stage == "input" and isinstance(exc, _input_errors()) else 1
+        raise _fail(str(exc) or type(exc).__name__, code)
+
+
+def _labels(labels: Optional[str]) -> Optional[list[str]]:
+    if labels is None:
+        return None
+    parts = [p.strip() for p in labels.split(",")]
+    if len(parts) < 2 or any(not p for p in parts):
+        raise ValueError(f"--labels needs at least two comma-separated labels, got {labels!r}")
+    return parts
+
+
+def _write_outputs(expl: Any, paths: list[Path], top: int) -> None:
+    from spex_api.report import save_plot, write_html
+
+    for path in paths:
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            expl.save(path)
+        elif suffix in (".html", ".htm"):
+            write_html(expl, path, k=max(top, 15))
+        else:  # .png, .pdf, .svg (checked by _check_out before any spend)
+            save_plot(expl, path, k=top)
+        err.print(f"wrote {path}")
+
+
+def _check_out(paths: list[Path]) -> None:
+    for path in paths:
+        if path.suffix.lower() not in (".json", ".html", ".htm", ".png", ".pdf", ".svg"):
+            raise ValueError(f"--out {path}: use a .json, .html, .png, .pdf or .svg file name")
+        if not path.parent.exists():
+            raise FileNotFoundError(f"--out {path}: folder {path.parent} does not exist")
+
+
+@app.command()
+def explain(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt text (or use --file)."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the prompt from this file."),
+    provider: Optional[str] = typer.Option(None, help="openai, anthropic, openai-compatible or local (default: openai if OPENAI_API_KEY is set, else local)."),
+    model: Optional[str] = typer.Option(None, help="Model name (default: gpt-4o-mini / claude-3-5-haiku-latest / the local Gemma)."),
+    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (or a running local server)."),
+    budget: int = typer.Option(1000, min=2, help="Maximum number of queries, the original answer included."),
+    max_cost: Optional[float] = typer.Option(None, min=0.0, help="Hard cap in dollars."),
+    features: Granularity = typer.Option(Granularity.words, help="What a feature is."),
+    template: Optional[str] = typer.Option(None, help="Fixed text around the prompt with one {content} slot."),
+    scorer: str = typer.Option("auto", help="auto, label-margin, answer-logprob, frequency or similarity (auto: label-margin when --labels are given)."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated answer labels for label-margin, e.g. True,False."),
+    method: str = typer.Option("auto", help="auto, spex or proxyspex."),
+    max_order: int = typer.Option(5, min=1, help="Largest interaction order SPEX decodes."),
+    cache_dir: str = typer.Option("~/.cache/spex-api", help="Disk cache of paid answers ('' disables it)."),
+    seed: int = typer.Option(0, help="random_state for the masking design."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and estimated cost; send nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation before spending."),
+    out_paths: list[Path] = typer.Option([], "--out", "-o", help="Write the explanation: .json, .html or .png (repeatable)."),
+    top: int = typer.Option(10, min=1, help="Interactions shown."),
+) -> None:
+    """Explain one prompt: plan, show the cost, query the model, print the top interactions."""
+    from spex_api import sdk
+
+    def prepare() -> Any:
+        if (prompt is None) == (file is None):
+            raise ValueError("give the prompt text or --file, not both and not neither")
+        text = file.read_text(encoding="utf-8") if file is not None else prompt
+        _check_out(out_paths)
+        return sdk.preview(
+            text, provider=provider, model=model, base_url=base_url, features=features.value, template=template,
+            scorer=scorer, labels=_labels(labels), budget=budget, max_cost=max_cost, method=method,
+            max_order=max_order, cache_dir=cache_dir or None, random_state=seed,
+        )
+
+    pre = _guard("input", prepare)
+    if dry_run:
+        out.print(pre.renderable())
+        out.print("dry run: no query was sent.")
+        return
+    expl = _guard("run", lambda: sdk.run(pre, confirm=False if yes else None))
+    from spex_api.report import print_report
+
+    print_report(expl, k=top, console=out)
+    _guard("run", lambda: _write_outputs(expl, out_paths, top))
+
+
+@app.command("serve-local")
+def serve_local(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: any free port).")) -> None:
+    """Start the local model server (llama-server + Gemma-3-270M), print its base_url, run until Ctrl-C."""
+    import signal
+    import threading
+
+    from providers.local import LocalServer
+
+    server = _guard("input", lambda: LocalServer(port=port))
+    _guard("run", server.start)
+    try:
+        out.print(f"local model server running: base_url={server.base_url}  model={server.model}")
+        out.print(f"use it with: spex-api explain --base-url {server.base_url} \"your prompt\"   (Ctrl-C stops it)")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        err.print("stopped.")
+
+
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="A saved explanation (.json)."),
+    html: Optional[Path] = typer.Option(None, help="Write an HTML report here."),
+    png: Optional[Path] = typer.Option(None, help="Write a figure here (.png, .pdf, .svg)."),
+    index: str = typer.Option("mobius", help="Index shown: mobius, fourier, shapley, banzhaf, k-sii, fsii, ..."),
+    top: int = typer.Option(10, min=1, help="Interactions shown."),
+) -> None:
+    """Render a saved explanation to the terminal, and optionally to HTML and a figure."""
+    from spex_api.explanation import Explanation
+    from spex_api.report import print_report, save_plot, write_html
+
+    def load() -> Any:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        from spex_api.indices import canonical_index
+
+        canonical_index(index)
+        try:
+            return Explanation.load(path)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{path} is not a saved spex-api explanation ({exc})") from exc
+
+    expl = _guard("input", load)
+    print_report(expl, k=top, index=index, console=out)
+    if html is not None:
+        _guard("run", lambda: write_html(expl, html, k=max(top, 15), index=index))
+        err.print(f"wrote {html}")
+    if png is not None:
+        _guard("run", lambda: save_plot(expl, png, k=top, index=index))
+        err.print(f"wrote {png}")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("spex-demo"), "--out-dir", help="Where the reports go."),
+    budget: int = typer.Option(400, min=2, help="Queries to spend on the local model."),
+) -> None:
+    """Explain a built-in review on the local Gemma model (no key needed); print the table, write reports."""
+    from spex_api import sdk
+    from spex_api.report import print_report, save_plot, write_html
+
+    def prepare() -> Any:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return sdk.preview(
+            DEMO_PROMPT, provider="local", template=DEMO_TEMPLATE, scorer="label-margin", labels=["True", "False"],
+            budget=budget,
+        )
+
+    pre = _guard("input", prepare)
+    expl = _guard("run", lambda: sdk.run(pre, confirm=False))
+    print_report(expl, console=out)
+    html, png, js = out_dir / "report.html", out_dir / "interactions.png", out_dir / "explanation.json"
+    _guard("run", lambda: (write_html(expl, html), save_plot(expl, png), expl.save(js)))
+    out.print(f"HTML report: {html.resolve()}\nfigure: {png.resolve()}\nexplanation: {js.resolve()}")
+
+
+def main() -> None:  # pragma: no cover - `python -m spex_api.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
