@@ -13,6 +13,7 @@ Word layout everywhere: [message bits 0..n-1 | parity bits 0..P-1].
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
@@ -163,8 +164,9 @@ class BCHCode:
     # ------------------------------------------------------------------ decoding
     def syndrome_bits(self, words: np.ndarray) -> np.ndarray:
         """(W, t*m) bits of the odd syndromes S_1, S_3, ... of (W, n+P) received words."""
-        w = np.asarray(words, dtype=np.float32).reshape(-1, self.length)
-        return (w @ self.syndrome_matrix).astype(np.int64) & 1
+        w = np.asarray(words, dtype=bool).reshape(-1, self.length)
+        used = np.flatnonzero(w.any(axis=0))  # SPEX words are zero on the whole message part
+        return (w[:, used].astype(np.float32) @ self.syndrome_matrix[used]).astype(np.int64) & 1
 
     def decode(
         self,
@@ -172,6 +174,7 @@ class BCHCode:
         reliability: np.ndarray | None = None,
         chase_depth: int = 0,
         chase_patterns: int | None = None,
+        accept: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Error positions of many received words at once.
 
@@ -179,15 +182,21 @@ class BCHCode:
         larger = more trusted; np.inf = never flip) and chase_depth > 0, a word that fails is retried
         with flips of its chase_depth least reliable positions, cheapest patterns (smallest summed
         reliability) first, at most `chase_patterns` of them (default all 2^depth - 1).
-        Returns (positions (W, t + chase_depth) int64 sorted, -1 padded; ok (W,) bool).
+        `accept(rows, positions) -> bool mask` may veto candidate corrections (rows index `words`);
+        a vetoed word counts as failed and goes on to the next Chase pattern.
+        Returns (positions (W, width) int64 sorted, -1 padded; ok (W,) bool), width = t + chase_depth
+        with Chase, t without.
         """
         words = np.asarray(words, dtype=bool).reshape(-1, self.length)
+        chase = reliability is not None and chase_depth > 0
         base = self.syndrome_bits(words)
-        width = self.t + (chase_depth if reliability is not None else 0)
-        out = np.full((len(words), width), -1, dtype=np.int64)
+        out = np.full((len(words), self.t + (chase_depth if chase else 0)), -1, dtype=np.int64)
         pos, ok = self._decode_syndromes(base)
-        out[:, : self.t] = pos
-        if reliability is None or chase_depth <= 0 or ok.all():
+        if accept is not None and ok.any():
+            rows = np.flatnonzero(ok)
+            ok[rows] = np.asarray(accept(rows, pos[rows]), dtype=bool)
+        out[ok, : self.t] = pos[ok]
+        if not chase or ok.all():
             return out, ok
         rel = np.asarray(reliability, dtype=float).reshape(words.shape)
         fail = np.flatnonzero(~ok)
@@ -207,22 +216,30 @@ class BCHCode:
         start, step = 0, 1
         while start < n_pat and len(active):
             stop = min(n_pat, start + step)
-            pats = patterns[order[active, start:stop]]  # (Fa, q, depth)
-            pats &= usable[active][:, None, :]
-            trial = np.repeat(base_odd[active][:, None, :], stop - start, axis=1)
+            q = stop - start
+            pats = patterns[order[active, start:stop]] & usable[active][:, None, :]  # (Fa, q, depth)
+            trial = np.repeat(base_odd[active][:, None, :], q, axis=1)
             for d in range(depth):
                 trial ^= np.where(pats[:, :, d : d + 1], contrib[active, None, d, :], 0)
-            q = stop - start
             tpos, tok = self._decode_odd(trial.reshape(-1, self.t))
             tok = tok.reshape(len(active), q)
+            tpos = tpos.reshape(len(active), q, self.t)
+            ia, iq = np.nonzero(tok)
+            full = np.zeros((0, out.shape[1]), dtype=np.int64)
+            if len(ia):
+                flipped = np.where(pats[ia, iq], sel[active[ia]], -1)
+                full = _symmetric_difference(np.concatenate([tpos[ia, iq], flipped], axis=1))
+                if accept is not None:
+                    good = np.asarray(accept(fail[active[ia]], full), dtype=bool)
+                    tok[ia[~good], iq[~good]] = False
             hit = tok.any(axis=1)
             if hit.any():
-                first = tok.argmax(axis=1)[hit]
-                words_hit = active[hit]
-                dec = tpos.reshape(len(active), q, self.t)[hit, first]
-                flipped = np.where(pats[hit, first], sel[words_hit], -1)
-                out[fail[words_hit]] = _symmetric_difference(np.concatenate([dec, flipped], axis=1))
-                ok[fail[words_hit]] = True
+                first = tok.argmax(axis=1)
+                lookup = np.full((len(active), q), -1)
+                lookup[ia, iq] = np.arange(len(ia))
+                words_hit = fail[active[hit]]
+                out[words_hit] = full[lookup[hit, first[hit]]]
+                ok[words_hit] = True
             active = active[~hit]
             start, step = stop, step * 2
         return out, ok

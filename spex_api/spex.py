@@ -219,7 +219,7 @@ class SPEX:
         """Singleton detection + BCH decoding over all bins at once, peeled across groups."""
         code, t, n = self.code, self.max_order, self.n
         C, B, P1 = U.shape
-        delays = self.delays().astype(np.float32)
+        delay_words = _pack(np.vstack([self.delays().T, np.zeros((1, P1), dtype=bool)]))  # (n+1, words)
         scale = float(np.sqrt(np.mean(U**2))) if U.size else 0.0
         zero_tol = (1e-9 * scale) ** 2 * P1
         depth = 2 * t if self.chase_depth is None else int(self.chase_depth)
@@ -239,40 +239,52 @@ class SPEX:
             sign0 = np.where(cols[:, 0] < 0, -1.0, 1.0)
             rel_par = cols[:, 1:] * sign0[:, None]
             words = np.concatenate([np.zeros((len(cols), n), dtype=bool), rel_par < 0], axis=1)
+
+            def check(rows: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, ...]:
+                """Is the decoded k in this bin, and does rho * (-1)^(D k) explain the column?"""
+                # Message positions (< n) are the interaction; parity positions were noise flips.
+                msg = np.sort(np.where((pos >= 0) & (pos < n), pos, n), axis=1)[:, :t]
+                good = (msg < n).sum(axis=1) == ((pos >= 0) & (pos < n)).sum(axis=1)
+                good &= np.bitwise_xor.reduce(codes[gc[rows, None], msg], axis=1) == gb[rows]
+                signs = np.zeros((len(rows), P1))
+                rho = np.zeros(len(rows))
+                g = np.flatnonzero(good)
+                if len(g):
+                    bits = np.bitwise_xor.reduce(delay_words[msg[g]], axis=1)  # (G, words)
+                    signs[g] = 1.0 - 2.0 * _unpack(bits, P1)
+                    col = cols[rows[g]]
+                    rho[g] = np.mean(signs[g] * col, axis=1)
+                    resid = np.sum((col - rho[g, None] * signs[g]) ** 2, axis=1) / np.maximum(
+                        np.sum(col**2, axis=1), 1e-300
+                    )
+                    good[g] = resid < self.acceptance
+                return good, msg, signs, rho
+
+            def accept(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+                return check(rows, pos)[0]
+
             if self.decoder == "soft":
                 reliability = np.concatenate([np.full((len(cols), n), np.inf), np.abs(rel_par)], axis=1)
-                pos, ok = code.decode(words, reliability, depth, self.chase_patterns)
+                pos, ok = code.decode(words, reliability, depth, self.chase_patterns, accept=accept)
             else:
-                pos, ok = code.decode(words)
-            # Message positions (< n) are the interaction; parity positions were noise flips.
-            msg = np.where((pos >= 0) & (pos < n), pos, n)
-            msg = np.sort(msg, axis=1)[:, :t]
-            ok &= (msg < n).sum(axis=1) <= t
-            bin_of = np.bitwise_xor.reduce(codes[gc][np.arange(len(gc))[:, None], msg], axis=1)
-            ok &= bin_of == gb
-            # Residual test with the code's exact signs s = (-1)^(D k).
-            inc = np.zeros((len(msg), n + 1), dtype=np.float32)
-            np.put_along_axis(inc, msg, 1.0, axis=1)
-            signs = 1.0 - 2.0 * ((inc[:, :n] @ delays.T).astype(np.int64) & 1)  # (W, P+1)
-            rho = np.mean(signs * cols, axis=1)
-            resid = np.sum((cols - rho[:, None] * signs) ** 2, axis=1) / np.maximum(np.sum(cols**2, axis=1), 1e-300)
-            ok &= resid < self.acceptance
+                pos, ok = code.decode(words, accept=accept)
             if not ok.any():
                 idle += 1
                 continue
-            acc = np.flatnonzero(ok)
+            _, msg, signs, rho = check(np.flatnonzero(ok), pos[ok])
             # One detection per interaction per round (the same k may surface in several groups).
-            _, first = np.unique(msg[acc], axis=0, return_index=True)
-            acc = acc[np.sort(first)]
+            _, first = np.unique(msg, axis=0, return_index=True)
+            first = np.sort(first)
+            msg, signs, rho = msg[first], signs[first], rho[first]
             new = 0
-            for i in acc:
-                key = tuple(int(v) for v in msg[i] if v < n)
+            for row, value in zip(msg, rho):
+                key = tuple(int(v) for v in row if v < n)
                 new += key not in found
-                found[key] = found.get(key, 0.0) + float(rho[i])
+                found[key] = found.get(key, 0.0) + float(value)
             idle = 0 if new else idle + 1
             # Peel: remove rho * s from the bin of k in every group.
-            kb = np.bitwise_xor.reduce(codes[:, msg[acc]], axis=2)  # (C, A)
-            contrib = rho[acc, None] * signs[acc]  # (A, P+1)
+            kb = np.bitwise_xor.reduce(codes[:, msg], axis=2)  # (C, A)
+            contrib = rho[:, None] * signs  # (A, P+1)
             for c in range(C):
                 np.subtract.at(U[c], kb[c], contrib)
                 dirty[c, kb[c]] = True
@@ -374,6 +386,21 @@ class SPEX:
             "refit_kept": int(len(keep)),
         }
         return fourier, info
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    """(R, L) bool -> (R, ceil(L/64)) uint64 bitsets (bit j of word w = column 64 w + j)."""
+    R, L = bits.shape
+    padded = np.zeros((R, -(-L // 64) * 64), dtype=bool)
+    padded[:, :L] = bits
+    return np.packbits(padded.reshape(R, -1, 64), axis=2, bitorder="little").view(np.uint64).reshape(R, -1)
+
+
+def _unpack(words: np.ndarray, L: int) -> np.ndarray:
+    """Inverse of _pack: (R, words) uint64 -> (R, L) 0/1 float."""
+    R = len(words)
+    bits = np.unpackbits(np.ascontiguousarray(words).view(np.uint8).reshape(R, -1), axis=1, bitorder="little")
+    return bits[:, :L].astype(float)
 
 
 def _solve(G: sp.csr_matrix, r: np.ndarray, keep: np.ndarray) -> np.ndarray:
