@@ -9,7 +9,9 @@ Misbehaviour is scripted: `script([...])` queues faults for the next requests in
 "429" (Retry-After), "429ms" (retry-after-ms), "quota" (429 insufficient_quota), "500", "503", "529"
 (Anthropic overloaded), "401", "403", "400", "timeout" (hold the request, then drop it), "malformed"
 (200 with broken JSON), "reset" (TCP RST). Only well-formed 200 answers count as paid: `stats()["paid"]`
-maps a body hash to how many times it was answered.
+maps a body hash to how many times it was answered. A request whose client hung up while it was being
+worked on (e.g. the client process was killed) is counted under "abandoned" instead: a real provider would
+bill it, but nobody received the answer. `max_concurrent` is the most requests handled at once.
 
 Runs in a thread (`with FakeServer() as s:`) or as its own process (`python tests/providers/fakeserver.py
 --latency 0.2` prints the port), controlled over HTTP through `POST /_control` and `GET /_stats`.
@@ -21,6 +23,7 @@ import argparse
 import hashlib
 import json
 import math
+import select
 import socket
 import struct
 import sys
@@ -88,6 +91,9 @@ class State:
         self.headers_seen: list[dict[str, str]] = []
         self.bodies: list[dict[str, Any]] = []
         self.ratelimit_headers: dict[str, str] = {}
+        self.abandoned = 0
+        self.active = 0
+        self.max_concurrent = 0
 
     def control(self, cmd: dict[str, Any]) -> None:
         with self.lock:
@@ -108,6 +114,8 @@ class State:
                 self.faults_served.clear()
                 self.headers_seen.clear()
                 self.bodies.clear()
+                self.abandoned = 0
+                self.max_concurrent = 0
 
     def next_fault(self, key: str) -> dict[str, Any] | None:
         with self.lock:
@@ -128,6 +136,8 @@ class State:
                 "paid_total": sum(self.paid.values()),
                 "faults_served": dict(self.faults_served),
                 "pending_script": len(self.queue),
+                "abandoned": self.abandoned,
+                "max_concurrent": self.max_concurrent,
             }
 
 
@@ -177,6 +187,24 @@ class Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
             state.bodies.append(body)
+        with state.lock:
+            state.active += 1
+            state.max_concurrent = max(state.max_concurrent, state.active)
+        try:
+            self._serve(body, state)
+        finally:
+            with state.lock:
+                state.active -= 1
+
+    def _client_gone(self) -> bool:
+        """True if the client closed its end (it sends nothing else while waiting for our answer)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _serve(self, body: dict[str, Any], state: State) -> None:
         anthropic = self.path.endswith("/messages")
         key = body_hash(body)
         fault = state.next_fault(key)
@@ -197,6 +225,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
             return
         with state.lock:
+            if self._client_gone():
+                state.abandoned += 1
+                self.close_connection = True
+                return
             state.paid[key] += 1
             extra = dict(state.ratelimit_headers)
         self._send(200, payload, extra)

@@ -1,0 +1,142 @@
+"""The value function the engine calls: masks -> masked prompts -> API calls -> scores.
+
+`LLMValueFunction(prompt, adapter, scorer, runner)` is an async callable (the engine's `Oracle` accepts it):
+each mask is rendered by the MaskedPrompt, turned into a Request by the scorer, sent through the Runner
+(cache, limits, retries, caps) and scored. Everything that can be checked without spending is checked in
+the constructor or before a batch is sent: zero features, a scorer that cannot run on this adapter, a batch
+whose estimated cost no longer fits the runner's `max_cost` or `max_queries`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from providers.adapters.base import Adapter
+from providers.errors import CapExceededError, ConfigurationError
+from providers.runner import Runner, RunnerStats
+from providers.types import Completion, Request
+
+
+class LLMValueFunction:
+    """Scores of masked prompts from a model, for the engine.
+
+    prompt: a MaskedPrompt (`n_features`, `render_many`, `full_mask`); adapter: from `make_adapter`; scorer: a
+    providers.scorers Scorer; runner: a Runner for this adapter (None = a default Runner without disk cache);
+    progress: show a rich progress bar (queries done, cache hits, spend, rate) while a batch runs.
+    """
+
+    def __init__(self, prompt: Any, adapter: Adapter, scorer: Any, runner: Runner | None = None,
+                 progress: bool = True) -> None:
+        n = getattr(prompt, "n_features", 0)
+        if not n:
+            raise ConfigurationError("the prompt has zero maskable features; nothing to explain")
+        full = prompt.render(prompt.full_mask())
+        if not any(m.content.strip() for m in full):
+            raise ConfigurationError("the prompt is empty")
+        runner = runner if runner is not None else Runner(adapter)
+        if runner.adapter is not adapter:
+            raise ConfigurationError("runner was built for a different adapter than the value function's")
+        scorer.validate(adapter)  # raises before any spend (unsupported provider, multi-token label, ...)
+        probe = scorer.request(full)
+        adapter.check(probe)  # e.g. top_logprobs beyond the provider's maximum
+        self.prompt = prompt
+        self.adapter = adapter
+        self.scorer = scorer
+        self.runner = runner
+        self.progress = progress
+        self.n = int(n)
+        self.queries = 0
+        self._reference: Completion | None = None
+
+    def __repr__(self) -> str:
+        return f"LLMValueFunction(n={self.n}, adapter={self.adapter!r}, scorer={self.scorer!r})"
+
+    # ---- cost ---------------------------------------------------------------------------------------
+    def _full_request(self) -> Request:
+        return self.scorer.request(self.prompt.render(self.prompt.full_mask()))
+
+    def estimate_cost(self, n_queries: int) -> float:
+        """Dollars for n_queries masked prompts (plus the reference answer when the scorer needs one), priced
+        with the unmasked prompt's tokens and max_tokens per sample; cached answers would make it cheaper."""
+        if n_queries < 0:
+            raise ConfigurationError("n_queries must be >= 0")
+        per_query = self.runner.estimate_cost(self._full_request())
+        ref = 0.0
+        if getattr(self.scorer, "needs_reference", False) and self._reference is None:
+            ref = self.runner.estimate_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())))
+        return n_queries * per_query + ref
+
+    def _check_budget(self, requests: list[Request]) -> None:
+        """Refuse a batch, before sending any of it, when its uncached part cannot fit the runner's caps."""
+        r = self.runner
+        todo = [q for q in requests if not r.is_cached(q)]
+        if r.max_cost is not None:
+            need = sum(r.estimate_cost(q) for q in todo)
+            if r.stats.spend + need > r.max_cost:
+                raise CapExceededError(
+                    f"this batch needs about ${need:.6f} for {len(todo)} uncached queries but only "
+                    f"${r.max_cost - r.stats.spend:.6f} of max_cost=${r.max_cost:.6f} is left; nothing was sent")
+        if r.max_queries is not None:
+            calls = sum(1 if self.adapter.multi_sample else q.samples for q in todo)
+            left = r.max_queries - r.stats.api_calls
+            if calls > left:
+                raise CapExceededError(f"this batch needs {calls} API calls but max_queries leaves {left}; "
+                                       "nothing was sent")
+
+    # ---- calls --------------------------------------------------------------------------------------
+    async def reference(self) -> Completion:
+        """The unmasked prompt's answer; hands it to the scorer when the scorer compares against it."""
+        if self._reference is None:
+            full = self.prompt.render(self.prompt.full_mask())
+            needs = getattr(self.scorer, "needs_reference", False)
+            req = self.scorer.reference_request(full) if needs else self.scorer.request(full)
+            self._check_budget([req])
+            completion = await self.runner.send(req)
+            if needs:
+                self.scorer.set_reference(completion)
+            self._reference = completion
+        return self._reference
+
+    async def __call__(self, masks: Any) -> np.ndarray:
+        """Scores of the masks ((N, n) bool, True = feature kept), one float per row."""
+        m = np.asarray(masks)
+        if m.ndim == 1:
+            m = m[None, :]
+        if m.ndim != 2 or m.shape[1] != self.n:
+            raise ConfigurationError(f"masks must have shape (N, {self.n}), got {np.shape(masks)}")
+        if getattr(self.scorer, "needs_reference", False):
+            await self.reference()
+        requests = [self.scorer.request(msgs) for msgs in self.prompt.render_many(m.astype(bool))]
+        self._check_budget(requests)
+        completions = await self._run(requests)
+        self.queries += len(requests)
+        return np.asarray(self.scorer.score_many(completions), dtype=float)
+
+    async def _run(self, requests: list[Request]) -> list[Completion]:
+        if not self.progress or not requests:
+            return await self.runner.run(requests)
+        start = self.runner.stats.cache_hits
+        with Progress(TextColumn("[bold]queries"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[hits]} cached · ${task.fields[spend]:.4f} · {task.fields[rate]:.1f}/s"),
+                      TimeElapsedColumn(), transient=True) as bar:
+            task = bar.add_task("queries", total=len(requests), hits=0, spend=self.runner.stats.spend, rate=0.0)
+
+            def tick(stats: RunnerStats) -> None:
+                bar.update(task, advance=1, hits=stats.cache_hits - start, spend=stats.spend, rate=stats.rate)
+
+            previous, self.runner.on_progress = self.runner.on_progress, tick
+            try:
+                return await self.runner.run(requests)
+            finally:
+                self.runner.on_progress = previous
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Runner counters (api_calls, cache_hits, retries, spend, tokens, rate) plus masks scored."""
+        d = self.runner.stats.as_dict()
+        d["masks_scored"] = self.queries
+        d["bound_hits"] = getattr(self.scorer, "bound_hits", 0)
+        return d

@@ -1,0 +1,194 @@
+"""Adapters through the official SDKs against a real local HTTP server: wire bodies, parsing, errors, keys."""
+
+from __future__ import annotations
+
+import pickle
+
+import httpx2
+import pytest
+from fakeserver import FakeServer, body_hash
+
+from providers.adapters import AnthropicAdapter, CompatibleAdapter, OpenAIAdapter, make_adapter
+from providers.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    MalformedResponseError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
+from providers.types import Message, Request
+
+SECRET = "sk-test-adapters-SECRET-0123456789"
+Q = (Message("system", "Answer True or False."), Message("user", "Is the sky green?"))
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeServer(timeout_hold=1.0) as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def clean(server):
+    server.state.control({"reset": True})
+
+
+def openai_at(server, **kw) -> OpenAIAdapter:
+    """The official-API adapter (key required, real prices) pointed at the fake server's URL."""
+    a = make_adapter("openai", "gpt-4o-mini", api_key=SECRET, **kw)
+    a.base_url = server.url + "/v1"
+    return a
+
+
+async def test_openai_chat_wire_format_and_parse(server):
+    a = openai_at(server)
+    req = Request(messages=Q, max_tokens=3, top_logprobs=5, samples=2, seed=7, stop=("\n",))
+    c = await a.send(req)
+    sent = server.state.bodies[-1]
+    assert sent == a.body(req)  # what the SDK put on the wire is exactly the canonical body
+    assert sent == {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": Q[0].content},
+                                                          {"role": "user", "content": Q[1].content}],
+                    "max_completion_tokens": 3, "temperature": 0.0, "logprobs": True, "top_logprobs": 5, "n": 2,
+                    "seed": 7, "stop": ["\n"]}
+    headers = server.state.headers_seen[-1]
+    assert headers["authorization"] == f"Bearer {SECRET}"
+    assert headers["x-stainless-retry-count"] == "0"
+    assert len(c.texts) == 2 and len(c.logprobs) == 2
+    first = c.logprobs[0][0]
+    assert first.token in ("True", "False") and len(first.top) == 5
+    assert first.top[0][1] >= first.top[-1][1]
+    assert c.usage.input_tokens > 0 and c.usage.output_tokens == 6
+    assert c.finish_reasons == ("stop", "stop")
+    assert server.stats()["paid"] == {body_hash(sent): 1}
+
+
+async def test_legacy_completions_and_prompt_logprobs_on_compatible_server(server):
+    a = make_adapter("vllm", "my-model", base_url=server.url + "/v1")
+    assert isinstance(a, CompatibleAdapter) and a.prompt_logprobs and not a.multi_sample
+    req = Request(messages=(Message("user", "The sky is blue today"),), raw_completion=True, top_logprobs=3,
+                  prompt_logprobs=1, max_tokens=2)
+    assert a.endpoint(req) == "/completions"
+    c = await a.send(req)
+    assert server.state.bodies[-1] == {"model": "my-model", "prompt": "The sky is blue today", "max_tokens": 2,
+                                       "logprobs": 3, "temperature": 0.0, "prompt_logprobs": 1}
+    assert server.state.headers_seen[-1]["authorization"] == "Bearer sk-no-key-required"
+    assert "".join(t.token for t in c.logprobs[0]) == c.text and len(c.logprobs[0]) == 2
+    assert [t.token for t in c.prompt_logprobs] == ["sky", "is", "blue", "today"]  # first prompt token has none
+    assert all(t.logprob < 0 for t in c.prompt_logprobs)
+    # chat endpoint sends max_tokens (not max_completion_tokens) to compatible servers, prompt_logprobs in body
+    chat = Request(messages=(Message("user", "The sky is blue"),), prompt_logprobs=1)
+    c2 = await a.send(chat)
+    assert server.state.bodies[-1]["max_tokens"] == 16 and server.state.bodies[-1]["prompt_logprobs"] == 1
+    assert len(c2.prompt_logprobs) == 3
+
+
+async def test_anthropic_wire_format_and_samples_as_separate_calls(server):
+    a = make_adapter("anthropic", "claude-3-5-haiku-latest", base_url=server.url, api_key=SECRET)
+    assert isinstance(a, AnthropicAdapter) and a.max_top_logprobs is None and not a.multi_sample
+    req = Request(messages=Q, max_tokens=4, temperature=0.7, stop=("STOP",), samples=3)
+    c = await a.send(req)
+    sent = server.state.bodies[-1]
+    assert sent == {"model": "claude-3-5-haiku-latest", "max_tokens": 4, "system": Q[0].content,
+                    "messages": [{"role": "user", "content": Q[1].content}], "temperature": 0.7,
+                    "stop_sequences": ["STOP"]}
+    h = server.state.headers_seen[-1]
+    assert SECRET in (h.get("x-api-key"), h.get("authorization", "").removeprefix("Bearer "))
+    assert h["x-stainless-retry-count"] == "0" and "anthropic-version" in h
+    assert server.stats()["requests"] == 3 and len(c.texts) == 3 and c.logprobs is None
+    assert c.finish_reasons == ("end_turn",) * 3 and c.usage.output_tokens == 9
+
+
+async def test_injected_http_client_is_used(server):
+    seen = []
+
+    async def hook(request):
+        seen.append(str(request.url))
+
+    client = httpx2.AsyncClient(event_hooks={"request": [hook]})
+    a = make_adapter("compatible", "m", base_url=server.url + "/v1", http_client=client)
+    await a.send(Request(messages=(Message("user", "hi"),)))
+    assert seen == [server.url + "/v1/chat/completions"]
+    await client.aclose()
+
+
+def test_capability_checks_fail_before_any_call(server):
+    oa = openai_at(server)
+    an = make_adapter("anthropic", "claude-3-5-haiku-latest", base_url=server.url)
+    with pytest.raises(ConfigurationError, match="no logprobs"):
+        an.body(Request(messages=Q, top_logprobs=1))
+    with pytest.raises(ConfigurationError, match=r"\[0, 20\]"):
+        oa.body(Request(messages=Q, top_logprobs=21))
+    with pytest.raises(ConfigurationError, match="prompt_logprobs"):
+        oa.body(Request(messages=Q, prompt_logprobs=1))
+    with pytest.raises(ConfigurationError, match="raw-completion"):
+        an.body(Request(messages=Q, raw_completion=True))
+    with pytest.raises(ConfigurationError):
+        oa.body(Request(messages=(), max_tokens=3))
+    assert server.stats()["requests"] == 0
+
+
+def test_make_adapter_errors_and_keys(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ConfigurationError, match="unknown provider"):
+        make_adapter("bard", "x")
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        make_adapter("openai", "gpt-4o-mini")
+    with pytest.raises(ConfigurationError, match="ANTHROPIC_API_KEY"):
+        make_adapter("anthropic", "claude-3-5-haiku-latest")
+    with pytest.raises(ConfigurationError, match="unknown openai model"):
+        make_adapter("openai", "gpt-nonexistent", api_key=SECRET)
+    with pytest.raises(ConfigurationError, match="base_url"):
+        make_adapter("vllm", "m")
+    with pytest.raises(ConfigurationError, match="model"):
+        make_adapter("openai", "", api_key=SECRET)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    a = make_adapter("openai", "gpt-4o-mini-2024-07-18")
+    # the key is nowhere in the object's state, repr or cache material, and the adapter refuses to pickle
+    assert SECRET not in repr(a) and SECRET not in repr(vars(a))
+    assert SECRET not in str(a.cache_material(Request(messages=Q)))
+    with pytest.raises(TypeError):
+        pickle.dumps(a)
+
+
+def test_count_tokens():
+    oa = make_adapter("openai", "gpt-4o-mini", api_key=SECRET)
+    assert oa.count_tokens("hello world") == 2  # tiktoken (bundled cl100k when o200k cannot be loaded)
+    an = make_adapter("anthropic", "claude-3-5-haiku-latest", api_key=SECRET)
+    assert an.count_tokens("x" * 40) == 10  # documented approximation: ceil(chars / 4)
+    req = Request(messages=Q)
+    assert oa.input_token_bound(req) >= oa.estimate_input_tokens(req)
+
+
+@pytest.mark.parametrize("kind,error", [
+    ("401", AuthenticationError), ("403", PermissionDeniedError), ("400", InvalidRequestError),
+    ("quota", QuotaExceededError), ("429", RateLimitError), ("500", ServerError), ("529", ServerError),
+    ("malformed", MalformedResponseError), ("reset", TransportError),
+])
+async def test_errors_translated_by_status_and_code(server, kind, error):
+    a = openai_at(server)
+    server.script([kind])
+    with pytest.raises(error) as info:
+        await a.send(Request(messages=Q))
+    assert SECRET not in str(info.value)
+    assert server.stats()["requests"] == 1  # the SDK itself never retried
+
+
+async def test_timeout_is_transport_error(server):
+    a = make_adapter("compatible", "m", base_url=server.url + "/v1", timeout=0.2)
+    server.script([{"kind": "timeout", "hold": 0.6}])
+    with pytest.raises(TransportError):
+        await a.send(Request(messages=Q))
+    assert server.stats()["requests"] == 1
+
+
+async def test_anthropic_overloaded_529(server):
+    a = make_adapter("anthropic", "claude-3-5-haiku-latest", base_url=server.url)
+    server.script(["529"])
+    with pytest.raises(ServerError) as info:
+        await a.send(Request(messages=Q))
+    assert info.value.status == 529
