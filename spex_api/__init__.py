@@ -6,6 +6,8 @@ from spex_api.explanation import Explanation, Interaction
 
 __all__ = ["SparseFourier", "r2_score", "Oracle", "BudgetExceededError", "ValueFunctionError"]
 __all__ += ["Explanation", "Interaction"]
+from spex_api.spex import SPEX  # noqa: E402
+__all__ += ["SPEX"]
 __version__ = "0.1.0"
 
 # Names imported on first use, so `import spex_api` never pulls in providers or their SDKs.
