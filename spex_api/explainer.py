@@ -1,0 +1,180 @@
+"""The engine's front door: plan a budget, spend it through one capped Oracle, measure faithfulness.
+
+`Explainer(value_fn, n, budget).explain()` runs SPEX or ProxySPEX as planned, queries a held-out
+slice of uniform random masks, and compares the result with a first-order LassoCV fit of the same
+training answers. The returned explanation is never less faithful than that linear fit: when
+interactions do not pay, the linear fit is returned and the diagnostics say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.linear_model import RidgeCV
+from sklearn.model_selection import KFold, cross_val_predict
+
+from spex_api.explanation import Explanation
+from spex_api.fourier import as_masks, fourier_basis, r2_score
+from spex_api.linear import LinearBaseline
+from spex_api.planner import MIN_HOLDOUT, Plan, plan
+from spex_api.value_function import Oracle, ValueFunction
+
+
+class _RecordingOracle(Oracle):
+    """Oracle that also keeps every (masks, scores) batch the algorithm asked for, in order."""
+
+    def __init__(self, fn: ValueFunction, n: int, budget: int | None = None) -> None:
+        super().__init__(fn, n, budget)
+        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        masks = as_masks(masks, self.n)
+        scores = super().__call__(masks)
+        self.batches.append((masks, scores))
+        return scores
+
+    def answered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct masks asked so far and their scores."""
+        if not self.batches:
+            return np.zeros((0, self.n), dtype=bool), np.zeros(0)
+        masks = np.vstack([m for m, _ in self.batches])
+        scores = np.concatenate([s for _, s in self.batches])
+        _, first = np.unique(np.packbits(masks, axis=1), axis=0, return_index=True)
+        first = np.sort(first)
+        return masks[first], scores[first]
+
+
+def _support_cv_r2(masks: np.ndarray, y: np.ndarray, keys: Sequence[tuple[int, ...]], n: int,
+                   random_state: int) -> float:
+    """5-fold CV R² of a ridge refit on a result's support (used when there is no held-out slice)."""
+    folds = min(5, len(y))
+    if folds < 2:
+        return float("nan")
+    basis = fourier_basis(masks, list(keys), n)
+    model = RidgeCV(alphas=np.logspace(-4, 2, 13), fit_intercept=False)
+    y_hat = cross_val_predict(model, basis, y, cv=KFold(folds, shuffle=True, random_state=random_state))
+    return r2_score(y, y_hat)
+
+
+class Explainer:
+    """Explain a value function over n features with at most `budget` queries.
+
+    Parameters
+    ----------
+    value_fn: callable (sync or async) mapping a (N, n) bool mask array (True = kept) to N floats.
+    n: number of features.
+    budget: hard cap on distinct masks sent to value_fn.
+    method: "auto", "spex" or "proxyspex" (see `spex_api.planner.plan`).
+    max_order: largest interaction order sought (SPEX: BCH correction capacity t).
+    random_state: seeds every random draw (algorithm, held-out masks, baseline folds).
+    holdout: fraction of the budget spent on held-out uniform random masks (0 = none; the
+        faithfulness is then None and the linear comparison uses cross-validated R²).
+    min_holdout: floor on the held-out slice when holdout > 0.
+    feature_names: optional names, one per feature.
+    """
+
+    def __init__(
+        self,
+        value_fn: ValueFunction,
+        n: int,
+        budget: int,
+        method: str = "auto",
+        max_order: int = 5,
+        random_state: int = 0,
+        holdout: float = 0.05,
+        feature_names: Sequence[str] | None = None,
+        min_holdout: int = MIN_HOLDOUT,
+    ) -> None:
+        if not callable(value_fn):
+            raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")
+        if feature_names is not None and len(feature_names) != n:
+            raise ValueError(f"{len(feature_names)} feature names for n={n} features")
+        self.value_fn = value_fn
+        self.n = n
+        self.budget = budget
+        self.method = method
+        self.max_order = max_order
+        self.random_state = random_state
+        self.holdout = holdout
+        self.min_holdout = min_holdout
+        self.feature_names = None if feature_names is None else [str(s) for s in feature_names]
+        self._plan = plan(n, budget, method=method, max_order=max_order, holdout=holdout, min_holdout=min_holdout)
+
+    def plan(self) -> Plan:
+        """The plan (method, b, exact query counts, reason); no query is sent."""
+        return self._plan
+
+    def _algorithm(self) -> Any:
+        p = self._plan
+        if p.method == "spex":
+            from spex_api.spex import SPEX
+
+            return SPEX(self.n, max_order=self.max_order, b=p.b, random_state=self.random_state)
+        from spex_api.proxyspex import ProxySPEX
+
+        return ProxySPEX(self.n, n_samples=p.n_queries, max_order=self.max_order, random_state=self.random_state)
+
+    def explain(self) -> Explanation:
+        """Spend the plan: training design (+ held-out slice) through one budget-capped Oracle."""
+        p = self._plan
+        oracle = _RecordingOracle(self.value_fn, self.n, budget=p.total)
+        holdout_rng = np.random.default_rng([self.random_state, 0x401D])
+        holdout_masks = holdout_rng.random((p.n_holdout, self.n)) < 0.5
+        # Each algorithm sends its whole design in one batch, so a provider can run it concurrently.
+        result = self._algorithm().fit(oracle)
+        train_masks, train_y = oracle.answered()
+        holdout_y = oracle(holdout_masks) if p.n_holdout else np.zeros(0)
+
+        linear = LinearBaseline(self.n, random_state=self.random_state).fit(train_masks, train_y)
+        candidates = {p.method: result, "linear": linear}
+        scores: dict[str, dict[str, float]] = {}
+        for name, cand in candidates.items():
+            entry = {"train_r2": r2_score(train_y, cand.predict(train_masks))}
+            if p.n_holdout:
+                entry["holdout_r2"] = r2_score(holdout_y, cand.predict(holdout_masks))
+            else:
+                cv = cand.diagnostics.get("cv_r2") if name == "linear" else None
+                entry["cv_r2"] = cv if cv is not None else _support_cv_r2(
+                    train_masks, train_y, cand.fourier.keys, self.n, self.random_state)
+            scores[name] = entry
+        criterion = "holdout_r2" if p.n_holdout else "cv_r2"
+        main_score = scores[p.method][criterion]
+        linear_score = scores["linear"][criterion]
+        use_linear = bool(linear_score > main_score) or not np.isfinite(main_score)
+        chosen = "linear" if use_linear else p.method
+        diagnostics = dict(result.diagnostics)
+        if use_linear:
+            diagnostics = {
+                "fallback": "linear",
+                "note": (
+                    f"interactions did not pay on this value function: a first-order (linear) fit of the "
+                    f"same answers is more faithful ({criterion.replace('_', ' ')} {linear_score:.3f} vs "
+                    f"{main_score:.3f} for {p.method}); the linear fit is returned"
+                ),
+                "linear": dict(linear.diagnostics),
+                p.method: diagnostics,
+            }
+        else:
+            diagnostics["linear_baseline"] = dict(linear.diagnostics)
+        detail = {
+            "criterion": criterion,
+            "selected": chosen,
+            "n_holdout": int(p.n_holdout),
+            "n_train": int(len(train_y)),
+            "train_r2": scores[chosen]["train_r2"],
+            "holdout_r2": scores[chosen].get("holdout_r2"),
+            "cv_r2": scores[chosen].get("cv_r2"),
+            p.method: scores[p.method],
+            "linear": scores["linear"],
+        }
+        return dataclasses.replace(
+            candidates[chosen],
+            queries_used=int(oracle.queries_used),
+            plan=p,
+            faithfulness=scores[chosen]["holdout_r2"] if p.n_holdout else None,
+            faithfulness_detail=detail,
+            feature_names=self.feature_names,
+            diagnostics=diagnostics,
+        )

@@ -1,0 +1,90 @@
+"""First-order baseline: a cross-validated Lasso on the same answers, as a sparse Fourier transform.
+
+The Explainer compares every interaction result against this fit; when interactions do not pay
+on a prompt, the linear fit is what the user gets (and is told so).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LassoCV
+from sklearn.model_selection import KFold
+
+from spex_api.explanation import Explanation
+from spex_api.fourier import SparseFourier, as_masks, r2_score
+
+
+class LinearBaseline:
+    """LassoCV on the characters (-1)^{x_i}: F(∅) = intercept, F({i}) = weight of feature i.
+
+    Parameters
+    ----------
+    n: number of features.
+    cv: folds for choosing the Lasso penalty (and for the reported CV R²).
+    n_alphas: size of the penalty grid.
+    max_rows: rows used for the fit; a first-order model of n features is well determined by a
+        few times n rows, so larger training sets are subsampled (seeded) to keep the cost at
+        about a second for n = 1000 instead of ~10 s for 20,000 rows.
+    random_state: seeds the fold split and the row subsample.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        cv: int = 5,
+        n_alphas: int = 30,
+        max_rows: int | None = None,
+        random_state: int = 0,
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        self.n = n
+        self.cv = cv
+        self.n_alphas = n_alphas
+        self.max_rows = max_rows
+        self.random_state = random_state
+
+    def fit(self, masks: np.ndarray, y: np.ndarray) -> Explanation:
+        """Fit on (masks, y) and return an Explanation with method "linear" (queries_used = rows given)."""
+        masks = as_masks(masks, self.n)
+        y = np.asarray(y, dtype=float).reshape(-1)
+        if len(y) != len(masks):
+            raise ValueError(f"{len(masks)} masks but {len(y)} scores")
+        if len(y) < 2:
+            raise ValueError("the linear baseline needs at least 2 answers")
+        rng = np.random.default_rng(self.random_state)
+        max_rows = max(2000, 4 * self.n) if self.max_rows is None else self.max_rows
+        rows = np.sort(rng.choice(len(y), size=max_rows, replace=False)) if len(y) > max_rows else slice(None)
+        chi = 1.0 - 2.0 * masks[rows]
+        target = y[rows]
+        folds = min(self.cv, len(target))
+        variance = float(target.var())
+        if variance == 0.0 or folds < 2:
+            keys, values, cv_r2, alpha = [()], np.array([float(target.mean())]), 1.0 if variance == 0.0 else 0.0, None
+        else:
+            model = LassoCV(
+                alphas=self.n_alphas,
+                cv=KFold(folds, shuffle=True, random_state=self.random_state),
+                random_state=self.random_state,
+                precompute=True,
+            ).fit(chi, target)
+            nonzero = np.flatnonzero(model.coef_)
+            keys = [()] + [(int(i),) for i in nonzero]
+            values = np.concatenate([[model.intercept_], model.coef_[nonzero]])
+            cv_r2 = float(1.0 - model.mse_path_.mean(axis=1).min() / variance)
+            alpha = float(model.alpha_)
+        fourier = SparseFourier(self.n, keys, values)
+        train_r2 = r2_score(target, fourier.predict(masks[rows]))
+        return Explanation(
+            fourier=fourier,
+            method="linear",
+            queries_used=len(y),
+            diagnostics={
+                "cv_r2": cv_r2,
+                "train_r2": train_r2,
+                "alpha": alpha,
+                "rows_used": len(target),
+                "n_nonzero": len(keys) - 1,
+            },
+        )
+
