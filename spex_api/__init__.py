@@ -8,6 +8,8 @@ __all__ = ["SparseFourier", "r2_score", "Oracle", "BudgetExceededError", "ValueF
 __all__ += ["Explanation", "Interaction"]
 from spex_api.spex import SPEX  # noqa: E402
 __all__ += ["SPEX"]
+from spex_api.explainer import Explainer; from spex_api.planner import Plan  # noqa: E402,E702
+__all__ += ["Explainer", "Plan"]
 __version__ = "0.1.0"
 
 # Names imported on first use, so `import spex_api` never pulls in providers or their SDKs.
