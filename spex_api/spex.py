@@ -160,7 +160,11 @@ class SPEX:
 
     # ------------------------------------------------------------------ fit
     def fit(self, value_fn: ValueFunction | Oracle, b: int | None = None) -> Explanation:
-        """Query the design (one batch through an Oracle), peel, refit; returns an Explanation."""
+        """Query the design (one batch through an Oracle), peel, refit; returns an Explanation.
+
+        `queries_used` counts the distinct design masks (answered now or earlier by a shared Oracle);
+        diagnostics["new_queries"] is what this call added to the Oracle's count.
+        """
         cpu0 = time.process_time()
         oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
         if oracle.n != self.n:
@@ -180,6 +184,7 @@ class SPEX:
         q0 = time.process_time()
         y = oracle(masks)
         query_cpu = time.process_time() - q0
+        distinct = len(np.unique(np.packbits(masks, axis=1), axis=0))
 
         C, P1, B = self.n_groups, self.code.P + 1, 1 << b
         raw = _fwht(y.reshape(C, P1, B))  # (C, P+1, 2^b): 2^b * U
@@ -194,6 +199,8 @@ class SPEX:
             "n_groups": C,
             "bins": C * B,
             "design_size": len(masks),
+            "design_distinct": distinct,
+            "new_queries": oracle.queries_used - used0,
             "decoder": self.decoder,
             **peel_info,
             "decoded": len(keys),
@@ -202,15 +209,14 @@ class SPEX:
             fourier, refit_info = self._refit(keys, raw, y.reshape(C, P1, B), codes, b, found)
             diagnostics.update(refit_info)
         else:
-            peeled = {k: v for k, v in found.items()}
-            fourier = SparseFourier(self.n, list(peeled), np.array(list(peeled.values()), dtype=float))
+            fourier = SparseFourier(self.n, keys, np.array(list(found.values()), dtype=float))
             diagnostics["refit"] = False
         diagnostics["cpu_seconds"] = time.process_time() - cpu0
         diagnostics["cpu_seconds_engine"] = diagnostics["cpu_seconds"] - query_cpu
         return Explanation(
             fourier=fourier,
             method="spex",
-            queries_used=oracle.queries_used - used0,
+            queries_used=distinct,
             diagnostics=diagnostics,
         )
 

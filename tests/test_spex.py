@@ -180,6 +180,19 @@ def test_budget_is_respected_and_checked_before_any_query() -> None:
     assert oracle.queries_used <= size + 10 and calls == [oracle.queries_used]
 
 
+def test_pre_answered_design_costs_no_new_queries() -> None:
+    n = 40
+    truth = planted(n, 4, 3, seed=8)
+    spex = SPEX(n, b=3)
+    oracle = Oracle(truth.predict, n, budget=SPEX.n_queries(n, 3))
+    oracle(spex.design())  # as the Explainer does: the whole design in one batch first
+    spent = oracle.queries_used
+    result = spex.fit(oracle)
+    assert oracle.queries_used == spent == result.queries_used
+    assert result.diagnostics["new_queries"] == 0
+    assert result.fourier.pruned(1e-9).to_dict().keys() == truth.to_dict().keys()
+
+
 def test_bad_input_raises_clear_errors() -> None:
     with pytest.raises(ValueError, match="n must be"):
         SPEX(0)
