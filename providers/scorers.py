@@ -378,6 +378,7 @@ class AnswerFrequency(Scorer):
         max_tokens: int = 4,
         case_sensitive: bool = False,
         tokenizer: Callable[[str], Any] | None = None,
+        stop: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.matcher = _LabelMatcher(labels, case_sensitive, True)
@@ -395,6 +396,7 @@ class AnswerFrequency(Scorer):
         self.samples, self.smoothing = int(samples), float(smoothing)
         self.temperature, self.max_tokens = float(temperature), int(max_tokens)
         self.tokenizer = tokenizer
+        self.stop = tuple(stop)
 
     def validate(self, adapter: Any) -> None:
         for label in self.labels:
@@ -404,7 +406,8 @@ class AnswerFrequency(Scorer):
 
     def request(self, messages: Sequence[Message]) -> Request:
         return Request(
-            tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature, samples=self.samples
+            tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature, samples=self.samples,
+            stop=self.stop,
         )
 
     def counts(self, completion: Completion) -> tuple[int, int]:
@@ -458,6 +461,8 @@ class AnswerSimilarity(Scorer):
 
     ``metric="token_f1"`` (default; bag-of-words F1 after lower-casing and dropping punctuation) or
     ``"char_ngram"`` (cosine of character 3-gram counts; kinder to inflections). No logprobs needed.
+    ``stop`` sequences end answers early (e.g. ``("\n",)`` for one-line answers); ``max_tokens`` must hold
+    the whole reference answer, which `set_reference` checks.
     """
 
     name = "answer_similarity"
@@ -465,7 +470,12 @@ class AnswerSimilarity(Scorer):
     needs_reference = True
 
     def __init__(
-        self, metric: str = "token_f1", max_tokens: int = 128, samples: int = 1, temperature: float = 0.0
+        self,
+        metric: str = "token_f1",
+        max_tokens: int = 128,
+        samples: int = 1,
+        temperature: float = 0.0,
+        stop: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if metric not in _SIMILARITIES:
@@ -478,11 +488,12 @@ class AnswerSimilarity(Scorer):
             raise ScorerError("samples > 1 at temperature 0 repeat one answer; set temperature > 0")
         self.metric, self.max_tokens = metric, int(max_tokens)
         self.samples, self.temperature = int(samples), float(temperature)
+        self.stop = tuple(stop)
         self._sim = _SIMILARITIES[metric]
         self.reference: Completion | None = None
 
     def reference_request(self, messages: Sequence[Message]) -> Request:
-        return Request(tuple(messages), max_tokens=self.max_tokens, temperature=0.0)
+        return Request(tuple(messages), max_tokens=self.max_tokens, temperature=0.0, stop=self.stop)
 
     def set_reference(self, completion: Completion) -> None:
         if not completion.text.strip():
@@ -499,7 +510,8 @@ class AnswerSimilarity(Scorer):
         if self.reference is None:
             raise ScorerError("call set_reference(original completion) before scoring")
         return Request(
-            tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature, samples=self.samples
+            tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature, samples=self.samples,
+            stop=self.stop,
         )
 
     def score(self, completion: Completion) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,7 +40,7 @@ def _is_secret_header(name: str) -> bool:
 
 def scrub_request(request: Any) -> Any:
     """Drop credential and SDK-fingerprint headers; pin the host so the random port never matters."""
-    for name in [h for h in request.headers if _is_secret_header(h)]:
+    for name in [h for h in request.headers if _is_secret_header(h) or h.lower() == "host"]:
         del request.headers[name]
     parts = urlsplit(request.uri)
     request.uri = urlunsplit((parts.scheme, CASSETTE_HOST, parts.path, parts.query, parts.fragment))
@@ -106,3 +107,18 @@ def cassette_base_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.getfixturevalue("local_server").root_url
     else:
         yield "http://127.0.0.1:9"  # never contacted: replay-only cassettes answer every request
+
+
+@pytest.fixture(scope="session")
+def cassettes() -> SimpleNamespace:
+    """The cassette kit for tests: ``vcr()``, ``dir``, ``recording``, ``key``, ``patterns`` and the scrubbers."""
+    return SimpleNamespace(
+        vcr=cassette_vcr,
+        dir=CASSETTES,
+        recording=RECORDING,
+        key=RECORDING_KEY,
+        host=CASSETTE_HOST,
+        patterns=KEY_PATTERNS,
+        scrub_request=scrub_request,
+        scrub_response=scrub_response,
+    )
