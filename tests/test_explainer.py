@@ -1,0 +1,138 @@
+"""Explainer end to end: budget cap, held-out faithfulness, linear fallback, determinism, bad answers."""
+
+import numpy as np
+import pytest
+
+from benchmarks._planted import planted_additive, planted_hierarchical, random_masks
+from spex_api import Explainer, ValueFunctionError
+from spex_api.fourier import r2_score
+from spex_api.linear import LinearBaseline
+
+
+class Recorder:
+    """Value function that counts every mask it is sent."""
+
+    def __init__(self, f):
+        self.f = f
+        self.batches = []
+
+    def __call__(self, masks):
+        self.batches.append(masks.copy())
+        return self.f(masks)
+
+    @property
+    def sent(self):
+        return sum(len(b) for b in self.batches)
+
+
+@pytest.fixture(scope="module")
+def hier64():
+    return planted_hierarchical(64, n_top=8, seed=3)
+
+
+@pytest.mark.parametrize(
+    "method, budget, min_r2",
+    [("spex", 4000, 0.99), ("proxyspex", 800, 0.8), ("auto", 800, 0.8), ("auto", 30_000, 0.99)],
+)
+def test_end_to_end_on_planted_function(hier64, method, budget, min_r2):
+    vf = Recorder(hier64)
+    expl = Explainer(vf, 64, budget, method=method).explain()
+    plan = expl.plan
+    assert expl.method == plan.method  # interactions paid on this function
+    assert method == "auto" or plan.method == method
+    assert expl.queries_used == vf.sent <= plan.total <= budget
+    X = random_masks(64, 1000, seed=42)
+    assert r2_score(hier64.clean(X), expl.predict(X)) >= min_r2
+    detail = expl.faithfulness_detail
+    assert expl.faithfulness == detail["holdout_r2"] == detail[plan.method]["holdout_r2"]
+    assert detail["n_holdout"] == plan.n_holdout > 0
+    assert expl.faithfulness >= detail["linear"]["holdout_r2"]
+    assert set(detail) >= {"train_r2", "n_train", "linear", "selected", "criterion"}
+    assert expl.top(3)[0].features  # ranked interactions are available
+
+
+def test_spex_design_is_sent_in_one_batch(hier64):
+    vf = Recorder(hier64)
+    expl = Explainer(vf, 64, 4000, method="spex").explain()
+    assert len(vf.batches) == 2  # the whole design, then the held-out slice
+    assert len(vf.batches[1]) <= expl.plan.n_holdout
+
+
+def test_linear_fallback_on_additive_function():
+    f = planted_additive(40, noise=0.3, seed=1)
+    expl = Explainer(f, 40, 600, method="proxyspex", random_state=1).explain()
+    assert expl.method == "linear"
+    assert expl.diagnostics["fallback"] == "linear"
+    assert "interactions did not pay" in expl.diagnostics["note"]
+    assert "proxyspex" in expl.diagnostics  # the rejected result's internals are kept
+    assert expl.faithfulness == expl.faithfulness_detail["linear"]["holdout_r2"]
+    assert expl.faithfulness > expl.faithfulness_detail["proxyspex"]["holdout_r2"]
+    assert expl.fourier.degree <= 1
+    assert expl.queries_used <= 600
+
+
+def test_holdout_zero_uses_cross_validation(hier64):
+    vf = Recorder(hier64)
+    expl = Explainer(vf, 64, 700, method="proxyspex", holdout=0).explain()
+    assert expl.faithfulness is None
+    detail = expl.faithfulness_detail
+    assert detail["criterion"] == "cv_r2" and detail["n_holdout"] == 0
+    assert detail["cv_r2"] >= detail["linear"]["cv_r2"]
+    assert expl.queries_used == vf.sent <= 700
+
+
+@pytest.mark.parametrize("method, budget", [("spex", 4000), ("proxyspex", 300)])
+def test_deterministic_and_settings_unchanged(hier64, method, budget):
+    names = [f"w{i}" for i in range(64)]
+    ex = Explainer(hier64, 64, budget, method=method, random_state=7, feature_names=names)
+    before = dict(vars(ex))
+    a, b = ex.explain(), ex.explain()
+    c = Explainer(hier64, 64, budget, method=method, random_state=7, feature_names=names).explain()
+    assert vars(ex) == before
+    for other in (b, c):
+        assert other.fourier.to_dict() == a.fourier.to_dict()
+        assert other.faithfulness == a.faithfulness
+    assert a.feature_names[5] == "w5" and a.top(1)[0].names[0].startswith("w")
+
+
+def test_random_state_changes_the_draws(hier64):
+    va, vd = Recorder(hier64), Recorder(hier64)
+    Explainer(va, 64, 4000, method="spex", random_state=7).explain()
+    Explainer(vd, 64, 4000, method="spex", random_state=8).explain()
+    for sent_a, sent_d in zip(va.batches, vd.batches):  # design, then held-out masks
+        assert not np.array_equal(sent_a, sent_d)
+
+
+def test_async_value_function(hier64):
+    async def avf(masks):
+        return hier64(masks)
+
+    expl = Explainer(avf, 64, 4000, method="spex").explain()
+    assert expl.faithfulness > 0.99
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda m: np.zeros(len(m) + 1), "shape"),
+        (lambda m: np.zeros((len(m), 2)), "shape"),
+        (lambda m: np.where(m[:, 0], np.nan, 1.0), "non-finite"),
+        (lambda m: ["x"] * len(m), "numbers"),
+    ],
+)
+@pytest.mark.parametrize("method", ["spex", "proxyspex"])
+def test_bad_value_function_outputs(bad, match, method):
+    with pytest.raises(ValueFunctionError, match=match):
+        Explainer(bad, 64, 4000, method=method).explain()
+
+
+def test_linear_baseline_recovers_first_order_terms():
+    f = planted_additive(30, noise=0.0, seed=2)
+    X = random_masks(30, 400, seed=3)
+    expl = LinearBaseline(30).fit(X, f(X))
+    assert expl.method == "linear" and expl.queries_used == 400
+    assert expl.diagnostics["cv_r2"] > 0.99
+    truth = f.fourier.to_dict()
+    got = expl.fourier.to_dict()
+    for key, value in truth.items():
+        assert got.get(key, 0.0) == pytest.approx(value, abs=0.05)
