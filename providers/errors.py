@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from spex_api.value_function import BudgetExceededError
-
 
 class ProviderError(Exception):
     """Base class for everything the providers layer raises."""
@@ -79,5 +77,8 @@ class InvalidRequestError(FatalAPIError):
     """The provider rejected the request itself (400, 404, 413, 422): fix the request, do not retry."""
 
 
-class CapExceededError(ProviderError, BudgetExceededError):
-    """The runner refused to send a request because it would break `max_queries` or `max_cost` (nothing sent)."""
+class CapExceededError(ProviderError, RuntimeError):
+    """The runner refused to send a request because it would break `max_queries` or `max_cost` (nothing sent).
+
+    Deliberately not importing the engine's BudgetExceededError: `providers` stays light to import (no
+    sklearn); the composition layer (spex_api.sdk) catches both."""

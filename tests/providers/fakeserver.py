@@ -352,6 +352,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     state: State
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts, kill -9, resets we caused) are expected here: stay quiet."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
 
 class FakeServer:
     """The fake provider in a background thread of this process; use as a context manager."""
