@@ -3,3 +3,15 @@
 from providers.types import Completion, Message, Request, TokenLogprob, Usage
 
 __all__ = ["Completion", "Message", "Request", "TokenLogprob", "Usage"]
+
+# Runtime names load on first use, so importing providers.types never pulls in the SDKs (providers-runtime).
+_LAZY = {"make_adapter": "providers.adapters", "Runner": "providers.runner", "ResponseCache": "providers.cache", "PriceTable": "providers.cost", "Price": "providers.cost", "LLMValueFunction": "providers.value_function"}  # noqa: E501
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):  # PEP 562 lazy exports
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'providers' has no attribute {name!r}")
