@@ -315,9 +315,9 @@ class AnswerLogprob(Scorer):
         return self.reference
 
     def request(self, messages: Sequence[Message]) -> Request:
-        ref = self._require_reference()
         if self.mode == "first_token":
             return Request(tuple(messages), max_tokens=1, temperature=0.0, top_logprobs=self._k)
+        ref = self._require_reference()  # teacher forcing sends the reference answer itself
         return Request(
             tuple(messages) + (Message("assistant", ref.text),), max_tokens=1, temperature=0.0, prompt_logprobs=1
         )
@@ -507,8 +507,6 @@ class AnswerSimilarity(Scorer):
         self.reference = completion
 
     def request(self, messages: Sequence[Message]) -> Request:
-        if self.reference is None:
-            raise ScorerError("call set_reference(original completion) before scoring")
         return Request(
             tuple(messages), max_tokens=self.max_tokens, temperature=self.temperature, samples=self.samples,
             stop=self.stop,

@@ -95,7 +95,7 @@ def test_answer_logprob_first_token():
     s = AnswerLogprob()
     s.validate(OPENAI)
     with pytest.raises(ScorerError, match="set_reference"):
-        s.request(MSGS)
+        s.score(comp(("Paris", -0.1, [("Paris", -0.1)])))
     ref = comp(("Paris", -0.1, [("Paris", -0.1)]), (".", -0.2, []), texts=("Paris.",))
     s.set_reference(ref)
     assert s.reference_request(MSGS).max_tokens == 64
@@ -109,6 +109,8 @@ def test_answer_logprob_first_token():
 def test_answer_logprob_sequence_teacher_forcing():
     s = AnswerLogprob(mode="sequence")
     s.validate(VLLM)
+    with pytest.raises(ScorerError, match="set_reference"):
+        s.request(MSGS)  # teacher forcing needs the answer to force
     s.set_reference(Completion(texts=("Paris is nice",)))
     r = s.request(MSGS)
     assert r.prompt_logprobs == 1 and r.messages[-1] == Message("assistant", "Paris is nice")

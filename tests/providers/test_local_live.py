@@ -1,0 +1,133 @@
+"""Live tests against the real llama-server + Gemma-3-270M (session fixture `local_server`; run in CI).
+
+They check real behaviour, not wiring: finite label margins from real top_logprobs, the Anthropic protocol
+through the official SDK, masks that move scores, and an end-to-end value function whose rerun on a disk
+cache makes zero API calls. Each test sends only a handful of short queries.
+"""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+import urllib.request
+
+import anthropic
+import numpy as np
+import openai
+import pytest
+
+from providers.adapters import make_adapter
+from providers.local import LocalServer, LocalServerError
+from providers.prompt import MaskedPrompt
+from providers.runner import Runner
+from providers.scorers import AnswerSimilarity, LabelMargin, ScorerError
+from providers.value_function import LLMValueFunction
+
+pytestmark = pytest.mark.live
+
+QUESTION = "Answer with one word, True or False.\nStatement: {content}"
+
+
+def _adapter(server: LocalServer):
+    return make_adapter("llama-server", server.model, base_url=server.base_url)
+
+
+def test_tokenizer_checks_single_token_labels(local_server: LocalServer) -> None:
+    assert len(local_server.tokenize("True")) == 1 and len(local_server.tokenize("False")) == 1
+    adapter = _adapter(local_server)
+    LabelMargin(tokenizer=local_server.tokenize).validate(adapter)
+    with pytest.raises(ScorerError, match="tokens"):
+        LabelMargin(labels=("True", "Not at all"), tokenizer=local_server.tokenize).validate(adapter)
+
+
+async def test_chat_top_logprobs_give_finite_label_margin(local_server: LocalServer) -> None:
+    client = openai.AsyncOpenAI(base_url=local_server.base_url, api_key="local", max_retries=0)
+    r = await client.chat.completions.create(
+        model=local_server.model,
+        messages=[{"role": "user", "content": QUESTION.format(content="Fire is hot.")}],
+        max_tokens=1, temperature=0, logprobs=True, top_logprobs=20,
+    )
+    top = r.choices[0].logprobs.content[0].top_logprobs
+    assert len(top) == 20
+    assert sum(math.exp(t.logprob) for t in top) <= 1 + 1e-6
+    # and through our adapter + scorer
+    adapter, scorer = _adapter(local_server), LabelMargin(tokenizer=local_server.tokenize)
+    scorer.validate(adapter)
+    prompt = MaskedPrompt.from_text("Fire is hot.", template=QUESTION)
+    completion = await adapter.send(scorer.request(prompt.render(prompt.full_mask())))
+    a, b, _ = scorer.label_logprobs(completion)
+    assert math.isfinite(a - b) and a <= 0 and b <= 0
+
+
+async def test_anthropic_messages_through_sdk(local_server: LocalServer) -> None:
+    client = anthropic.AsyncAnthropic(base_url=local_server.root_url, api_key="local", max_retries=0)
+    m = await client.messages.create(
+        model=local_server.model, max_tokens=8, system="Answer in one word.",
+        messages=[{"role": "user", "content": "Is fire hot?"}], extra_body={"temperature": 0},
+    )
+    assert m.type == "message" and m.content[0].text
+    assert m.stop_reason in ("max_tokens", "end_turn", "stop_sequence")
+    assert 0 < m.usage.output_tokens <= 8
+
+
+async def test_masking_changes_scores(local_server: LocalServer) -> None:
+    prompt = MaskedPrompt.from_text("Fire is hot and ice is cold.", template=QUESTION)
+    adapter, scorer = _adapter(local_server), LabelMargin()
+    masks = np.ones((3, prompt.n_features), dtype=bool)
+    masks[1, [0, 1, 2, 3]] = False  # hide "Fire is hot and"
+    masks[2, :] = False
+    requests = [scorer.request(m) for m in prompt.render_many(masks)]
+    completions = [await adapter.send(r) for r in requests]
+    scores = scorer.score_many(completions)
+    assert np.isfinite(scores).all()
+    assert np.ptp(scores) > 1e-3, scores
+
+
+async def test_value_function_rerun_on_disk_cache_is_free(local_server: LocalServer, tmp_path) -> None:
+    prompt = MaskedPrompt.from_text("Fire is hot.", template=QUESTION)
+    masks = np.array([[1, 1, 1], [0, 1, 1], [1, 0, 1], [1, 1, 0]], dtype=bool)
+
+    async def run() -> tuple[np.ndarray, dict]:
+        adapter = _adapter(local_server)
+        runner = Runner(adapter, cache=str(tmp_path / "cache"), concurrency=4, max_queries=10)
+        vf = LLMValueFunction(prompt, adapter, LabelMargin(tokenizer=local_server.tokenize), runner, progress=False)
+        return await vf(masks), vf.stats
+
+    first, stats1 = await run()
+    second, stats2 = await run()
+    assert stats1["api_calls"] == 4 and stats1["cache_hits"] == 0
+    assert stats2["api_calls"] == 0 and stats2["cache_hits"] == 4
+    np.testing.assert_array_equal(first, second)
+    assert np.isfinite(first).all()
+
+
+async def test_similarity_to_reference_answer(local_server: LocalServer, tmp_path) -> None:
+    prompt = MaskedPrompt.from_text("The capital of France is Paris.", template="Repeat this sentence: {content}")
+    adapter = _adapter(local_server)
+    vf = LLMValueFunction(prompt, adapter, AnswerSimilarity(max_tokens=24, stop=("\n",)), Runner(adapter), progress=False)
+    ref = await vf.reference()
+    assert ref.text.strip()
+    scores = await vf(np.array([[1] * prompt.n_features, [0] * prompt.n_features], dtype=bool))
+    assert scores[0] == pytest.approx(1.0)  # temperature 0 reproduces the reference
+    assert 0.0 <= scores[1] < 1.0
+
+
+@pytest.mark.slow
+def test_server_lifecycle_and_startup_errors(tmp_path) -> None:
+    bad = tmp_path / "not-a-model.gguf"
+    bad.write_bytes(b"not a gguf")
+    with pytest.raises(LocalServerError, match="exited with code") as info:
+        LocalServer(model_path=bad, n_parallel=1, startup_timeout=60).start()
+    assert "gguf" in str(info.value).lower()  # the server's own last log lines explain why
+    server = LocalServer(n_parallel=1, ctx_size=256)
+    with server:
+        assert server.running
+        health = server.root_url + "/health"
+        with urllib.request.urlopen(health, timeout=5) as r:
+            assert r.status == 200
+        proc = server._proc
+    assert not server.running and proc is not None and proc.poll() is not None
+    with pytest.raises(urllib.error.URLError):  # stopped: the port no longer answers
+        urllib.request.urlopen(health, timeout=5)
+    with pytest.raises(LocalServerError, match="not been started"):
+        _ = server.base_url
