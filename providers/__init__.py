@@ -6,6 +6,7 @@ __all__ = ["Completion", "Message", "Request", "TokenLogprob", "Usage"]
 
 # Runtime names load on first use, so importing providers.types never pulls in the SDKs (providers-runtime).
 _LAZY = {"make_adapter": "providers.adapters", "Runner": "providers.runner", "ResponseCache": "providers.cache", "PriceTable": "providers.cost", "Price": "providers.cost", "LLMValueFunction": "providers.value_function"}  # noqa: E501
+_LAZY.update({n: "providers.prompt" for n in ("MaskedPrompt", "Maskable", "PromptError")} | {n: "providers.scorers" for n in ("LabelMargin", "AnswerLogprob", "AnswerFrequency", "AnswerSimilarity", "ScorerError", "ScoringError")} | {"LocalServer": "providers.local"})  # noqa: E501 (providers-prompt)
 __all__ += list(_LAZY)
 
 
