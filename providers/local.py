@@ -103,7 +103,9 @@ class LocalServer:
     """Start, health-check and stop one ``llama-server`` process.
 
     ``n_parallel`` slots decode concurrently (continuous batching); ``ctx_size`` is the context per slot
-    (the server gets ``ctx_size * n_parallel`` in total). ``port=None`` picks a free loopback port.
+    (the server gets ``ctx_size * n_parallel`` in total). Batching is not numerically invariant: the same
+    prompt's logprobs move by up to ~0.3 nats depending on what else is in the batch (measured); use
+    ``n_parallel=1`` when bit-exact repeatability matters more than throughput. ``port=None`` picks a free loopback port.
     ``threads`` defaults to `default_threads()`. ``chat_template`` names one of llama.cpp's built-in
     templates ("gemma" for the bundled model). The process is stopped by `stop()`, by leaving the ``with``
     block, or at interpreter exit.
