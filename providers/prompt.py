@@ -152,16 +152,19 @@ class MaskedPrompt:
         trailing = [t[len(t.rstrip()):] for t in feature_texts]
         masked = [placeholder + w if mask_style == "placeholder" else "" for w in trailing]
         self._masked = np.array(masked, dtype=object)
-        # Per message: constant text (no features) or (columns: fixed texts, feature index per column or -1).
-        self._plans: list[tuple[np.ndarray, np.ndarray] | str] = []
+        # Per message: constant text, or fixed strings and runs (a, b) of consecutive feature columns.
+        self._plans: list[str | list[str | tuple[int, int]]] = []
         for msg in self._slots:
-            feats = [s for s in msg if not isinstance(s, str)]
-            if not feats:
-                self._plans.append("".join(msg))
-                continue
-            idx = np.array([-1 if isinstance(s, str) else int(s) for s in msg], dtype=np.intp)
-            fixed = np.array([s if isinstance(s, str) else "" for s in msg], dtype=object)
-            self._plans.append((fixed, idx))
+            plan: list[str | tuple[int, int]] = []
+            for item in msg:
+                if isinstance(item, str):
+                    if item:
+                        plan.append(plan.pop() + item if plan and isinstance(plan[-1], str) else item)
+                elif plan and isinstance(plan[-1], tuple) and plan[-1][1] == int(item):
+                    plan[-1] = (plan[-1][0], int(item) + 1)
+                else:
+                    plan.append((int(item), int(item) + 1))
+            self._plans.append("".join(plan) if all(isinstance(p, str) for p in plan) else plan)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -335,21 +338,23 @@ class MaskedPrompt:
     def render_many(self, masks: Any) -> list[tuple[Message, ...]]:
         """Render an (N, n) mask matrix to N message tuples; vectorised over masks."""
         m = self._check(masks)
-        chosen = np.where(m, self._kept[None, :], self._masked[None, :])  # (N, n) object
+        rows = np.where(m, self._kept[None, :], self._masked[None, :]).tolist()  # (N, n) texts
         per_message: list[list[str]] = []
         for plan in self._plans:
             if isinstance(plan, str):
-                per_message.append([plan] * len(m))
-                continue
-            fixed, idx = plan
-            cols = np.empty((len(m), len(idx)), dtype=object)
-            cols[:] = fixed[None, :]
-            is_feat = idx >= 0
-            cols[:, is_feat] = chosen[:, idx[is_feat]]
-            per_message.append(["".join(row) for row in cols.tolist()])
+                per_message.append([plan] * len(rows))
+            elif len(plan) <= 3 and sum(isinstance(p, tuple) for p in plan) == 1:  # [pre,] run [, post]
+                k = next(i for i, p in enumerate(plan) if isinstance(p, tuple))
+                pre, post = "".join(plan[:k]), "".join(plan[k + 1 :])  # type: ignore[arg-type]
+                a, b = plan[k]  # type: ignore[misc]
+                per_message.append([pre + "".join(r[a:b]) + post for r in rows])
+            else:
+                per_message.append(
+                    ["".join([p if isinstance(p, str) else "".join(r[p[0] : p[1]]) for p in plan]) for r in rows]
+                )
         return [
             tuple(Message(role, contents[i]) for role, contents in zip(self.roles, per_message))
-            for i in range(len(m))
+            for i in range(len(rows))
         ]
 
     def render(self, mask: Any) -> tuple[Message, ...]:
