@@ -359,6 +359,7 @@ class Runner:
         reserved = self.worst_case_cost(request)
         await self._reserve(reserved, state)
         charged = reserved  # until we know better, an attempt counts at its worst case
+        sent = False
         try:
             async with state.slots:
                 if state.rpm is not None:
@@ -370,6 +371,7 @@ class Runner:
                 if self._abort is not None:
                     raise _Aborted
                 self.stats.api_calls += 1
+                sent = True
                 completion, headers = await self.adapter.exchange(request)
         except TransientError as exc:
             self.stats.failures += 1
@@ -387,8 +389,11 @@ class Runner:
             charged = 0.0
             raise
         except BaseException:
-            # cancelled or unexpected: the call may have been billed; keep its worst case charged
-            self.stats.unknown_outcome_spend += charged
+            # cancelled or unexpected: once sent, the call may have been billed; keep its worst case charged
+            if sent:
+                self.stats.unknown_outcome_spend += charged
+            else:
+                charged = 0.0
             raise
         else:
             if self.cache is not None:

@@ -40,11 +40,12 @@ class LLMValueFunction:
         if runner.adapter is not adapter:
             raise ConfigurationError("runner was built for a different adapter than the value function's")
         scorer.validate(adapter)  # raises before any spend (unsupported provider, multi-token label, ...)
-        probe = scorer.request(full)
-        adapter.check(probe)  # e.g. top_logprobs beyond the provider's maximum
+        if getattr(scorer, "needs_reference", False):
+            adapter.check(scorer.reference_request(full))  # e.g. top_logprobs beyond the provider's maximum
         self.prompt = prompt
-        self.adapter = adapter
         self.scorer = scorer
+        adapter.check(self._full_request())
+        self.adapter = adapter
         self.runner = runner
         self.progress = progress
         self.n = int(n)
@@ -56,7 +57,13 @@ class LLMValueFunction:
 
     # ---- cost ---------------------------------------------------------------------------------------
     def _full_request(self) -> Request:
-        return self.scorer.request(self.prompt.render(self.prompt.full_mask()))
+        """The unmasked prompt's scoring request; before the reference answer exists (teacher-forcing scorers
+        append it), the reference request stands in (its max_tokens makes the estimate conservative)."""
+        full = self.prompt.render(self.prompt.full_mask())
+        try:
+            return self.scorer.request(full)
+        except ValueError:  # ScorerError: the scorer needs its reference answer first
+            return self.scorer.reference_request(full)
 
     def estimate_cost(self, n_queries: int) -> float:
         """Dollars for n_queries masked prompts (plus the reference answer when the scorer needs one), priced

@@ -129,8 +129,11 @@ class Adapter(ABC):
         body = self.body(request)
         try:
             raw = await self._post(request, body)
-        except Exception as exc:  # translated below; anything unknown propagates unchanged
-            raise self._translate(exc) from exc
+        except Exception as exc:
+            translated = self._translate(exc)
+            if translated is exc:  # not an SDK API error: propagate unchanged
+                raise
+            raise translated from exc
         headers = dict(raw.headers)
         try:
             payload = json.loads(raw.content)

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import select
 import socket
 import struct
@@ -307,7 +308,7 @@ class Handler(BaseHTTPRequestHandler):
         return out
 
     def _prompt_lps(self, body: dict[str, Any]) -> list[Any]:
-        words = _prompt_text(body).split()
+        words = re.findall(r"\s*\S+", _prompt_text(body))  # word tokens keep their leading whitespace, like BPE
         rows: list[Any] = [None]
         for i, w in enumerate(words[1:], start=1):
             lp = math.log(0.05 + 0.9 * _unit(words[:i], w))

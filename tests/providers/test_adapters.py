@@ -77,7 +77,7 @@ async def test_legacy_completions_and_prompt_logprobs_on_compatible_server(serve
                                        "logprobs": 3, "temperature": 0.0, "prompt_logprobs": 1}
     assert server.state.headers_seen[-1]["authorization"] == "Bearer sk-no-key-required"
     assert "".join(t.token for t in c.logprobs[0]) == c.text and len(c.logprobs[0]) == 2
-    assert [t.token for t in c.prompt_logprobs] == ["sky", "is", "blue", "today"]  # first prompt token has none
+    assert [t.token for t in c.prompt_logprobs] == [" sky", " is", " blue", " today"]  # first prompt token has none
     assert all(t.logprob < 0 for t in c.prompt_logprobs)
     # chat endpoint sends max_tokens (not max_completion_tokens) to compatible servers, prompt_logprobs in body
     chat = Request(messages=(Message("user", "The sky is blue"),), prompt_logprobs=1)

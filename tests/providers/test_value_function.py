@@ -12,7 +12,7 @@ from providers.cost import Price, PriceTable
 from providers.errors import CapExceededError, ConfigurationError
 from providers.prompt import MaskedPrompt
 from providers.runner import Runner
-from providers.scorers import AnswerFrequency, LabelMargin, ScorerError
+from providers.scorers import AnswerFrequency, AnswerLogprob, LabelMargin, ScorerError
 from providers.value_function import LLMValueFunction
 from spex_api.value_function import Oracle
 
@@ -78,6 +78,17 @@ async def test_reference_is_fetched_once_for_scorers_that_need_it(server):
     assert await f.reference() is ref
     await f(masks(4, f.n))
     assert f.stats["masks_scored"] == 4
+
+
+async def test_teacher_forcing_scorer_gets_its_reference_first(server):
+    f = vf(server, scorer=AnswerLogprob(mode="sequence"))
+    assert f.estimate_cost(10) == 0.0  # compatible server: free unless priced
+    y = await f(masks(6, f.n, seed=3))
+    assert np.isfinite(y).all() and (y < 0).all()
+    ref = f.scorer.reference.text
+    assert all(b["messages"][-1] == {"role": "assistant", "content": ref}
+               for b in server.state.bodies[1:])  # every scoring call teacher-forces the reference answer
+    assert all(b.get("prompt_logprobs") == 1 for b in server.state.bodies[1:])
 
 
 def test_validation_before_any_spend(server):
