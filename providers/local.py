@@ -179,41 +179,55 @@ class LocalServer:
         return cmd + list(self.extra_args)
 
     def start(self) -> "LocalServer":
-        """Launch the server and block until ``/health`` answers OK (or raise with its last log lines)."""
+        """Launch the server and block until ``/health`` answers OK (or raise with its last log lines).
+
+        With an automatic port, a port taken between choosing and binding it is retried (3 attempts).
+        """
         if self.running:
             return self
         exe = find_llama_server()
         self._auto_port = self.port is None
-        if self._auto_port:
-            self.port = free_port(self.host)
-        cmd = self.command()
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(exe.parent), env.get("LD_LIBRARY_PATH", "")) if p)
-        fd, self._log_path = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
-        with os.fdopen(fd, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        # runs at garbage collection or interpreter exit (finalize's atexit hook), whichever comes first
-        self._finalizer = weakref.finalize(self, _terminate, self._proc)
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(3 if self._auto_port else 1):
+            if self._auto_port:
+                self.port = free_port(self.host)
+            cmd = self.command()
+            fd, self._log_path = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
+            with os.fdopen(fd, "wb") as log:
+                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+            # runs at garbage collection or interpreter exit (finalize's atexit hook), whichever comes first
+            self._finalizer = weakref.finalize(self, _terminate, self._proc)
+            try:
+                self._wait_healthy()
+                return self
+            except LocalServerError:
+                lost_port = "couldn't bind" in self.log_tail()
+                self.stop()
+                if not (lost_port and self._auto_port and attempt < 2):
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def _wait_healthy(self) -> None:
+        """Poll /health until OK; only counts once OUR process logged that it listens (not another server's port)."""
         deadline = time.monotonic() + self.startup_timeout
         last = "no answer yet"
+        assert self._proc is not None
         while time.monotonic() < deadline:
-            assert self._proc is not None
             if self._proc.poll() is not None:
                 raise LocalServerError(
-                    f"llama-server exited with code {self._proc.returncode} during startup:\n{self.log_tail()}"
+                    f"llama-server exited with code {self._proc.returncode} during startup; last log lines:\n"
+                    f"{self.log_tail()}"
                 )
             try:
                 with urllib.request.urlopen(self.root_url + "/health", timeout=2) as r:
-                    if r.status == 200 and json.loads(r.read() or b"{}").get("status", "ok") == "ok":
-                        return
+                    ok = r.status == 200 and json.loads(r.read() or b"{}").get("status", "ok") == "ok"
+                if ok and "listening on" in self.log_tail(200):
+                    return
+                last = "health OK from a process that is not ours" if ok else f"HTTP {r.status}"
             except urllib.error.HTTPError as exc:  # 503 while the model loads
                 last = f"HTTP {exc.code}"
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
