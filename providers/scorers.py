@@ -175,9 +175,10 @@ class LabelMargin(Scorer):
     All listed token variants of a label (leading space, case if ``case_sensitive=False``) are summed
     in probability space. A label missing from the list gets the upper bound described in the module
     doc. With ``max_tokens > 1`` the first generated position whose alternatives contain a label (skipping
-    whitespace/markup tokens) is scored. Labels must be single tokens: checked with ``tokenizer`` (a
-    callable text -> tokens or count, e.g. ``LocalServer.tokenize``) or the adapter's ``tokenize`` /
-    exact ``count_tokens``; without any exact tokenizer the check is skipped (documented limitation).
+    whitespace/markup tokens) is scored. Labels must be single tokens: checked in `validate` with
+    ``tokenizer`` (a callable text -> tokens or count, e.g. ``LocalServer.tokenize``, which asks
+    llama-server's ``/tokenize``), else with tiktoken for OpenAI's own API; for other servers the adapter
+    only estimates token counts, so without a ``tokenizer`` the check is skipped there.
     """
 
     name = "label_margin"
@@ -235,7 +236,8 @@ class LabelMargin(Scorer):
                 chosen = pos
                 break
             if pos.token.strip(string.whitespace + "*_`\"'#:"):
-                break  # a real (non-label) token was generated first: score this position
+                chosen = pos  # a real (non-label) token was generated first: score this position
+                break
         listed = _listed(chosen)
         found: list[list[float]] = [[], []]
         for tok, lp in listed.items():

@@ -65,6 +65,9 @@ def test_label_margin_skips_markup_tokens_when_max_tokens_gt_1():
     assert a == pytest.approx(-3.0) and bounded
     c2 = comp(("\n", -0.1, [("\n", -0.1)]), ("False", -0.2, [("False", -0.2), ("True", -1.9)]))
     assert s.score(c2) == pytest.approx(-1.9 + 0.2)
+    # no label anywhere: the first real token's position is scored (both labels bounded there -> 0)
+    c3 = comp(("\n", -0.01, [("\n", -0.01)]), ("Hello", -0.5, [("Hello", -0.5), ("Hi", -1.2)]), ("x", -0.1, [("True", -0.2)]))
+    assert s.label_logprobs(c3) == (pytest.approx(missing_bound([-0.5, -1.2])),) * 2 + (True,)
 
 
 def test_label_margin_validation_before_spend():
