@@ -319,10 +319,10 @@ class AnswerLogprob(Scorer):
     def request(self, messages: Sequence[Message]) -> Request:
         if self.mode == "first_token":
             return Request(tuple(messages), max_tokens=1, temperature=0.0, top_logprobs=self._k)
-        ref = self._require_reference()  # teacher forcing sends the reference answer itself
-        return Request(
-            tuple(messages) + (Message("assistant", ref.text),), max_tokens=1, temperature=0.0, prompt_logprobs=1
-        )
+        # Teacher forcing sends the reference answer itself. Before set_reference this returns the request's
+        # shape only (for capability checks such as Adapter.check); score() refuses until a reference is set.
+        forced = () if self.reference is None else (Message("assistant", self.reference.text),)
+        return Request(tuple(messages) + forced, max_tokens=1, temperature=0.0, prompt_logprobs=1)
 
     def score(self, completion: Completion) -> float:
         ref = self._require_reference()

@@ -112,8 +112,10 @@ def test_answer_logprob_first_token():
 def test_answer_logprob_sequence_teacher_forcing():
     s = AnswerLogprob(mode="sequence")
     s.validate(VLLM)
+    probe = s.request(MSGS)  # before the reference: the request's shape, for capability checks only
+    assert probe.prompt_logprobs == 1 and probe.messages == MSGS
     with pytest.raises(ScorerError, match="set_reference"):
-        s.request(MSGS)  # teacher forcing needs the answer to force
+        s.score(Completion(texts=("x",), prompt_logprobs=(TokenLogprob("a", -1.0),)))
     s.set_reference(Completion(texts=("Paris is nice",)))
     r = s.request(MSGS)
     assert r.prompt_logprobs == 1 and r.messages[-1] == Message("assistant", "Paris is nice")
@@ -155,3 +157,21 @@ def test_answer_similarity():
     assert s.score(Completion(texts=("the cat", "a dog sat"))) == pytest.approx((0.8 + 1 / 3) / 2)
     with pytest.raises(ScorerError, match="metric"):
         AnswerSimilarity(metric="bleu")
+
+
+def test_every_scorer_builds_a_value_function_before_any_spend():
+    """The runtime's LLMValueFunction validates scorer + adapter in its constructor (no network)."""
+    from providers.prompt import MaskedPrompt
+    from providers.value_function import LLMValueFunction
+
+    prompt = MaskedPrompt.from_text("Fire is hot.", template="True or False? {content}")
+    for adapter, scorer in [
+        (OPENAI, LabelMargin()),
+        (OPENAI, AnswerLogprob()),
+        (VLLM, AnswerLogprob(mode="sequence")),
+        (ANTHROPIC, AnswerFrequency(samples=3)),
+        (ANTHROPIC, AnswerSimilarity()),
+    ]:
+        LLMValueFunction(prompt, adapter, scorer, progress=False)
+    with pytest.raises(ScorerError, match="top_logprobs"):
+        LLMValueFunction(prompt, ANTHROPIC, LabelMargin(), progress=False)
