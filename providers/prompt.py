@@ -5,6 +5,8 @@ feature. Each feature owns its text and the whitespace that follows it, so a mas
 dropped whole (``mask_style="remove"``) or replaced by ``placeholder`` plus that whitespace
 (``mask_style="placeholder"``). Consecutive masked features each get their own placeholder
 (``"the [UNK] [UNK] sat"``): the model sees how much was hidden, and every mask maps to one rendering.
+With ``remove``, text outside features (template, gaps between spans) stays as is, so removing the last
+word can leave the previous word's trailing space.
 
 Masks follow the engine contract: a boolean vector of length ``n_features``, True = feature kept.
 Rendering many masks is vectorised (one ``np.where`` over an object matrix, one join per row).
