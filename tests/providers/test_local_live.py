@@ -20,7 +20,7 @@ from providers.adapters import make_adapter
 from providers.local import LocalServer, LocalServerError
 from providers.prompt import MaskedPrompt
 from providers.runner import Runner
-from providers.scorers import AnswerSimilarity, LabelMargin, ScorerError
+from providers.scorers import AnswerFrequency, AnswerSimilarity, LabelMargin, ScorerError
 from providers.value_function import LLMValueFunction
 
 pytestmark = pytest.mark.live
@@ -113,6 +113,18 @@ async def test_similarity_to_reference_answer(local_server: LocalServer, tmp_pat
     scores = await vf(np.array([[1] * prompt.n_features, [0] * prompt.n_features], dtype=bool))
     assert scores[0] == pytest.approx(1.0)  # temperature 0 reproduces the reference
     assert 0.0 <= scores[1] < 1.0
+
+
+async def test_anthropic_protocol_answer_frequency(local_server: LocalServer) -> None:
+    """No logprobs on the Anthropic protocol: k sampled answers per mask, each a separate call."""
+    adapter = make_adapter("anthropic", local_server.model, base_url=local_server.root_url)
+    prompt = MaskedPrompt.from_text("Fire is hot.", template=QUESTION)
+    scorer = AnswerFrequency(samples=3, max_tokens=3, stop=("\n",), tokenizer=local_server.tokenize)
+    vf = LLMValueFunction(prompt, adapter, scorer, Runner(adapter, concurrency=4), progress=False)
+    scores = await vf(np.array([[1, 1, 1], [0, 0, 0]], dtype=bool))
+    assert vf.stats["api_calls"] == 6  # 2 masks x 3 samples
+    bound = math.log(3.5 / 0.5)
+    assert np.all(np.abs(scores) <= bound + 1e-12)
 
 
 @pytest.mark.slow
