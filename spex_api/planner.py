@@ -19,13 +19,18 @@ METHODS = ("auto", "spex", "proxyspex")
 SPEX_MIN_B = 2
 # Fewest random masks ProxySPEX is run on: its 5-fold CV grid needs a handful of rows per fold.
 PROXYSPEX_MIN_SAMPLES = 32
+# Below this n there are fewer than 8 distinct masks: too few to cross-validate a proxy (SPEX is exact).
+PROXYSPEX_MIN_N = 3
 # Default floor on the held-out slice when holdout > 0: fewer points give a meaningless R².
 MIN_HOLDOUT = 20
 
 
 def auto_min_b(n: int) -> int:
-    """Smallest SPEX b that `method="auto"` accepts for n features (see `plan` for the evidence)."""
-    return 8 if n <= 128 else 9
+    """Smallest SPEX b that `method="auto"` accepts for n features (see `plan` for the evidence).
+
+    For n <= 6, b = n already gives 3 * 2^n bins, at least one per possible interaction.
+    """
+    return min(n, 6)
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,8 @@ def minimum_budget(n: int, method: str = "auto", max_order: int = 5, holdout: fl
                    min_holdout: int = MIN_HOLDOUT) -> int:
     """Smallest budget `plan` accepts for this method (training minimum plus the held-out floor)."""
     _check_method(method)
-    train = SPEX.n_queries(n, SPEX_MIN_B, max_order) if method == "spex" else PROXYSPEX_MIN_SAMPLES
+    spex_only = method == "spex" or (method == "auto" and n < PROXYSPEX_MIN_N)
+    train = SPEX.n_queries(n, SPEX_MIN_B, max_order) if spex_only else PROXYSPEX_MIN_SAMPLES
     if holdout <= 0:
         return train
     # n_holdout = max(min_holdout, ceil(holdout * budget)); find the least budget leaving `train`.
@@ -118,9 +124,13 @@ def plan(
         raise ValueError(f"holdout must be a fraction in [0, 0.5), got {holdout!r}")
     if min_holdout < 1:
         raise ValueError(f"min_holdout must be >= 1, got {min_holdout!r}")
+    if method == "proxyspex" and n < PROXYSPEX_MIN_N:
+        raise ValueError(f"ProxySPEX needs n >= {PROXYSPEX_MIN_N} features (2^n distinct masks to cross-validate "
+                         f"its proxy); use method='spex' for n={n}")
     minimum = minimum_budget(n, method, max_order, holdout, min_holdout)
     if budget < minimum:
-        detail = "SPEX with b=2" if method == "spex" else f"ProxySPEX ({PROXYSPEX_MIN_SAMPLES} samples)"
+        spex_only = method == "spex" or n < PROXYSPEX_MIN_N
+        detail = "SPEX with b=2" if spex_only else f"ProxySPEX ({PROXYSPEX_MIN_SAMPLES} samples)"
         held = f" plus {min_holdout} held-out masks" if holdout > 0 else ""
         raise ValueError(
             f"budget {budget} is below the minimum of {minimum} queries for method={method!r} "
@@ -135,7 +145,10 @@ def plan(
 
     if method == "auto":
         need = auto_min_b(n)
-        if b is not None and b >= need:
+        if n < PROXYSPEX_MIN_N:
+            chosen = "spex"
+            reason = f"n={n} is too small for a proxy model; SPEX with b={b} covers every mask"
+        elif b is not None and b >= need:
             chosen = "spex"
             reason = (
                 f"budget affords SPEX with b={b} ({2 ** b} bins per group, >= {2 ** need} needed at "

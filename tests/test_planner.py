@@ -21,6 +21,8 @@ def _budgets(rng, n, method, holdout):
 def test_plan_never_exceeds_budget_and_counts_exactly(method, holdout):
     rng = np.random.default_rng(0)
     for n in (1, 3, 12, 37, 64, 100, 256, 500, 1000, 2000):
+        if method == "proxyspex" and n < 3:
+            continue  # refused, see test_tiny_n_uses_spex_and_proxyspex_refuses
         for budget in _budgets(rng, n, method, holdout):
             p = plan(n, budget, method=method, holdout=holdout)
             assert p.total <= budget
@@ -105,3 +107,11 @@ def test_explainer_plan_spends_nothing():
     ex = Explainer(lambda m: calls.append(1) or np.zeros(len(m)), 64, 5000)
     assert ex.plan() == plan(64, 5000)
     assert calls == []
+
+
+def test_tiny_n_uses_spex_and_proxyspex_refuses():
+    for n in (1, 2):
+        p = plan(n, 1000)
+        assert p.method == "spex" and p.total <= 1000 and "too small" in p.reason
+        with pytest.raises(ValueError, match="ProxySPEX needs n >= 3"):
+            plan(n, 1000, method="proxyspex")

@@ -1,0 +1,356 @@
+"""Engine benchmark: our SPEX / ProxySPEX / auto next to shapiq's SPEX / ProxySPEX, same functions, same budgets.
+
+    python benchmarks/engine.py            # full table (~15 min on 2 cores)
+    python benchmarks/engine.py --quick    # smaller table (< 3 min)
+    python benchmarks/engine.py --crossover  # the SPEX-vs-ProxySPEX sweep behind the planner's auto rule
+
+Every run happens in a forked child process (so a slow peer can be stopped at --peer-timeout and
+each run's peak memory is its own). Figures: R² against the noiseless planted function on 1,000
+held-out uniform random masks, distinct queries sent, CPU seconds (time.process_time in the child),
+peak RSS of the child (MB; includes ~the interpreter and imports, printed as "base"). Our SPEX and
+ProxySPEX get the whole budget, as the peers do; "auto" is the full Explainer (5% of the budget held
+out, linear baseline comparison), i.e. what a user gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._planted import PlantedFunction, planted_hierarchical, random_masks  # noqa: E402
+from spex_api.fourier import SparseFourier, incidence, r2_score  # noqa: E402
+
+HOLDOUT_SEED = 987_654
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    budget: int
+    noise: float
+    n_top: int
+    seed: int
+
+    def function(self) -> PlantedFunction:
+        return planted_hierarchical(self.n, n_top=self.n_top, noise=self.noise, seed=self.seed)
+
+    @property
+    def label(self) -> str:
+        return f"n={self.n} B={self.budget} {'noisy' if self.noise else 'clean'}"
+
+
+class Counting:
+    """Wraps a planted function for a peer: counts the distinct masks it is asked."""
+
+    def __init__(self, f: PlantedFunction) -> None:
+        self.f = f
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks).astype(bool)
+        self.seen.append(np.packbits(masks, axis=1))
+        return self.f(masks)
+
+    @property
+    def distinct(self) -> int:
+        return len(np.unique(np.vstack(self.seen), axis=0)) if self.seen else 0
+
+
+# ------------------------------------------------------------------------------------------- methods
+def ours_spex(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
+    from spex_api.spex import SPEX
+
+    b = SPEX.largest_b(f.n, budget)
+    expl = SPEX(f.n, b=b, random_state=0).fit(f)
+    return expl.fourier, f.queries
+
+
+def ours_proxyspex(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
+    from spex_api.proxyspex import ProxySPEX
+
+    expl = ProxySPEX(f.n, n_samples=budget, random_state=0).fit(f)
+    return expl.fourier, f.queries
+
+
+def ours_auto(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
+    from spex_api.explainer import Explainer
+
+    expl = Explainer(f, f.n, budget, random_state=0).explain()
+    return expl.fourier, expl.queries_used
+
+
+def _shapiq(kind: str, f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
+    """shapiq's estimator; its Fourier transform is captured where it hands it to the Möbius step."""
+    warnings.filterwarnings("ignore")
+    import shapiq
+    import shapiq.approximator.sparse.base as base
+
+    captured: dict[str, Any] = {}
+    to_moebius = base.fourier_to_moebius
+
+    def capture(transform):
+        captured["fourier"] = dict(transform)
+        return to_moebius(transform)
+
+    base.fourier_to_moebius = capture
+    game = Counting(f)
+    cls = shapiq.SPEX if kind == "spex" else shapiq.ProxySPEX
+    cls(n=f.n, index="FBII", max_order=5, random_state=0).approximate(budget, game)
+    return SparseFourier.from_dict(f.n, captured["fourier"]), game.distinct
+
+
+def shapiq_spex(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
+    return _shapiq("spex", f, budget)
+
+
+def shapiq_proxyspex(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
+    return _shapiq("proxyspex", f, budget)
+
+
+METHODS: dict[str, Callable[[PlantedFunction, int], tuple[SparseFourier, int]]] = {
+    "ours SPEX": ours_spex,
+    "ours ProxySPEX": ours_proxyspex,
+    "ours auto": ours_auto,
+    "shapiq SPEX": shapiq_spex,
+    "shapiq ProxySPEX": shapiq_proxyspex,
+}
+
+
+# ------------------------------------------------------------------------------------- child runner
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _child(conn, method: str, case: Case) -> None:
+    try:
+        f = case.function()
+        base = _rss_mb()
+        cpu = time.process_time()
+        fourier, queries = METHODS[method](f, case.budget)
+        cpu = time.process_time() - cpu
+        X = random_masks(case.n, 1000, HOLDOUT_SEED)
+        r2 = r2_score(f.clean(X), fourier.predict(X))
+        conn.send({"r2": r2, "queries": queries, "cpu": cpu, "peak_mb": _rss_mb(), "base_mb": base,
+                   "terms": len(fourier), "true_terms": len(f.fourier)})
+    except Exception as exc:  # reported in the table, not swallowed
+        conn.send({"error": f"{type(exc).__name__}: {exc}"[:80]})
+    finally:
+        conn.close()
+
+
+def run(method: str, case: Case, timeout: float) -> dict[str, Any]:
+    """Run one method on one case in a forked child; stop it after `timeout` wall seconds."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, method, case))
+    proc.start()
+    child.close()
+    if parent.poll(timeout):
+        result = parent.recv()
+        proc.join()
+    else:
+        proc.kill()
+        proc.join()
+        result = {"timeout": timeout}
+    parent.close()
+    return result
+
+
+def _cell(res: dict[str, Any] | None) -> str:
+    if res is None:
+        return "skipped"
+    if "timeout" in res:
+        return f"stopped (>{res['timeout']:.0f} s)"
+    if "skipped" in res:
+        return res["skipped"]
+    if "error" in res:
+        return "error: " + res["error"]
+    return (f"R² {res['r2']:6.3f}  q {res['queries']:6d}  cpu {res['cpu']:7.2f}s  "
+            f"mem {res['peak_mb']:6.0f}MB (base {res['base_mb']:.0f})")
+
+
+def main_table(cases: list[Case], peer_timeout: float, our_timeout: float) -> None:
+    print(f"{'case':28s} {'method':17s} result")
+    peer_gave_up: dict[str, tuple[int, int]] = {}
+    for case in cases:
+        results: dict[str, dict[str, Any] | None] = {}
+        for method in METHODS:
+            is_peer = method.startswith("shapiq")
+            limit = peer_timeout if is_peer else our_timeout
+            stop = peer_gave_up.get(method)
+            if stop is not None and case.n >= stop[0] and case.budget >= stop[1]:
+                results[method] = {"skipped": f"skipped (stopped >{peer_timeout:.0f} s at n={stop[0]} B={stop[1]})"}
+            else:
+                results[method] = run(method, case, limit)
+                if is_peer and "timeout" in results[method]:
+                    peer_gave_up[method] = (case.n, case.budget)
+            print(f"{case.label:28s} {method:17s} {_cell(results[method])}", flush=True)
+        for algo in ("SPEX", "ProxySPEX"):
+            ours, peer = results[f"ours {algo}"], results[f"shapiq {algo}"]
+            if ours and peer and "r2" in ours and "r2" in peer:
+                print(f"{'':28s} {'ratio ' + algo:17s} ΔR² {ours['r2'] - peer['r2']:+.3f}  "
+                      f"CPU {peer['cpu'] / max(ours['cpu'], 1e-9):6.1f}x less  "
+                      f"queries {ours['queries']}/{peer['queries']}")
+            elif ours and "r2" in ours and peer and "timeout" in peer:
+                print(f"{'':28s} {'ratio ' + algo:17s} peer stopped at {peer['timeout']:.0f} s: "
+                      f">{peer['timeout'] / max(ours['cpu'], 1e-9):.0f}x less CPU")
+        print(f"{'':28s} (true terms: {len(case.function().fourier)})", flush=True)
+
+
+# ------------------------------------------------------------------------------- index conversion
+def _random_fourier(n: int, n_coefs: int, max_degree: int, seed: int) -> SparseFourier:
+    rng = np.random.default_rng(seed)
+    keys = {()}
+    while len(keys) < n_coefs:
+        d = int(rng.integers(1, max_degree + 1))
+        keys.add(tuple(sorted(rng.choice(n, size=d, replace=False).tolist())))
+    keys = sorted(keys, key=len)
+    return SparseFourier(n, keys, rng.normal(size=len(keys)))
+
+
+def _conversion_child(conn, which: str, indices: tuple[str, ...]) -> None:
+    try:
+        warnings.filterwarnings("ignore")
+        from spex_api.indices import fourier_to_mobius, interaction_index
+
+        fourier = _random_fourier(1000, 2000, 5, seed=5)
+        out = {}
+        if which == "ours":
+            for index in indices:
+                cpu = time.process_time()
+                values = interaction_index(fourier, index, 5 if index in ("k-sii", "fbii", "fsii", "stii") else None)
+                out[index] = (time.process_time() - cpu, len(values))
+        else:
+            from shapiq import InteractionValues
+            from shapiq.game_theory.moebius_converter import MoebiusConverter
+
+            mob = fourier_to_mobius(fourier)
+            iv = InteractionValues(values=np.asarray(mob.values), index="Moebius", min_order=0, max_order=5,
+                                   n_players=1000, interaction_lookup={k: i for i, k in enumerate(mob.keys)},
+                                   baseline_value=float(dict(zip(mob.keys, mob.values)).get((), 0.0)))
+            for index in indices:
+                cpu = time.process_time()
+                values = MoebiusConverter(iv)(index=index, order=5)
+                out[index] = (time.process_time() - cpu, len(values.values))
+        conn.send(out)
+    except Exception as exc:
+        conn.send({"error": f"{type(exc).__name__}: {exc}"[:100]})
+    finally:
+        conn.close()
+
+
+def conversion_table(peer_timeout: float) -> None:
+    ours_idx = ("mobius", "shapley", "banzhaf", "sii", "bii", "k-sii", "fbii", "fsii", "stii")
+    peer_idx = ("SII", "k-SII", "FSII", "STII", "FBII")
+    print("\nIndex conversion: 2,000 Fourier coefficients, degree <= 5, n = 1000 (CPU seconds, order 5)")
+    results = {}
+    for which, idx in (("ours", ours_idx), ("shapiq", peer_idx)):
+        ctx = mp.get_context("fork")
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_conversion_child, args=(child, which, idx))
+        proc.start()
+        child.close()
+        if parent.poll(peer_timeout if which == "shapiq" else 600):
+            results[which] = parent.recv()
+            proc.join()
+        else:
+            proc.kill()
+            proc.join()
+            results[which] = {"timeout": peer_timeout}
+    ours = results["ours"]
+    if "error" in ours:
+        print("ours: " + ours["error"])
+        return
+    print("ours:   " + "  ".join(f"{k} {v[0]:.3f}s ({v[1]} terms)" for k, v in ours.items()))
+    print(f"ours total over {len(ours)} indices: {sum(v[0] for v in ours.values()):.3f}s")
+    peer = results["shapiq"]
+    if "timeout" in peer:
+        print(f"shapiq MoebiusConverter: stopped (>{peer_timeout:.0f} s for {', '.join(peer_idx)})")
+    elif "error" in peer:
+        print("shapiq MoebiusConverter: " + peer["error"])
+    else:
+        print("shapiq: " + "  ".join(f"{k} {v[0]:.3f}s ({v[1]} terms)" for k, v in peer.items()))
+        for ours_name, peer_name in (("sii", "SII"), ("k-sii", "k-SII"), ("fsii", "FSII"), ("stii", "STII"),
+                                     ("fbii", "FBII")):
+            if ours_name in ours and peer_name in peer:
+                print(f"  ratio {peer_name}: {peer[peer_name][0] / max(ours[ours_name][0], 1e-9):.0f}x less CPU")
+
+
+# ------------------------------------------------------------------------------------- crossover
+def _crossover_child(conn, n: int, kind: str, b: int) -> None:
+    from spex_api.proxyspex import ProxySPEX
+    from spex_api.spex import SPEX
+
+    f = {"hier": lambda: planted_hierarchical(n, seed=1),
+         "hier noisy": lambda: planted_hierarchical(n, seed=1, noise=0.1),
+         "hier40 noisy": lambda: planted_hierarchical(n, n_top=40, seed=2, noise=0.1)}[kind]()
+    X = random_masks(n, 1000, HOLDOUT_SEED)
+    N = SPEX.n_queries(n, b)
+    out = {"N": N, "terms": len(f.fourier)}
+    for name, make in (("spex", lambda: SPEX(n, b=b, random_state=0)),
+                       ("proxy", lambda: ProxySPEX(n, n_samples=N, random_state=0))):
+        cpu = time.process_time()
+        fourier = make().fit(f).fourier
+        out[name] = (r2_score(f.clean(X), fourier.predict(X)), time.process_time() - cpu)
+    conn.send(out)
+    conn.close()
+
+
+def crossover(ns: tuple[int, ...], bs: range) -> None:
+    """R² of SPEX at b vs ProxySPEX at the same number of queries (the planner's auto rule)."""
+    print("SPEX vs ProxySPEX at equal queries (R² on 1,000 held-out masks vs the noiseless function)")
+    for n in ns:
+        for kind in ("hier", "hier noisy", "hier40 noisy"):
+            for b in bs:
+                ctx = mp.get_context("fork")
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_crossover_child, args=(child, n, kind, b))
+                proc.start()
+                child.close()
+                res = parent.recv()
+                proc.join()
+                print(f"n={n:5d} {kind:13s} ({res['terms']:3d} terms) b={b} N={res['N']:6d}  "
+                      f"SPEX {res['spex'][0]:.3f} ({res['spex'][1]:.1f}s)  "
+                      f"ProxySPEX {res['proxy'][0]:.3f} ({res['proxy'][1]:.1f}s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller table (< 3 min)")
+    parser.add_argument("--crossover", action="store_true", help="SPEX vs ProxySPEX sweep over b")
+    parser.add_argument("--peer-timeout", type=float, default=None, help="wall seconds per shapiq run")
+    args = parser.parse_args()
+    if args.crossover:
+        crossover((64, 256, 1000), range(3, 8))
+        return
+    if args.quick:
+        cases = [Case(64, 1000, 0.0, 10, 1), Case(256, 1000, 0.0, 10, 1), Case(256, 5000, 0.0, 10, 1),
+                 Case(1000, 25000, 0.0, 20, 1)]
+        peer_timeout, our_timeout = args.peer_timeout or 12.0, 20.0
+    else:
+        cases = [Case(64, 1000, 0.0, 10, 1), Case(64, 5000, 0.0, 10, 1), Case(64, 5000, 0.1, 10, 1),
+                 Case(256, 1000, 0.0, 10, 1), Case(256, 1000, 0.1, 10, 1), Case(256, 5000, 0.0, 10, 1),
+                 Case(256, 5000, 0.1, 10, 1), Case(1000, 2500, 0.0, 20, 1), Case(1000, 25000, 0.0, 20, 1),
+                 Case(1000, 25000, 0.1, 20, 1)]
+        peer_timeout, our_timeout = args.peer_timeout or 60.0, 120.0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    print(f"planted hierarchical functions (Möbius/AND tops of degree 2-4 + decaying subsets; noisy = "
+          f"noise sd 0.1 x signal sd); peer timeout {peer_timeout:.0f} s\n")
+    main_table(cases, peer_timeout, our_timeout)
+    conversion_table(peer_timeout)
+    print(f"\nwall {time.perf_counter() - wall0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
