@@ -87,13 +87,11 @@ class GF2m:
         return self.exp[self.log[a] + self.log[b]]
 
     def div(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """a / b for b != 0 (0 where a == 0)."""
-        la = self.log[a]
-        return np.where(la >= 2 * self.order, 0, self.exp[(la - self.log[b]) % self.order])
+        """a / b for b != 0 (0 where a == 0: the index then lands in the zero region)."""
+        return self.exp[self.log[a] - self.log[b] + self.order]
 
     def square(self, a: np.ndarray) -> np.ndarray:
-        la = self.log[a]
-        return np.where(la >= 2 * self.order, 0, self.exp[(2 * la) % self.order])
+        return self.exp[2 * self.log[a]]
 
 
 class BCHCode:

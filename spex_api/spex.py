@@ -26,6 +26,8 @@ from spex_api.value_function import Oracle, ValueFunction
 
 # Columns of M drawn per group whatever b is, so that designs for different b are nested.
 _B_MAX = 30
+# Default Chase work per peeling round (trial words), split over the bins being decoded.
+_CHASE_WORK = 1 << 18
 
 
 def _fwht(a: np.ndarray) -> np.ndarray:
@@ -55,7 +57,8 @@ class SPEX:
     n_groups: number C of independent subsampling groups.
     random_state: seeds the subsampling matrices (the only random draw).
     chase_depth: least reliable parity positions the Chase decoder may flip (default 2t).
-    chase_patterns: cheapest flip patterns tried per failed bin.
+    chase_patterns: cheapest flip patterns tried per failed bin; None = as many as fit a fixed
+        work budget of about 2^18 trial words per peeling round (all 2^depth - 1 for few bins).
     acceptance: a decoded k is kept when ||col - rho s||^2 / ||col||^2 is below this.
     max_rounds, patience: peeling stops after max_rounds, or after `patience` rounds finding nothing new.
     """
@@ -70,7 +73,7 @@ class SPEX:
         n_groups: int = 3,
         random_state: int | None = 0,
         chase_depth: int | None = None,
-        chase_patterns: int = 128,
+        chase_patterns: int | None = None,
         acceptance: float = 0.9,
         max_rounds: int = 100,
         patience: int = 15,
@@ -96,7 +99,9 @@ class SPEX:
         # None means "fresh entropy", fixed once here so design() and fit() agree.
         self.random_state = random_state if random_state is not None else int(np.random.SeedSequence().entropy % 2**63)
         self.chase_depth = chase_depth
-        self.chase_patterns = int(chase_patterns)
+        if chase_patterns is not None and int(chase_patterns) < 1:
+            raise ValueError(f"chase_patterns must be >= 1 or None, got {chase_patterns}")
+        self.chase_patterns = None if chase_patterns is None else int(chase_patterns)
         self.acceptance = float(acceptance)
         self.max_rounds = int(max_rounds)
         self.patience = int(patience)
@@ -271,7 +276,8 @@ class SPEX:
 
             if self.decoder == "soft":
                 reliability = np.concatenate([np.full((len(cols), n), np.inf), np.abs(rel_par)], axis=1)
-                pos, ok = code.decode(words, reliability, depth, self.chase_patterns, accept=accept)
+                patterns = self.chase_patterns or int(np.clip(_CHASE_WORK // len(words), 64, 2**depth - 1))
+                pos, ok = code.decode(words, reliability, depth, patterns, accept=accept)
             else:
                 pos, ok = code.decode(words, accept=accept)
             if not ok.any():
