@@ -179,6 +179,8 @@ class LabelMargin(Scorer):
     ``tokenizer`` (a callable text -> tokens or count, e.g. ``LocalServer.tokenize``, which asks
     llama-server's ``/tokenize``), else with tiktoken for OpenAI's own API; for other servers the adapter
     only estimates token counts, so without a ``tokenizer`` the check is skipped there.
+    ``raw_completion=True`` sends the rendered text to the legacy completions endpoint without a chat
+    template — for base models prompted few-shot ("...\nAnswer:"), whose next token is then the label.
     """
 
     name = "label_margin"
@@ -192,6 +194,7 @@ class LabelMargin(Scorer):
         case_sensitive: bool = False,
         strip: bool = True,
         tokenizer: Callable[[str], Any] | None = None,
+        raw_completion: bool = False,
     ) -> None:
         super().__init__()
         self.matcher = _LabelMatcher(labels, case_sensitive, strip)
@@ -205,6 +208,7 @@ class LabelMargin(Scorer):
         self.top_logprobs = int(top_logprobs)
         self.max_tokens = int(max_tokens)
         self.tokenizer = tokenizer
+        self.raw_completion = bool(raw_completion)
         self._k = self.top_logprobs
 
     def validate(self, adapter: Any) -> None:
@@ -224,7 +228,10 @@ class LabelMargin(Scorer):
                 )
 
     def request(self, messages: Sequence[Message]) -> Request:
-        return Request(tuple(messages), max_tokens=self.max_tokens, temperature=0.0, top_logprobs=self._k)
+        return Request(
+            tuple(messages), max_tokens=self.max_tokens, temperature=0.0, top_logprobs=self._k,
+            raw_completion=self.raw_completion,
+        )
 
     def label_logprobs(self, completion: Completion) -> tuple[float, float, bool]:
         """(logprob label0, logprob label1, whether a bound was used) at the scored position."""

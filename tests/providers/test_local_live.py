@@ -59,6 +59,17 @@ async def test_chat_top_logprobs_give_finite_label_margin(local_server: LocalSer
     assert math.isfinite(a - b) and a <= 0 and b <= 0
 
 
+async def test_raw_completion_few_shot_lists_both_labels(local_server: LocalServer) -> None:
+    """Few-shot text on the legacy completions endpoint: the next token is a label, so no bound is needed."""
+    shots = "Statement: The sun is hot.\nAnswer: True\nStatement: Snow is black.\nAnswer: False\n"
+    prompt = MaskedPrompt.from_text("Fire is hot.", template=shots + "Statement: {content}\nAnswer:")
+    adapter, scorer = _adapter(local_server), LabelMargin(raw_completion=True, tokenizer=local_server.tokenize)
+    vf = LLMValueFunction(prompt, adapter, scorer, Runner(adapter, concurrency=1), progress=False)
+    scores = await vf(np.array([[1, 1, 1], [1, 1, 0]], dtype=bool))
+    assert np.isfinite(scores).all() and scorer.bound_hits == 0
+    assert abs(scores[0]) < 5  # both labels carry real probability mass
+
+
 async def test_anthropic_messages_through_sdk(local_server: LocalServer) -> None:
     client = anthropic.AsyncAnthropic(base_url=local_server.root_url, api_key="local", max_retries=0)
     m = await client.messages.create(

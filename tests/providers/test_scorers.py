@@ -34,7 +34,8 @@ def test_label_margin_sums_variants():
     s = LabelMargin()
     s.validate(OPENAI)
     r = s.request(MSGS)
-    assert (r.max_tokens, r.top_logprobs, r.temperature) == (1, 20, 0.0)
+    assert (r.max_tokens, r.top_logprobs, r.temperature, r.raw_completion) == (1, 20, 0.0, False)
+    assert LabelMargin(raw_completion=True).request(MSGS).raw_completion
     top = [("True", math.log(0.5)), (" true", math.log(0.2)), ("False", math.log(0.1)), ("Yes", math.log(0.05))]
     c = comp(("True", math.log(0.5), top))
     assert s.score(c) == pytest.approx(math.log(0.7) - math.log(0.1))
