@@ -54,6 +54,14 @@ def cpu() -> tuple[float, float]:
     return t.user, t.system
 
 
+async def timed_run(runner: Runner, reqs: list[Request]) -> tuple[float, float, float]:
+    """(wall seconds, user CPU s/query, system CPU s/query) of runner.run(reqs)."""
+    w0, (u0, s0) = time.perf_counter(), cpu()
+    await runner.run(reqs)
+    (u1, s1) = cpu()
+    return time.perf_counter() - w0, (u1 - u0) / len(reqs), (s1 - s0) / len(reqs)
+
+
 async def per_query_cpu(n: int, run) -> tuple[float, float]:
     u0, s0 = cpu()
     await run()
@@ -85,6 +93,18 @@ async def attribution(url: str, adapter, n: int, concurrency: int) -> list[tuple
     cache = ResponseCache(tempfile.mkdtemp(prefix="spex-bench-cache-"))
     rows.append(("SDK + runner + disk cache", *await per_query_cpu(
         n, lambda: Runner(adapter, cache=cache, concurrency=concurrency).run(requests(n, "cached")))))
+    try:  # the SDK's documented alternative transport, injected through http_client
+        import aiohttp  # noqa: F401
+        import openai
+    except ImportError:
+        rows.append(("same, aiohttp transport: aiohttp not installed", float("nan"), float("nan")))
+        return rows
+    http = openai.DefaultAioHttpClient()
+    fast = make_adapter("compatible", adapter.model, base_url=adapter.base_url, http_client=http)
+    await Runner(fast, concurrency=concurrency).run(requests(20, "aio-warm"))
+    rows.append(("same, aiohttp transport (injected client)", *await per_query_cpu(
+        n, lambda: Runner(fast, cache=cache, concurrency=concurrency).run(requests(n, "aio")))))
+    await http.aclose()
     return rows
 
 
@@ -104,18 +124,31 @@ async def main(args: argparse.Namespace) -> None:
 
         reqs = requests(args.n, "bench")
         runner = Runner(adapter, cache=cache_dir, concurrency=args.concurrency, rpm=args.rpm)
-        w0, (u0, s0) = time.perf_counter(), cpu()
-        await runner.run(reqs)
-        wall, (u1, s1) = time.perf_counter() - w0, cpu()
+        wall, user, system = await timed_run(runner, reqs)
         st = server_stats(url)
         limit = args.rpm / 60
         rate = runner.stats.api_calls / wall
         print(f"\n1) rate limit utilisation: {runner.stats.api_calls} calls in {wall:.2f} s = {rate:.3f} req/s; "
               f"limit {limit:.3f} req/s -> {rate / limit:.3f} of the limit (target >= 0.95); "
               f"server saw {st['requests']} requests, max {st['max_concurrent']} at once")
-        user, system = (u1 - u0) / args.n, (s1 - s0) / args.n
-        print(f"2) client CPU per query in that run (official SDK + runner + rate limiter + disk cache): "
+        print(f"2) client CPU per query in that run (official SDK on httpx2 + runner + rate limiter + disk cache): "
               f"{(user + system) * 1e3:.3f} ms = user {user * 1e3:.3f} + system {system * 1e3:.3f} (target <= 1 ms)")
+        try:
+            import aiohttp  # noqa: F401
+            import openai
+
+            http = openai.DefaultAioHttpClient()
+            fast = make_adapter("compatible", adapter.model, base_url=adapter.base_url, http_client=http)
+            await Runner(fast, concurrency=args.concurrency).run(requests(20, "aio-main-warm"))
+            r2 = Runner(fast, cache=tempfile.mkdtemp(prefix="spex-bench-cache-"), concurrency=args.concurrency,
+                        rpm=args.rpm)
+            w2, u2, s2 = await timed_run(r2, requests(args.n, "bench-aio"))
+            await http.aclose()
+            print(f"   same run with the SDK's aiohttp transport injected as http_client: "
+                  f"{(u2 + s2) * 1e3:.3f} ms = user {u2 * 1e3:.3f} + system {s2 * 1e3:.3f}; "
+                  f"rate {r2.stats.api_calls / w2 / limit:.3f} of the limit")
+        except ImportError:
+            print("   (aiohttp not installed: the aiohttp-transport run is skipped)")
         print(f"   by layer, same server, no rate limit, {args.n_attr} fresh queries each (user + system ms/query):")
         for name, u, sy in await attribution(url, adapter, args.n_attr, args.concurrency):
             print(f"     {name:40s} {(u + sy) * 1e3:7.3f}  (user {u * 1e3:.3f}, system {sy * 1e3:.3f})")

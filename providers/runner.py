@@ -162,9 +162,11 @@ class Runner:
     ) -> None:
         if concurrency < 1:
             raise ConfigurationError("concurrency must be >= 1")
-        for name, v in (("rpm", rpm), ("tpm", tpm), ("max_cost", max_cost)):
+        for name, v in (("rpm", rpm), ("tpm", tpm)):
             if v is not None and v <= 0:
                 raise ConfigurationError(f"{name} must be positive (or None for no limit)")
+        if max_cost is not None and max_cost < 0:
+            raise ConfigurationError("max_cost must be >= 0 dollars (0: only free or cached answers)")
         if max_queries is not None and max_queries < 0:
             raise ConfigurationError("max_queries must be >= 0")
         if max_attempts < 1:

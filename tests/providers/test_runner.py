@@ -139,7 +139,7 @@ async def test_stats_track_tokens_spend_and_rate(server):
 
 def test_bad_settings_rejected():
     a = make_adapter("compatible", "m", base_url="http://127.0.0.1:9/v1")
-    for kw in ({"concurrency": 0}, {"rpm": 0}, {"max_cost": -1}, {"max_queries": -1}, {"max_attempts": 0}):
+    for kw in ({"concurrency": 0}, {"rpm": 0}, {"tpm": -5}, {"max_cost": -1}, {"max_queries": -1}, {"max_attempts": 0}):
         with pytest.raises(ConfigurationError):
             Runner(a, **kw)
     with pytest.raises(ConfigurationError, match="no price"):
