@@ -190,6 +190,7 @@ class Runner:
         self._pause_until = 0.0
         self._states: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
         self._abort: BaseException | None = None
+        self._active_runs = 0
 
     # ---- public -------------------------------------------------------------------------------------
     @property
@@ -220,13 +221,17 @@ class Runner:
         for r in requests:
             self.adapter.check(r)
         state = self._state()
-        self._abort = None
-        self.stats._started = time.monotonic()
+        if self._active_runs == 0:  # a stop from an earlier run does not block this one
+            self._abort = None
+            self.stats._started = time.monotonic()
+        self._active_runs += 1
         try:
             results = await asyncio.gather(*(self._request(r, state) for r in requests), return_exceptions=True)
         finally:
-            self.stats.busy_seconds += time.monotonic() - self.stats._started
-            self.stats._started = None
+            self._active_runs -= 1
+            if self._active_runs == 0 and self.stats._started is not None:
+                self.stats.busy_seconds += time.monotonic() - self.stats._started
+                self.stats._started = None
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise self._abort if self._abort is not None else errors[0]
