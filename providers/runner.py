@@ -7,6 +7,12 @@ x-ratelimit-* / anthropic-ratelimit-* budgets), sends, writes the answer to the 
 the reservation with the reported usage and hands the answer back. Transient failures (429, 5xx, 529,
 timeouts, dropped connections, malformed JSON) are retried by tenacity with jittered exponential backoff;
 authentication, permission, quota and invalid-request errors stop the run at once.
+
+Interrupted runs: every answer is in the cache before it is used, so a rerun after any interruption
+(including kill -9) pays only for what is missing — except calls that were in flight at the moment of the
+kill (at most `concurrency`): the provider may have answered them, but the process died before caching.
+Several processes may share one cache directory safely; they do not coordinate, so two processes asking
+the same uncached question at the same moment both pay for it.
 """
 
 from __future__ import annotations
