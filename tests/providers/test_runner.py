@@ -55,7 +55,7 @@ async def test_identical_requests_in_one_batch_are_sent_once(server):
 
 
 async def test_concurrency_limit_is_respected(server):
-    server.state.control({"latency": 0.05})
+    server.state.control({"latency": 0.2})
     r = Runner(compat(server), concurrency=3)
     await r.run(reqs(15))
     assert server.stats()["max_concurrent"] == 3
