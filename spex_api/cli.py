@@ -29,7 +29,13 @@ DEMO_PROMPT = (
     "The restaurant was noisy and the waiter forgot our order, but the pasta was excellent and the dessert "
     "was unforgettable."
 )
-DEMO_TEMPLATE = "Review: {content}\nIs this review positive? Answer True or False.\nAnswer:"
+# Few-shot and completion-style: the local Gemma-3-270M is a small base model that continues text.
+DEMO_TEMPLATE = (
+    "Decide whether each review is positive. Answer True or False.\n\n"
+    "Review: Great food and friendly staff.\nPositive: True\n\n"
+    "Review: The soup was cold and the waiter was rude.\nPositive: False\n\n"
+    "Review: {content}\nPositive:"
+)
 
 
 class Granularity(str, Enum):
@@ -204,7 +210,7 @@ def report(
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("spex-demo"), "--out-dir", help="Where the reports go."),
-    budget: int = typer.Option(400, min=2, help="Queries to spend on the local model."),
+    budget: int = typer.Option(300, min=2, help="Queries to spend on the local model."),
 ) -> None:
     """Explain a built-in review on the local Gemma model (no key needed); print the table, write reports."""
     from spex_api import sdk

@@ -9,6 +9,7 @@ shows the plan and its price, and only then spends. Providers are imported insid
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import threading
@@ -48,6 +49,7 @@ class Preview:
     random_state: int
     cache_dir: str | None
     labels: tuple[str, ...] | None = None
+    granularity: str | None = None
     _api_key: str | None = field(default=None, repr=False)
 
     @property
@@ -98,10 +100,10 @@ def _resolve_provider(
         else:
             provider = LOCAL
     provider = provider.lower()
-    if provider == LOCAL:
-        from providers.local import MODEL_NAME
+    from providers.local import MODEL_NAME
 
-        return LOCAL, model or MODEL_NAME, base_url
+    if provider == LOCAL or (model is None and base_url is not None and provider == "openai-compatible"):
+        return provider, model or MODEL_NAME, base_url  # the local Gemma server (`spex-api serve-local`)
     if model is None:
         if provider not in DEFAULT_MODELS:
             raise ValueError(f"give a model for provider {provider!r}")
@@ -162,6 +164,23 @@ def _make_scorer(scorer: Any, labels: Sequence[str] | None, adapter: Any) -> Any
     return scorers.AnswerSimilarity()
 
 
+class _RawCompletion:
+    """A scorer whose requests go to the text-completion endpoint (no chat template): the prompt is sent as
+    written. Small base models such as the local Gemma-3-270M continue text rather than follow chat turns."""
+
+    def __init__(self, scorer: Any) -> None:
+        self._scorer = scorer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scorer, name)
+
+    def request(self, messages: Any) -> Any:
+        return dataclasses.replace(self._scorer.request(messages), raw_completion=True)
+
+    def reference_request(self, messages: Any) -> Any:
+        return dataclasses.replace(self._scorer.reference_request(messages), raw_completion=True)
+
+
 def _plan(n: int, budget: int, method: str, max_order: int) -> Any:
     from spex_api.planner import plan
 
@@ -187,12 +206,15 @@ def preview(
     max_order: int = 5,
     cache_dir: str | None = DEFAULT_CACHE_DIR,
     random_state: int = 0,
+    raw_completion: bool | None = None,
 ) -> Preview:
     """Validate everything and plan the run without sending a single query (what `--dry-run` shows).
 
     Raises ValueError/TypeError (or a provider configuration error) on bad input: an empty prompt, an
     unknown provider, a missing API key, a label the model cannot score, a budget below the minimum,
-    an estimated cost above `max_cost`.
+    an estimated cost above `max_cost`. `raw_completion` sends the prompt as plain text to the completions
+    endpoint instead of as a chat turn (default: on for the local Gemma base model, which continues text
+    rather than following chat turns; off elsewhere).
     """
     if not isinstance(budget, (int, np.integer)) or budget < 2:
         raise ValueError(f"budget must be an integer >= 2 queries, got {budget!r}")
@@ -202,9 +224,15 @@ def preview(
     masked = _as_prompt(prompt, features, template, system)
     adapter = _make_adapter(provider, model, base_url, api_key)
     score = _make_scorer(scorer, labels, adapter)
+    from providers.local import MODEL_NAME
+
+    if model == MODEL_NAME if raw_completion is None else raw_completion:
+        if adapter.provider in ("openai", "anthropic"):
+            raise ValueError(f"raw_completion needs a text-completion endpoint, which {adapter.provider} does not serve")
+        score = _RawCompletion(score)
     score.validate(adapter)
     the_plan = _plan(masked.n_features, int(budget), method, max_order)
-    estimate = 0.0 if provider == LOCAL else _estimate_cost(masked, adapter, score, the_plan.total + 1)
+    estimate = 0.0 if provider == LOCAL else _estimate_cost(masked, adapter, score, the_plan.total + (not score.needs_reference))
     if max_cost is not None and estimate is not None and estimate > max_cost:
         raise ValueError(
             f"the estimated cost ${estimate:.4f} of {the_plan.total + 1} queries exceeds max_cost ${max_cost:.4f}; "
@@ -212,22 +240,20 @@ def preview(
         )
     return Preview(
         masked, provider, model, base_url, score, the_plan, int(budget), max_cost, estimate, method,
-        max_order, random_state, cache_dir, tuple(labels) if labels else None, api_key,
+        max_order, random_state, cache_dir, tuple(labels) if labels else None,
+        None if not isinstance(prompt, str) else features, api_key,
     )
 
 
-def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int) -> float | None:
-    """Dollars for n_queries before any cache hit: every masked prompt is at most as long as the full one
-    and every answer is taken to run to max_tokens. None when the model has no known price."""
-    from providers.cost import PriceTable, worst_case_cost
+def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int) -> float:
+    """Dollars for the run before any cache hit, from the value function's own estimate (the unmasked
+    prompt's tokens and max_tokens per answer: an upper-side figure, as masked prompts are shorter; the
+    original answer is added by the estimate when the scorer asks for it separately)."""
+    from providers.runner import Runner
+    from providers.value_function import LLMValueFunction
 
-    price = PriceTable().lookup(adapter.provider, adapter.model)
-    if price is None:
-        return None
-    messages = prompt.render(prompt.full_mask())
-    request = scorer.reference_request(messages) if scorer.needs_reference else scorer.request(messages)
-    per_query = worst_case_cost(price, adapter.estimate_input_tokens(request), request.max_tokens, request.samples)
-    return per_query * n_queries
+    vf = LLMValueFunction(prompt, adapter, scorer, Runner(adapter), progress=False)
+    return float(vf.estimate_cost(n_queries))
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -249,11 +275,43 @@ class _Loop:
         self.loop.close()
 
 
-def _make_runner(pre: Preview, max_queries: int | None, max_cost: float | None, progress: bool) -> Any:
+class _Meter:
+    """A view of a shared Runner that adds up what ONE explanation paid (answers not served from the cache),
+    so each explanation of a batch reports its own cost while caps and limits stay shared."""
+
+    def __init__(self, runner: Any) -> None:
+        object.__setattr__(self, "_runner", runner)
+        object.__setattr__(self, "paid", 0.0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "paid":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._runner, name, value)
+
+    async def run(self, requests: Sequence[Any]) -> list[Any]:
+        fresh = [not self._runner.is_cached(r) for r in requests]
+        out = await self._runner.run(requests)
+        self.paid += sum(self._runner.price.cost(c.usage) for c, f in zip(out, fresh) if f)
+        return out
+
+    async def send(self, request: Any) -> Any:
+        return (await self.run([request]))[0]
+
+
+def _make_runner(pre: Preview, adapter: Any, max_cost: float | None) -> Any:
+    """One runner: disk cache, concurrency and rate limits, retries, and the hard dollar cap.
+
+    The query budget is enforced per explanation by the engine's Oracle (distinct masks); the runner's own
+    call cap is left open because one query may be several HTTP calls (sampling scorers, retries).
+    """
     from providers.runner import Runner
 
     cache = os.path.expanduser(pre.cache_dir) if pre.cache_dir else None
-    return Runner(max_queries=max_queries, max_cost=max_cost, cache_dir=cache, progress=progress)
+    return Runner(adapter, cache=cache, max_cost=max_cost)
 
 
 def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
@@ -271,7 +329,7 @@ def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
         "text": "\n\n".join(parts),
         "feature_texts": [f["text"] for f in d["features"]],
         "feature_spans": [[starts[f["message"]] + f["start"], starts[f["message"]] + f["end"]] for f in d["features"]],
-        "granularity": None,
+        "granularity": pre.granularity,
         "provider": pre.provider,
         "model": pre.model,
         "base_url": pre.base_url,
@@ -282,32 +340,31 @@ def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
     }
 
 
-def _run_one(pre: Preview, adapter: Any, runner: Any, io: _Loop) -> Any:
+def _run_one(pre: Preview, adapter: Any, runner: Any, io: _Loop, progress: bool) -> Any:
     """Original answer, then the planned queries; returns the Explanation with cost and metadata."""
     from providers.value_function import LLMValueFunction
 
     from spex_api.explainer import Explainer
 
-    vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, runner)
-    reference = io.run(vf.reference())
-
-    def value(masks: np.ndarray) -> np.ndarray:
-        return io.run(vf(masks))
-
+    meter = _Meter(runner)
+    vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, meter, progress=progress)
     explainer = Explainer(
-        value, pre.prompt.n_features, pre.budget - 1, method=pre.method, max_order=pre.max_order,
-        random_state=pre.random_state, feature_names=pre.prompt.feature_names,
+        lambda masks: io.run(vf(masks)), pre.prompt.n_features, pre.budget - 1, method=pre.method,
+        max_order=pre.max_order, random_state=pre.random_state, feature_names=pre.prompt.feature_names,
     )
+    reference = io.run(vf.reference())
     expl = explainer.explain()
     expl.queries_used += 1  # the original answer
-    expl.cost = float(vf.stats.cost)
+    expl.cost = float(meter.paid)
     expl.metadata.update(_metadata(pre, reference))
+    expl.metadata["stats"] = {k: v for k, v in vf.stats.items() if k in ("cache_hits", "api_calls", "retries", "bound_hits")}
     return expl
 
 
-def _confirm(pre: Preview, confirm: bool | None, console: Any) -> None:
+def _confirm(pre: Preview, confirm: bool | None, console: Any, estimate: float | None = None) -> None:
     """Ask before spending real money when running interactively (or when asked to)."""
-    ask = confirm if confirm is not None else (not pre.local and sys.stdin.isatty() and (pre.estimated_cost or 0) > 0)
+    estimate = pre.estimated_cost if estimate is None else estimate
+    ask = confirm if confirm is not None else (not pre.local and sys.stdin.isatty() and (estimate or 0) > 0)
     if not ask:
         return
     from rich.prompt import Confirm
@@ -334,6 +391,7 @@ def explain(
     max_order: int = 5,
     cache_dir: str | None = DEFAULT_CACHE_DIR,
     random_state: int = 0,
+    raw_completion: bool | None = None,
     confirm: bool | None = None,
     progress: bool = True,
 ) -> Any:
@@ -344,12 +402,13 @@ def explain(
     Before any spend the plan and estimated cost are shown (and confirmed when interactive or
     `confirm=True`); then the run shows a progress bar. Returns a `spex_api.explanation.Explanation`
     with faithfulness, queries_used, cost (dollars) and metadata (original answer, feature texts, prompt,
-    provider, model, scorer).
+    provider, model, scorer). `raw_completion`: see `preview`.
     """
     pre = preview(
         prompt, provider=provider, model=model, base_url=base_url, api_key=api_key, features=features,
         template=template, system=system, scorer=scorer, labels=labels, budget=budget, max_cost=max_cost,
         method=method, max_order=max_order, cache_dir=cache_dir, random_state=random_state,
+        raw_completion=raw_completion,
     )
     return run(pre, confirm=confirm, progress=progress)
 
@@ -362,20 +421,21 @@ def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> 
     console.print(pre.renderable())
     _confirm(pre, confirm, console)
     with ExitStack() as stack:
-        adapter = _live_adapter(pre, stack)
-        runner = _make_runner(pre, pre.budget, pre.max_cost, progress)
+        adapter = _live_adapter(pre, stack, console)
+        runner = _make_runner(pre, adapter, pre.max_cost)
         io = _Loop()
         stack.callback(io.close)
-        return _run_one(pre, adapter, runner, io)
+        return _run_one(pre, adapter, runner, io, progress)
 
 
-def _live_adapter(pre: Preview, stack: ExitStack) -> Any:
+def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Any:
     """The adapter to query: for the local provider, start (or reuse via base_url) the llama-server."""
     if not pre.local or pre.base_url:
         return _make_adapter(pre.provider, pre.model, pre.base_url, pre._api_key)
     from providers.local import LocalServer
 
-    server = stack.enter_context(LocalServer())
+    with console.status("starting the local model server (llama-server + Gemma-3-270M)..."):
+        server = stack.enter_context(LocalServer())
     return _make_adapter(LOCAL, pre.model, server.base_url, None)
 
 
@@ -390,43 +450,53 @@ def explain_many(
     progress: bool = True,
     **kwargs: Any,
 ) -> list[Any]:
-    """Explain many prompts concurrently through ONE runner: one rate limiter, one cache, and one cost cap
-    (`max_cost`, dollars) and query cap (`budget` per prompt, summed) across the whole batch.
+    """Explain many prompts concurrently through ONE runner: one rate limiter, one disk cache and one dollar
+    cap (`max_cost`) across the whole batch; `budget` caps the queries of each prompt. Other keyword
+    arguments are those of `explain`.
 
     Every prompt is validated and planned before anything is sent. With `return_exceptions=True` a prompt
     that fails (e.g. the batch's dollar cap ran out) yields its exception in the result list instead of
     stopping the batch; its paid answers stay cached, so rerunning the batch pays only for what is missing.
     """
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    pres = [preview(p, budget=budget, **kwargs) for p in prompts]
+    if isinstance(prompts, str):
+        raise TypeError("explain_many takes a list of prompts; use explain for one")
+    pres = [preview(p, budget=budget, max_cost=max_cost, **kwargs) for p in prompts]
+    if not pres:
+        return []
     console = Console(stderr=True, quiet=not progress)
     total_q = sum(p.n_queries for p in pres)
     costs = [p.estimated_cost for p in pres]
     est = None if any(c is None for c in costs) else float(sum(costs))
-    if pres:
-        console.print(pres[0].renderable())
-        console.print(
-            f"batch: {len(pres)} prompts, ≤ {total_q} queries, estimated ≤ "
-            + ("unknown" if est is None else f"${est:.4f}")
-            + (f", hard cap ${max_cost:.2f} across the batch" if max_cost is not None else "")
-        )
-        _confirm(pres[0], confirm, console)
-    results: list[Any] = [None] * len(pres)
+    console.print(pres[0].renderable())
+    console.print(
+        f"batch: {len(pres)} prompts, at most {total_q} queries, "
+        + ("cost unknown" if est is None else f"about ${est:.4f} before cache hits")
+        + (f", hard cap ${max_cost:.2f} across the batch" if max_cost is not None else "")
+    )
+    _confirm(pres[0], confirm, console, est)
     with ExitStack() as stack:
-        adapter = _live_adapter(pres[0], stack) if pres else None
-        runner = _make_runner(pres[0], total_q, max_cost, progress) if pres else None
+        adapter = _live_adapter(pres[0], stack, console)
+        runner = _make_runner(pres[0], adapter, max_cost)
         io = _Loop()
         stack.callback(io.close)
+        bar = stack.enter_context(Progress(
+            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[hits]} cached · ${task.fields[spend]:.4f}"), TimeElapsedColumn(),
+            console=console, transient=True, disable=not progress,
+        ))
+        task = bar.add_task("batch", total=total_q, hits=0, spend=0.0)
+        runner.on_progress = lambda st: bar.update(task, advance=1, hits=st.cache_hits, spend=st.spend)
 
-        def one(i: int) -> Any:
+        def one(pre: Preview) -> Any:
             try:
-                return _run_one(pres[i], adapter, runner, io)
+                return _run_one(pre, adapter, runner, io, progress=False)
             except Exception as exc:  # noqa: BLE001 - handed back to the caller on request
                 if not return_exceptions:
                     raise
                 return exc
 
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pres)))) as pool:
-            results = list(pool.map(one, range(len(pres))))
-    return results
+            return list(pool.map(one, pres))
