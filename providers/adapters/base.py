@@ -16,6 +16,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import weakref
@@ -139,7 +140,8 @@ class Adapter(ABC):
             translated = self._translate(exc)
             if translated is exc:  # not an SDK API error: propagate unchanged
                 raise
-            raise translated from exc
+            # no chaining: the SDK's exception may quote the key (e.g. "Incorrect API key provided: sk-...")
+            raise translated from None
         headers = dict(raw.headers)
         try:
             payload = json.loads(raw.content)
@@ -166,7 +168,7 @@ class Adapter(ABC):
             if name in ("APITimeoutError", "APIConnectionError"):
                 return TransportError(f"{self.provider}: {name}: {exc}", None, headers)
             return exc
-        text = f"{self.provider} HTTP {status}: {_error_message(exc)}"
+        text = self._redact(f"{self.provider} HTTP {status}: {_error_message(exc)}")
         code = _error_code(exc)
         if status == 401:
             return AuthenticationError(text + " (check the API key)", status, headers)
@@ -179,6 +181,13 @@ class Adapter(ABC):
         if status in (408, 409) or status >= 500:
             return ServerError(text, status, headers)
         return InvalidRequestError(text, status, headers)
+
+    def _redact(self, text: str) -> str:
+        """Error text without the key or anything key-shaped (providers echo keys, e.g. 'Incorrect API key')."""
+        key = self._key()
+        if key:
+            text = text.replace(key, "***")
+        return _KEY_SHAPED.sub("***", text)
 
     # ---- tokens -------------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -193,6 +202,9 @@ class Adapter(ABC):
         """Upper bound on billed prompt tokens: byte-level BPE never makes more tokens than UTF-8 bytes."""
         return (sum(len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
                 + REQUEST_OVERHEAD_TOKENS)
+
+
+_KEY_SHAPED = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9*_.-]{6,}")
 
 
 def split_samples(request: Request) -> list[Request]:

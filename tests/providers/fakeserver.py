@@ -256,8 +256,12 @@ class Handler(BaseHTTPRequestHandler):
             err(int(kind), "api_error" if anthropic else "server_error")
         elif kind == "529":
             err(529, "overloaded_error")
-        elif kind == "401":
-            err(401, "authentication_error" if anthropic else "invalid_request_error", "invalid_api_key")
+        elif kind == "401":  # like OpenAI, echo (part of) the key back in the message
+            sent = self.headers.get("authorization", "").removeprefix("Bearer ") or self.headers.get("x-api-key", "")
+            payload_msg = f"Incorrect API key provided: {sent}. You can find your API key at ..."
+            payload = ({"type": "error", "error": {"type": "authentication_error", "message": payload_msg}} if anthropic
+                       else {"error": {"message": payload_msg, "type": "invalid_request_error", "code": "invalid_api_key"}})
+            self._send(401, payload)
         elif kind == "403":
             err(403, "permission_error")
         elif kind == "400":
