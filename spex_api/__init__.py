@@ -2,19 +2,21 @@
 
 from spex_api.fourier import SparseFourier, r2_score
 from spex_api.value_function import BudgetExceededError, Oracle, ValueFunctionError
-from spex_api.explanation import Explanation, Interaction
 
-__all__ = ["SparseFourier", "r2_score", "Oracle", "BudgetExceededError", "ValueFunctionError"]
-__all__ += ["Explanation", "Interaction"]
-from spex_api.spex import SPEX  # noqa: E402
-__all__ += ["SPEX"]
-from spex_api.explainer import Explainer; from spex_api.planner import Plan  # noqa: E402,E702
-__all__ += ["Explainer", "Plan"]
 __version__ = "0.1.0"
 
-# Names imported on first use, so `import spex_api` never pulls in providers or their SDKs.
-_LAZY = {"explain": "spex_api.sdk", "explain_many": "spex_api.sdk"}
-__all__ += list(_LAZY)
+# Names imported on first use: `import spex_api` stays light (no scikit-learn, no providers or their SDKs),
+# which keeps `spex-api explain --dry-run` fast. `from spex_api import Explainer` works as usual.
+_LAZY = {
+    "Explanation": "spex_api.explanation",
+    "Interaction": "spex_api.explanation",
+    "SPEX": "spex_api.spex",
+    "Explainer": "spex_api.explainer",
+    "Plan": "spex_api.planner",
+    "explain": "spex_api.sdk",
+    "explain_many": "spex_api.sdk",
+}
+__all__ = ["SparseFourier", "r2_score", "Oracle", "BudgetExceededError", "ValueFunctionError", *_LAZY]
 
 
 def __getattr__(name: str):
