@@ -101,7 +101,7 @@ class SparseMobius:
 
 
 @lru_cache(maxsize=None)
-def _combinations(d: int, t: int) -> np.ndarray:
+def subset_patterns(d: int, t: int) -> np.ndarray:
     """(C(d, t), t) array of the column patterns choosing t of d sorted positions."""
     combos = list(itertools.combinations(range(d), t))
     return np.array(combos, dtype=np.int64).reshape(len(combos), t)
@@ -146,7 +146,7 @@ def superset_sums(
             w = weight(d, t)
             if w == 0.0:
                 continue
-            pattern = _combinations(d, t)
+            pattern = subset_patterns(d, t)
             subs.append(arr[:, pattern].reshape(len(arr) * len(pattern), t))
             vals.append(np.repeat(v * w, len(pattern)))
         if not subs:

@@ -1,0 +1,396 @@
+"""ProxySPEX: fit a gradient-boosted tree proxy on random masks, then read its exact Fourier transform.
+
+A depth-d regression tree over 0/1 features is a sum of leaf indicators, each a product of d factors
+(1 ± χ_i)/2, so its Fourier transform is exact and has degree ≤ d. Summing the transforms of every tree
+gives the proxy's transform; the few coefficients holding most of its energy are kept and, when
+cross-validation says it helps, refitted by regression on the Fourier basis of the training masks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import lightgbm as lgb
+import numpy as np
+
+from spex_api.explanation import Explanation
+from spex_api.fourier import Key, SparseFourier, fourier_basis
+from spex_api.indices import subset_patterns
+from spex_api.value_function import Oracle, ValueFunction
+
+DEFAULT_GRID = {"max_depth": (3, 4, 5), "learning_rate": (0.1,), "n_estimators": (500,)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks
+
+
+def _distinct_rows(masks: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct row, in their original order."""
+    packed = np.packbits(masks, axis=1)
+    _, first = np.unique(packed, axis=0, return_index=True)
+    return np.sort(first)
+
+
+def uniform_masks(n: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
+    """n_samples distinct Bernoulli(1/2) masks; rows 0 and 1 are all-kept and all-masked.
+
+    When 2^n <= n_samples every mask is returned (all-kept and all-masked first).
+    """
+    if n < 31 and 2**n <= n_samples:
+        grid = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
+        return np.concatenate([grid[-1:], grid[:-1]])
+    masks = np.stack([np.ones(n, bool), np.zeros(n, bool)])
+    while len(masks) < n_samples:
+        need = n_samples - len(masks)
+        draw = rng.random((need + need // 8 + 4, n)) < 0.5
+        both = np.concatenate([masks, draw])
+        masks = both[_distinct_rows(both)][:n_samples]
+    return masks
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact Fourier transform of a LightGBM model
+
+
+def _leaf_paths(model_dump: dict) -> tuple[list[list[int]], list[list[float]], list[float]]:
+    """Every leaf of every tree as (path features, path signs, value); sign +1 = x_i = 0 (left)."""
+    feats: list[list[int]] = []
+    signs: list[list[float]] = []
+    values: list[float] = []
+    for tree in model_dump["tree_info"]:
+        stack: list[tuple[dict, list[int], list[float]]] = [(tree["tree_structure"], [], [])]
+        while stack:
+            node, f, s = stack.pop()
+            if "leaf_value" in node:
+                feats.append(f)
+                signs.append(s)
+                values.append(float(node["leaf_value"]))
+                continue
+            threshold = float(node["threshold"])
+            if node["decision_type"] != "<=" or not 0.0 <= threshold < 1.0:
+                raise ValueError(
+                    f"unexpected split {node['decision_type']} {threshold} on a 0/1 feature; cannot extract"
+                )
+            i = int(node["split_feature"])
+            # x <= threshold goes left: x_i = 0 → χ_i = +1; x_i = 1 → χ_i = −1 (right).
+            stack.append((node["left_child"], f + [i], s + [1.0]))
+            stack.append((node["right_child"], f + [i], s + [-1.0]))
+    return feats, signs, values
+
+
+def _encode(rows: np.ndarray, n: int) -> np.ndarray | None:
+    """One int64 per sorted key row (base n), or None if it could overflow."""
+    t = rows.shape[1]
+    if t == 0 or float(n) ** t >= 2.0**62:
+        return None
+    return rows @ (np.int64(n) ** np.arange(t - 1, -1, -1, dtype=np.int64))
+
+
+def tree_fourier(model_dump: dict, n: int) -> SparseFourier:
+    """Exact Fourier transform of a LightGBM regression model (sum over all its trees).
+
+    A leaf at depth d reached through features i_1..i_d with signs s_j contributes
+    value · 2^−d · Π_{j∈U} s_j to F(U) for every U ⊆ path; leaves are grouped by depth and their
+    subsets enumerated with precomputed column patterns, so the work is numpy over Σ 2^depth rows.
+    """
+    feats, signs, values = _leaf_paths(model_dump)
+    depth = np.fromiter((len(f) for f in feats), dtype=np.int64, count=len(feats))
+    vals = np.asarray(values)
+    per_order: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for d in np.unique(depth).tolist():
+        rows = np.flatnonzero(depth == d)
+        f = np.array([feats[r] for r in rows], dtype=np.int64).reshape(len(rows), d)
+        s = np.array([signs[r] for r in rows], dtype=float).reshape(len(rows), d)
+        order = np.argsort(f, axis=1)
+        f = np.take_along_axis(f, order, axis=1)
+        s = np.take_along_axis(s, order, axis=1)
+        v = vals[rows] * 2.0**-d
+        for t in range(d + 1):
+            pattern = subset_patterns(d, t)
+            keys = f[:, pattern].reshape(len(rows) * len(pattern), t)
+            coef = (v[:, None] * s[:, pattern].prod(axis=2)).reshape(-1)
+            bucket = per_order.setdefault(t, ([], []))
+            bucket[0].append(keys)
+            bucket[1].append(coef)
+    out_keys: list[Key] = []
+    out_vals: list[np.ndarray] = []
+    for t, (key_parts, coef_parts) in sorted(per_order.items()):
+        keys = np.concatenate(key_parts)
+        coef = np.concatenate(coef_parts)
+        if t == 0:
+            out_keys.append(())
+            out_vals.append(np.array([coef.sum()]))
+            continue
+        codes = _encode(keys, n)
+        if codes is not None:
+            _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+            uniq = keys[first]
+        else:
+            uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        sums = np.bincount(inverse.reshape(-1), weights=coef, minlength=len(uniq))
+        keep = sums != 0.0
+        out_keys.extend(map(tuple, uniq[keep].tolist()))
+        out_vals.append(sums[keep])
+    return SparseFourier(n, out_keys, np.concatenate(out_vals) if out_vals else np.zeros(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Coefficient selection and refit
+
+
+def select_coefficients(fourier: SparseFourier, energy: float | None = None, top_k: int | None = None) -> list[Key]:
+    """Non-constant keys with the largest |F|: the top_k, or the fewest holding `energy` of the
+    non-constant energy (top_k wins when both are given; all keys when neither is)."""
+    idx = np.array([i for i, k in enumerate(fourier.keys) if k], dtype=np.int64)
+    if not len(idx):
+        return []
+    mags = np.abs(fourier.values[idx])
+    ranked = idx[np.argsort(-mags, kind="stable")]
+    if top_k is not None:
+        ranked = ranked[:top_k]
+    elif energy is not None:
+        cum = np.cumsum(fourier.values[ranked] ** 2)
+        ranked = ranked[: int(np.searchsorted(cum, energy * cum[-1] * (1 - 1e-12))) + 1]
+    return [fourier.keys[i] for i in ranked]
+
+
+def downward_closure(keys: Sequence[Key]) -> list[Key]:
+    """Every non-empty subset of every key (hierarchical functions have downward-closed supports)."""
+    groups = {}
+    for key in keys:
+        groups.setdefault(len(key), []).append(key)
+    found: set[Key] = set()
+    for d, members in groups.items():
+        arr = np.array(members, dtype=np.int64).reshape(len(members), d)
+        for t in range(1, d + 1):
+            found.update(map(tuple, arr[:, subset_patterns(d, t)].reshape(-1, t).tolist()))
+    return sorted(found, key=lambda k: (len(k), k))
+
+
+@dataclass
+class RefitResult:
+    fourier: SparseFourier
+    cv_mse: float
+    alpha: float
+
+
+def lasso_refit(
+    keys: Sequence[Key], masks: np.ndarray, y: np.ndarray, n: int, cv_folds: int, random_state: int
+) -> RefitResult:
+    """Cross-validated Lasso on the Fourier basis of the training masks; the intercept is F(∅).
+
+    Returns the refitted (sparse) transform and the CV mean squared error at the chosen alpha.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LassoCV
+    from sklearn.model_selection import KFold
+
+    keys = list(keys)
+    basis = fourier_basis(masks, keys, n)
+    folds = KFold(cv_folds, shuffle=True, random_state=random_state)
+    with warnings.catch_warnings():
+        # Small alphas on the path may stop short of tolerance; the CV choice is unaffected.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = LassoCV(cv=folds, alphas=30, max_iter=5000, tol=1e-5).fit(basis, y)
+    nonzero = np.flatnonzero(model.coef_)
+    fourier = SparseFourier(
+        n, [()] + [keys[i] for i in nonzero], np.concatenate([[model.intercept_], model.coef_[nonzero]])
+    )
+    return RefitResult(fourier, float(model.mse_path_.mean(axis=1).min()), float(model.alpha_))
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimator
+
+
+class ProxySPEX:
+    """ProxySPEX (arXiv 2505.17495): LightGBM proxy on uniform random masks, exact Fourier extraction
+    from every tree, coefficient selection, and a cross-validated refit kept only when it helps.
+
+    n: number of features. n_samples: distinct training masks to query (default ⌈4·n·log2 n⌉; the
+    budget planner normally sets it). max_order: cap on tree depth, hence on interaction order.
+    param_grid: LightGBM grid {"max_depth", "learning_rate", "n_estimators"} searched by cv_folds-fold
+    CV on shared folds; n_estimators is the cap for CV early stopping (the round count is tuned
+    continuously instead of on a grid). The proxy is the best configuration refitted on all masks.
+    Selection: top_k coefficients (default max(50, n_samples // 4)) or, if energy is given and top_k
+    is not, the fewest holding that fraction of the non-constant energy — taken from the full-data
+    model of every depth in the grid, closed under subsets, then refitted by LassoCV (refit=True).
+    The refit replaces the proxy's coefficients only when its CV error beats the proxy's.
+    random_state: seeds the masks, the CV folds and LightGBM. n_jobs: LightGBM threads.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        n_samples: int | None = None,
+        max_order: int = 5,
+        top_k: int | None = None,
+        energy: float | None = None,
+        random_state: int = 0,
+        cv_folds: int = 5,
+        param_grid: dict[str, Sequence[Any]] | None = None,
+        refit: bool = True,
+        min_child_samples: int | None = None,
+        n_jobs: int = 1,
+    ) -> None:
+        self.n = n
+        self.n_samples = n_samples
+        self.max_order = max_order
+        self.top_k = top_k
+        self.energy = energy
+        self.random_state = random_state
+        self.cv_folds = cv_folds
+        self.param_grid = param_grid
+        self.refit = refit
+        self.min_child_samples = min_child_samples
+        self.n_jobs = n_jobs
+        self._check()
+
+    @staticmethod
+    def default_samples(n: int, alpha: float = 4.0) -> int:
+        """α·n·log2(n) random masks (the paper's budget rule), at least 32, at most 2^n."""
+        count = max(32, int(np.ceil(alpha * n * np.log2(max(n, 2)))))
+        return count if n >= 31 else min(count, 2**n)
+
+    def _check(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n < 1:
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        if self.n_samples is not None and self.n_samples < 8:
+            raise ValueError(f"n_samples must be >= 8 (cross-validation needs rows per fold), got {self.n_samples}")
+        if self.max_order < 1:
+            raise ValueError(f"max_order must be >= 1, got {self.max_order}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.energy is not None and not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"energy must be in (0, 1], got {self.energy}")
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
+        self._grid()
+
+    def _grid(self) -> dict[str, tuple]:
+        grid = {**DEFAULT_GRID, **(self.param_grid or {})}
+        unknown = set(grid) - set(DEFAULT_GRID)
+        if unknown:
+            raise ValueError(f"unknown grid parameters {sorted(unknown)}; allowed: {sorted(DEFAULT_GRID)}")
+        depths = tuple(sorted({min(int(d), self.max_order) for d in grid["max_depth"]}))
+        rates = tuple(float(v) for v in grid["learning_rate"])
+        rounds = tuple(int(v) for v in grid["n_estimators"])
+        if not depths or not rates or not rounds or min(depths) < 1 or min(rates) <= 0 or min(rounds) < 1:
+            raise ValueError(f"invalid LightGBM grid {grid}")
+        return {"max_depth": depths, "learning_rate": rates, "n_estimators": rounds}
+
+    def _samples(self) -> int:
+        count = self.default_samples(self.n) if self.n_samples is None else int(self.n_samples)
+        return count if self.n >= 31 else min(count, 2**self.n)
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def _lgb_params(self, depth: int, rate: float, n_rows: int, seed: int) -> dict[str, Any]:
+        min_leaf = self.min_child_samples
+        if min_leaf is None:
+            min_leaf = int(np.clip(n_rows // 100, 2, 20))
+        return {
+            "objective": "regression",
+            "max_depth": depth,
+            "num_leaves": 2**depth,
+            "learning_rate": rate,
+            "min_data_in_leaf": min_leaf,
+            "min_sum_hessian_in_leaf": 0.0,
+            "num_threads": self.n_jobs,
+            "seed": seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+
+    def _tune(self, x: np.ndarray, y: np.ndarray, seed: int) -> list[dict[str, Any]]:
+        """CV error of every (max_depth, learning_rate), rounds chosen by early stopping up to the cap."""
+        from sklearn.model_selection import KFold
+
+        grid = self._grid()
+        cap = max(grid["n_estimators"])
+        folds = max(2, min(self.cv_folds, len(y) // 4))
+        splits = list(KFold(folds, shuffle=True, random_state=seed).split(x))
+        data = lgb.Dataset(x, y, params={"verbosity": -1}, free_raw_data=False)
+        results = []
+        for depth, rate in itertools.product(grid["max_depth"], grid["learning_rate"]):
+            params = self._lgb_params(depth, rate, len(y) * (folds - 1) // folds, seed)
+            curve = lgb.cv(
+                {**params, "metric": "l2"},
+                data,
+                num_boost_round=cap,
+                folds=splits,
+                callbacks=[lgb.early_stopping(max(20, cap // 20), verbose=False)],
+            )["valid l2-mean"]
+            best = int(np.argmin(curve))
+            results.append({"max_depth": depth, "learning_rate": rate, "rounds": best + 1, "cv_mse": float(curve[best])})
+        return results
+
+    def fit(self, value_fn: ValueFunction | Oracle) -> Explanation:
+        """Query n_samples distinct uniform masks (one batch), fit the proxy, extract, select, refit."""
+        self._check()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
+        if oracle.n != self.n:
+            raise ValueError(f"oracle has n={oracle.n}, estimator has n={self.n}")
+        rng = np.random.default_rng(self.random_state)
+        masks = uniform_masks(self.n, self._samples(), rng)
+        used_before = oracle.queries_used
+        y = oracle(masks)
+        seed = int(rng.integers(2**31 - 1))
+        x = masks.astype(np.float32)
+        data = lgb.Dataset(x, y, params={"verbosity": -1}, free_raw_data=False)
+
+        # Grid search; then the best configuration of every depth, refitted on all masks.
+        grid = self._tune(x, y, seed)
+        best = min(grid, key=lambda r: r["cv_mse"])
+        per_depth = {}
+        for r in grid:
+            if r["max_depth"] not in per_depth or r["cv_mse"] < per_depth[r["max_depth"]]["cv_mse"]:
+                per_depth[r["max_depth"]] = r
+        transforms = {}
+        for depth, r in per_depth.items():
+            params = self._lgb_params(depth, r["learning_rate"], len(y), seed)
+            booster = lgb.train(params, data, num_boost_round=r["rounds"])
+            transforms[depth] = tree_fourier(booster.dump_model(), self.n)
+        proxy = transforms[best["max_depth"]]
+
+        top_k = self.top_k
+        if top_k is None and self.energy is None:
+            top_k = max(50, len(y) // 4)
+        selected = set()
+        for transform in transforms.values():
+            selected.update(select_coefficients(transform, self.energy, top_k))
+        candidates = downward_closure(selected)
+
+        final, refit_info = proxy, {"used": False}
+        if self.refit and candidates:
+            refit = lasso_refit(candidates, masks, y, self.n, max(2, min(self.cv_folds, len(y) // 4)), seed)
+            used = refit.cv_mse < best["cv_mse"]
+            refit_info = {"used": used, "cv_mse": refit.cv_mse, "alpha": refit.alpha, "n_nonzero": len(refit.fourier) - 1}
+            if used:
+                final = refit.fourier
+        diagnostics = {
+            "n_samples": len(masks),
+            "grid": grid,
+            "chosen": {k: best[k] for k in ("max_depth", "learning_rate", "rounds")},
+            "proxy_cv_mse": best["cv_mse"],
+            "n_extracted": {int(d): len(t) for d, t in transforms.items()},
+            "n_candidates": len(candidates),
+            "refit": refit_info,
+            "n_coefficients": len(final),
+            "lightgbm_seed": seed,
+            "cpu_seconds": time.process_time() - cpu0,
+            "wall_seconds": time.perf_counter() - wall0,
+        }
+        return Explanation(
+            fourier=final,
+            method="proxyspex",
+            queries_used=oracle.queries_used - used_before,
+            diagnostics=diagnostics,
+        )
