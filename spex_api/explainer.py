@@ -61,6 +61,27 @@ def _predict(fourier: SparseFourier, masks: np.ndarray) -> np.ndarray:
     return _basis(masks, fourier.keys, fourier.n) @ fourier.values
 
 
+# Fewest unseen held-out masks worth an R² (below it, small-n runs fall back to cross-validation).
+MIN_FRESH = 10
+
+
+def _fresh_masks(rng: np.random.Generator, count: int, seen: np.ndarray) -> np.ndarray:
+    """Up to `count` distinct uniform random masks not among `seen`, so the held-out R² is truly held out.
+
+    Only matters for small n (2^n comparable to the budget); for large n a collision never happens.
+    """
+    if count == 0:
+        return np.zeros((0, seen.shape[1]), dtype=bool)
+    candidates = rng.random((4 * count, seen.shape[1])) < 0.5
+    packed = np.packbits(np.vstack([seen, candidates]), axis=1)
+    _, first, ids = np.unique(packed, axis=0, return_index=True, return_inverse=True)
+    ids = ids.reshape(-1)
+    cand_ids = ids[len(seen):]
+    unseen = ~np.isin(cand_ids, ids[: len(seen)])
+    first_time = first[cand_ids] == np.arange(len(seen), len(packed))
+    return candidates[np.flatnonzero(unseen & first_time)[:count]]
+
+
 def _support_cv_r2(masks: np.ndarray, y: np.ndarray, keys: Sequence[Key], n: int, random_state: int) -> float:
     """5-fold CV R² of a least-squares refit on a result's support (when there is no held-out slice).
 
@@ -146,26 +167,28 @@ class Explainer:
         """Spend the plan: training design (+ held-out slice) through one budget-capped Oracle."""
         p = self._plan
         oracle = _RecordingOracle(self.value_fn, self.n, budget=p.total)
-        holdout_rng = np.random.default_rng([self.random_state, 0x401D])
-        holdout_masks = holdout_rng.random((p.n_holdout, self.n)) < 0.5
         # Each algorithm sends its whole design in one batch, so a provider can run it concurrently.
         result = self._algorithm().fit(oracle)
         train_masks, train_y = oracle.answered()
-        holdout_y = oracle(holdout_masks) if p.n_holdout else np.zeros(0)
+        holdout_masks = _fresh_masks(np.random.default_rng([self.random_state, 0x401D]), p.n_holdout, train_masks)
+        if len(holdout_masks) < min(p.n_holdout, MIN_FRESH):
+            holdout_masks = holdout_masks[:0]  # too few unseen masks left (small n): use CV instead
+        holdout_y = oracle(holdout_masks) if len(holdout_masks) else np.zeros(0)
+        n_holdout = len(holdout_masks)
 
         linear = LinearBaseline(self.n, random_state=self.random_state).fit(train_masks, train_y)
         candidates = {p.method: result, "linear": linear}
         scores: dict[str, dict[str, float]] = {}
         for name, cand in candidates.items():
             entry = {"train_r2": r2_score(train_y, _predict(cand.fourier, train_masks))}
-            if p.n_holdout:
+            if n_holdout:
                 entry["holdout_r2"] = r2_score(holdout_y, _predict(cand.fourier, holdout_masks))
             else:
                 cv = cand.diagnostics.get("cv_r2") if name == "linear" else None
                 entry["cv_r2"] = cv if cv is not None else _support_cv_r2(
                     train_masks, train_y, cand.fourier.keys, self.n, self.random_state)
             scores[name] = entry
-        criterion = "holdout_r2" if p.n_holdout else "cv_r2"
+        criterion = "holdout_r2" if n_holdout else "cv_r2"
         main_score = scores[p.method][criterion]
         linear_score = scores["linear"][criterion]
         use_linear = bool(linear_score > main_score) or not np.isfinite(main_score)
@@ -187,7 +210,7 @@ class Explainer:
         detail = {
             "criterion": criterion,
             "selected": chosen,
-            "n_holdout": int(p.n_holdout),
+            "n_holdout": n_holdout,
             "n_train": int(len(train_y)),
             "train_r2": scores[chosen]["train_r2"],
             "holdout_r2": scores[chosen].get("holdout_r2"),
@@ -199,7 +222,7 @@ class Explainer:
             candidates[chosen],
             queries_used=int(oracle.queries_used),
             plan=p,
-            faithfulness=scores[chosen]["holdout_r2"] if p.n_holdout else None,
+            faithfulness=scores[chosen]["holdout_r2"] if n_holdout else None,
             faithfulness_detail=detail,
             feature_names=self.feature_names,
             diagnostics=diagnostics,
