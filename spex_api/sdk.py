@@ -43,7 +43,7 @@ class Preview:
     plan: Any  # spex_api.planner.Plan
     budget: int
     max_cost: float | None
-    estimated_cost: float | None
+    estimated_cost: float
     method: str
     max_order: int
     random_state: int
@@ -73,11 +73,12 @@ class Preview:
         t.add_row("scorer", getattr(self.scorer, "name", str(self.scorer)))
         t.add_row("method", f"{self.plan.method}: {self.plan.reason}")
         t.add_row("queries", f"{self.n_queries} of a budget of {self.budget} (incl. held-out {self.plan.n_holdout} and the original answer)")
-        if self.estimated_cost is None:
-            t.add_row("est. cost", "unknown (no price for this model)")
+        cap = f" (cap ${self.max_cost:.2f})" if self.max_cost is not None else ""
+        if self.estimated_cost == 0:
+            price = "$0 (local model)" if self.local else "$0 (no price set for this server)"
         else:
-            cap = f" (cap ${self.max_cost:.2f})" if self.max_cost is not None else ""
-            t.add_row("est. cost", ("$0 (local model)" if self.local else f"≤ ${self.estimated_cost:.4f} before cache hits") + cap)
+            price = f"about ${self.estimated_cost:.4f} before cache hits"
+        t.add_row("est. cost", price + cap)
         t.add_row("cache", os.path.expanduser(self.cache_dir) if self.cache_dir else "off")
         return t
 
@@ -226,14 +227,15 @@ def preview(
     score = _make_scorer(scorer, labels, adapter)
     from providers.local import MODEL_NAME
 
-    if model == MODEL_NAME if raw_completion is None else raw_completion:
+    use_raw = (model == MODEL_NAME) if raw_completion is None else raw_completion
+    if use_raw:
         if adapter.provider in ("openai", "anthropic"):
             raise ValueError(f"raw_completion needs a text-completion endpoint, which {adapter.provider} does not serve")
         score = _RawCompletion(score)
     score.validate(adapter)
     the_plan = _plan(masked.n_features, int(budget), method, max_order)
-    estimate = 0.0 if provider == LOCAL else _estimate_cost(masked, adapter, score, the_plan.total + (not score.needs_reference))
-    if max_cost is not None and estimate is not None and estimate > max_cost:
+    estimate = _estimate_cost(masked, adapter, score, the_plan.total + (not score.needs_reference))
+    if max_cost is not None and estimate > max_cost:
         raise ValueError(
             f"the estimated cost ${estimate:.4f} of {the_plan.total + 1} queries exceeds max_cost ${max_cost:.4f}; "
             "lower the budget or raise max_cost"
@@ -282,12 +284,14 @@ class _Meter:
     def __init__(self, runner: Any) -> None:
         object.__setattr__(self, "_runner", runner)
         object.__setattr__(self, "paid", 0.0)
+        object.__setattr__(self, "sent", 0)
+        object.__setattr__(self, "cached", 0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runner, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "paid":
+        if name in ("paid", "sent", "cached"):
             object.__setattr__(self, name, value)
         else:
             setattr(self._runner, name, value)
@@ -296,6 +300,8 @@ class _Meter:
         fresh = [not self._runner.is_cached(r) for r in requests]
         out = await self._runner.run(requests)
         self.paid += sum(self._runner.price.cost(c.usage) for c, f in zip(out, fresh) if f)
+        self.sent += sum(fresh)
+        self.cached += len(fresh) - sum(fresh)
         return out
 
     async def send(self, request: Any) -> Any:
@@ -357,14 +363,15 @@ def _run_one(pre: Preview, adapter: Any, runner: Any, io: _Loop, progress: bool)
     expl.queries_used += 1  # the original answer
     expl.cost = float(meter.paid)
     expl.metadata.update(_metadata(pre, reference))
-    expl.metadata["stats"] = {k: v for k, v in vf.stats.items() if k in ("cache_hits", "api_calls", "retries", "bound_hits")}
+    expl.metadata["stats"] = {"queries_sent": meter.sent, "cache_hits": meter.cached,
+                              "bound_hits": int(getattr(pre.scorer, "bound_hits", 0))}
     return expl
 
 
 def _confirm(pre: Preview, confirm: bool | None, console: Any, estimate: float | None = None) -> None:
     """Ask before spending real money when running interactively (or when asked to)."""
     estimate = pre.estimated_cost if estimate is None else estimate
-    ask = confirm if confirm is not None else (not pre.local and sys.stdin.isatty() and (estimate or 0) > 0)
+    ask = confirm if confirm is not None else (sys.stdin.isatty() and estimate > 0)
     if not ask:
         return
     from rich.prompt import Confirm
@@ -468,12 +475,11 @@ def explain_many(
         return []
     console = Console(stderr=True, quiet=not progress)
     total_q = sum(p.n_queries for p in pres)
-    costs = [p.estimated_cost for p in pres]
-    est = None if any(c is None for c in costs) else float(sum(costs))
+    est = float(sum(p.estimated_cost for p in pres))
     console.print(pres[0].renderable())
     console.print(
         f"batch: {len(pres)} prompts, at most {total_q} queries, "
-        + ("cost unknown" if est is None else f"about ${est:.4f} before cache hits")
+        + f"about ${est:.4f} before cache hits"
         + (f", hard cap ${max_cost:.2f} across the batch" if max_cost is not None else "")
     )
     _confirm(pres[0], confirm, console, est)
