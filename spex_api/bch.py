@@ -208,9 +208,11 @@ class BCHCode:
         cost = np.where(usable, rel_sel, 1e300) @ patterns.T.astype(float)
         n_pat = len(patterns) if chase_patterns is None else min(int(chase_patterns), len(patterns))
         order = np.argsort(cost, axis=1, kind="stable")[:, :n_pat]
+        # Patterns touching an unusable (np.inf) position sort last and repeat cheaper ones: stop before them.
+        n_valid = np.minimum((1 << usable.sum(axis=1)) - 1, n_pat)
         base_odd = self._pack_syndromes(base[fail])
         contrib = self._position_syndromes[sel]  # (F, depth, t): odd syndromes of each flippable position
-        active = np.arange(len(fail))
+        active = np.flatnonzero(n_valid > 0)
         start, step = 0, 1
         while start < n_pat and len(active):
             stop = min(n_pat, start + step)
@@ -240,6 +242,7 @@ class BCHCode:
                 ok[words_hit] = True
             active = active[~hit]
             start, step = stop, step * 2
+            active = active[n_valid[active] > start]
         return out, ok
 
     def _pack_syndromes(self, bits: np.ndarray) -> np.ndarray:

@@ -227,16 +227,25 @@ class SPEX:
 
     # ------------------------------------------------------------------ peeling
     def _peel(self, U: np.ndarray, codes: np.ndarray) -> tuple[dict[Key, float], dict[str, Any]]:
-        """Singleton detection + BCH decoding over all bins at once, peeled across groups."""
+        """Singleton detection + BCH decoding over all bins at once, peeled across groups.
+
+        Each round decodes every bin that changed, then re-fits all interactions found so far by
+        least squares on the bins and subtracts that fit from the original bins.
+        """
         code, t, n = self.code, self.max_order, self.n
         C, B, P1 = U.shape
         delay_words = _pack(np.vstack([self.delays().T, np.zeros((1, P1), dtype=bool)]))  # (n+1, words)
         scale = float(np.sqrt(np.mean(U**2))) if U.size else 0.0
         zero_tol = (1e-9 * scale) ** 2 * P1
         depth = 2 * t if self.chase_depth is None else int(self.chase_depth)
-        found: dict[Key, float] = {}
+        U0, U = U, U.copy()
+        index: dict[Key, int] = {}  # found interactions, in order of discovery
+        key_bins = np.zeros((C, 0), dtype=np.int64)
+        key_signs = np.zeros((0, P1))
+        noise_pool: list[np.ndarray] = []  # per-entry residual variance of hard-decoded singletons
         dirty = np.ones((C, B), dtype=bool)
         rounds = idle = attempts = 0
+        noise_var = 0.0
         while rounds < self.max_rounds and idle < self.patience:
             energy = np.einsum("cbp,cbp->cb", U, U)
             todo = dirty & (energy > zero_tol)
@@ -259,48 +268,66 @@ class SPEX:
                 good &= np.bitwise_xor.reduce(codes[gc[rows, None], msg], axis=1) == gb[rows]
                 signs = np.zeros((len(rows), P1))
                 rho = np.zeros(len(rows))
+                resid = np.full(len(rows), np.inf)
                 g = np.flatnonzero(good)
                 if len(g):
                     bits = np.bitwise_xor.reduce(delay_words[msg[g]], axis=1)  # (G, words)
                     signs[g] = 1.0 - 2.0 * _unpack(bits, P1)
                     col = cols[rows[g]]
                     rho[g] = np.mean(signs[g] * col, axis=1)
-                    resid = np.sum((col - rho[g, None] * signs[g]) ** 2, axis=1) / np.maximum(
-                        np.sum(col**2, axis=1), 1e-300
-                    )
-                    good[g] = resid < self.acceptance
-                return good, msg, signs, rho
+                    resid[g] = np.sum((col - rho[g, None] * signs[g]) ** 2, axis=1)
+                    good[g] = resid[g] < self.acceptance * np.maximum(np.sum(col**2, axis=1), 1e-300)
+                return good, msg, signs, rho, resid
 
             def accept(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
                 return check(rows, pos)[0]
 
-            if self.decoder == "soft":
-                reliability = np.concatenate([np.full((len(cols), n), np.inf), np.abs(rel_par)], axis=1)
-                patterns = self.chase_patterns or int(np.clip(_CHASE_WORK // len(words), 64, 2**depth - 1))
-                pos, ok = code.decode(words, reliability, depth, patterns, accept=accept)
-            else:
-                pos, ok = code.decode(words, accept=accept)
+            pos, ok = code.decode(words, accept=accept)
+            if ok.any():
+                noise_pool.append(check(np.flatnonzero(ok), pos[ok])[4] / P1)
+                noise_var = _noise_variance(noise_pool)
+            fail = np.flatnonzero(~ok)
+            if self.decoder == "soft" and len(fail):
+                # A sign is flipped only where noise beat the coefficient, so |value| is then of the
+                # order of the noise: positions well above it are never worth flipping.
+                limit = 3.0 * np.sqrt(noise_var) if noise_pool else np.inf
+                magnitude = np.abs(rel_par[fail])
+                reliability = np.concatenate(
+                    [np.full((len(fail), n), np.inf), np.where(magnitude < limit, magnitude, np.inf)], axis=1
+                )
+                patterns = self.chase_patterns or int(np.clip(_CHASE_WORK // len(fail), 64, 2**depth - 1))
+                pos_f, ok_f = code.decode(
+                    words[fail], reliability, depth, patterns, accept=lambda rows, p: check(fail[rows], p)[0]
+                )
+                pos = np.concatenate([pos, np.full((len(pos), pos_f.shape[1] - pos.shape[1]), -1)], axis=1)
+                pos[fail], ok[fail] = pos_f, ok_f
             if not ok.any():
                 idle += 1
                 continue
-            _, msg, signs, rho = check(np.flatnonzero(ok), pos[ok])
-            # One detection per interaction per round (the same k may surface in several groups).
-            _, first = np.unique(msg, axis=0, return_index=True)
-            first = np.sort(first)
-            msg, signs, rho = msg[first], signs[first], rho[first]
-            new = 0
-            for row, value in zip(msg, rho):
-                key = tuple(int(v) for v in row if v < n)
-                new += key not in found
-                found[key] = found.get(key, 0.0) + float(value)
-            idle = 0 if new else idle + 1
-            # Peel: remove rho * s from the bin of k in every group.
-            kb = np.bitwise_xor.reduce(codes[:, msg], axis=2)  # (C, A)
-            contrib = rho[:, None] * signs  # (A, P+1)
+            _, msg, signs, _, _ = check(np.flatnonzero(ok), pos[ok])
+            msg, first = np.unique(msg, axis=0, return_index=True)
+            fresh = np.array([tuple(int(v) for v in row if v < n) not in index for row in msg], dtype=bool)
+            if not fresh.any():
+                idle += 1
+                continue
+            idle = 0
+            for row in msg[fresh]:
+                index[tuple(int(v) for v in row if v < n)] = len(index)
+            key_bins = np.concatenate([key_bins, np.bitwise_xor.reduce(codes[:, msg[fresh]], axis=2)], axis=1)
+            key_signs = np.vstack([key_signs, signs[first[fresh]]])
+            # Re-estimate every found coefficient jointly (least squares over all bins of all groups)
+            # and peel the fitted model off the original bins: no error build-up from one-bin estimates.
+            coef = _bin_least_squares(U0, key_bins, key_signs)
+            model = np.zeros_like(U0)
             for c in range(C):
-                np.subtract.at(U[c], kb[c], contrib)
-                dirty[c, kb[c]] = True
-        return found, {"peeling_rounds": rounds, "decode_attempts": int(attempts)}
+                np.add.at(model[c], key_bins[c], coef[:, None] * key_signs)
+            new_U = U0 - model
+            # Re-decode bins whose content moved by more than a fraction of the noise.
+            dirty |= np.einsum("cbp,cbp->cb", new_U - U, new_U - U) > max(zero_tol, 0.01 * P1 * noise_var)
+            U = new_U
+        found = dict(zip(index, coef.tolist())) if index else {}
+        noise = float(np.sqrt(noise_var)) if noise_pool else None
+        return found, {"peeling_rounds": rounds, "decode_attempts": int(attempts), "bin_noise_sd": noise}
 
     # ------------------------------------------------------------------ refit
     def _refit(
@@ -331,10 +358,7 @@ class SPEX:
         S = 1.0 - 2.0 * ((self.delays().astype(np.float32) @ incidence(keys, n).astype(np.float32)).astype(np.int64) & 1)
         S = S.T  # (K, P+1)
         # Pattern of same-bin pairs, counted over groups.
-        rows = np.repeat(np.arange(K), C)
-        Z = sp.csr_matrix((np.ones(K * C), (rows, (J.T + (np.arange(C) * B)[None, :]).reshape(-1))), shape=(K, C * B))
-        pattern = (Z @ Z.T).tocoo()
-        pa, pb, pcount = pattern.row, pattern.col, pattern.data
+        pa, pb, pcount = _same_bin_pairs(J, B)
         pair_p = S[pa] * S[pb]  # (pairs, P+1) products per delay row
         # X^T y per delay row: sum_c raw[c, p, J[c, k]] * S[k, p]
         xty_p = np.zeros((K, P1))
@@ -398,6 +422,33 @@ class SPEX:
             "refit_kept": int(len(keep)),
         }
         return fourier, info
+
+
+def _noise_variance(pool: list[np.ndarray]) -> float:
+    """Per-entry noise variance of the bins, from singleton fit residuals.
+
+    A lower quartile rather than the median: early rounds accept some wrong decodes whose residuals
+    are large, and the lower quartile of a chi-square with ~P dof sits only ~15% under its mean.
+    """
+    return float(np.quantile(np.concatenate(pool), 0.25))
+
+
+def _same_bin_pairs(J: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (a, b) of keys sharing a bin in at least one group, and in how many groups (J: (C, K) bins)."""
+    C, K = J.shape
+    rows = np.repeat(np.arange(K), C)
+    Z = sp.csr_matrix((np.ones(K * C), (rows, (J.T + (np.arange(C) * B)[None, :]).reshape(-1))), shape=(K, C * B))
+    pattern = (Z @ Z.T).tocoo()
+    return pattern.row, pattern.col, pattern.data
+
+
+def _bin_least_squares(U: np.ndarray, J: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Coefficients minimising sum over groups, bins, rows of (U - sum_k beta_k S_k [bin of k])^2."""
+    C, B, _ = U.shape
+    pa, pb, count = _same_bin_pairs(J, B)
+    G = sp.csr_matrix((count * np.einsum("ip,ip->i", S[pa], S[pb]), (pa, pb)), shape=(len(S), len(S)))
+    r = sum(np.einsum("kp,kp->k", U[c, J[c]], S) for c in range(C))
+    return _solve(G, r, np.arange(len(S)))
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
