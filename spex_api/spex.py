@@ -4,10 +4,11 @@ Each of C groups draws a random M_c in {0,1}^{n x b}; one delay matrix D (row 0 
 parity rows of a BCH code shortened to n) is shared. Queries are x = M_c l XOR d_p for every l in
 F_2^b and every row p, so C (P+1) 2^b in all. A 2^b-point Walsh-Hadamard transform of each block
 aliases the Fourier coefficients into bins; a bin holding one interaction k (a singleton) carries
-k's BCH parity signs across the delay rows, and decoding recovers k. Peeling subtracts found terms
-from their bins in every group, exposing more singletons. A final least-squares refit over the
-recovered support, the empty set and all singletons uses every sample; its Gram matrix and moments
-come straight from the bins, so it costs O(#candidates * bin load), not O(samples * candidates).
+k's BCH parity signs across the delay rows, and decoding recovers k. Peeling re-fits every term found
+so far jointly on the bins and subtracts the fit in every group, exposing more singletons. A final
+cross-validated least-squares refit over the recovered support, the empty set and all singletons
+uses every sample; its Gram matrix and moments come straight from the bins, so it costs
+O(#candidates * bin load), not O(samples * candidates).
 """
 
 from __future__ import annotations
@@ -349,7 +350,11 @@ class SPEX:
         """
         n, t = self.n, self.max_order
         C, P1, B = raw.shape
-        keys: list[Key] = [()] + [(i,) for i in range(n)] + [k for k in support if len(k) > 1]
+        # All singletons join the candidates only while the design has well over one sample per
+        # candidate; otherwise only those inside the recovered support do.
+        all_singles = 2 * (1 + n + len(support)) <= C * P1 * B
+        singles = range(n) if all_singles else sorted({i for k in support for i in k})
+        keys: list[Key] = [()] + [(i,) for i in singles] + [k for k in support if len(k) > 1]
         K = len(keys)
         pad = np.full((K, t), n, dtype=np.int64)
         for j, k in enumerate(keys):
@@ -415,6 +420,7 @@ class SPEX:
         info = {
             "refit": True,
             "refit_candidates": K,
+            "refit_all_singletons": all_singles,
             "refit_z": z_grid[best],
             "refit_cv_mse": float(cv_err[best] / n_samples),
             "refit_cv_mse_by_z": {str(z): float(e / n_samples) for z, e in zip(z_grid, cv_err)},
