@@ -356,10 +356,12 @@ class BCHCode:
                 acc ^= gf.exp[expo]
             is_root = acc == 0
             count[s : s + chunk] = is_root.sum(axis=1)
-            for w in np.flatnonzero(is_root.any(axis=1)):
-                found = self._position_of_exponent[np.flatnonzero(is_root[w])][:t]
-                roots[s + w, : len(found)] = np.sort(found)
-        return roots, count
+            w, expo = np.nonzero(is_root)  # row-major: grouped by word
+            rank = np.arange(len(w)) - np.searchsorted(w, w)
+            keep = rank < t
+            roots[s + w[keep], rank[keep]] = self._position_of_exponent[expo[keep]]
+        roots = np.sort(np.where(roots < 0, np.iinfo(np.int64).max, roots), axis=1)
+        return np.where(roots == np.iinfo(np.int64).max, -1, roots), count
 
 
 def _symmetric_difference(pos: np.ndarray) -> np.ndarray:
