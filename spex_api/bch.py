@@ -120,7 +120,7 @@ class BCHCode:
         bits = (vals[:, :, None] >> np.arange(self.m)) & 1
         self.syndrome_matrix = bits.reshape(self.length, self.t * self.m).astype(np.float32)
         self._bit_weights = (1 << np.arange(self.m)).astype(np.int64)
-        self._position_syndromes = self.gf.exp[(self._exponent[:, None] * odd[None, :]) % self.gf.order]
+        self._position_syndromes = vals  # (n+P, t): odd syndromes of a single error at each position
 
     def _generator(self) -> np.ndarray:
         """Coefficients (low degree first, length P+1) of prod (x - alpha^e) over the root set."""

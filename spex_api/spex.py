@@ -56,7 +56,8 @@ class SPEX:
     decoder: "soft" (Chase decoding on the real-valued delay ratios) or "hard" (signs only).
     refit: run the cross-validated least-squares refit over support + {} + all singletons.
     n_groups: number C of independent subsampling groups.
-    random_state: seeds the subsampling matrices (the only random draw).
+    random_state: int, np.random.Generator or None; seeds the subsampling matrices (the only random
+        draw). It is turned into one fixed seed at construction, so design() and fit() always agree.
     chase_depth: least reliable parity positions the Chase decoder may flip (default 2t).
     chase_patterns: cheapest flip patterns tried per failed bin; None = as many as fit a fixed
         work budget of about 2^18 trial words per peeling round (all 2^depth - 1 for few bins).
@@ -72,7 +73,7 @@ class SPEX:
         decoder: str = "soft",
         refit: bool = True,
         n_groups: int = 3,
-        random_state: int | None = 0,
+        random_state: int | np.random.Generator | None = 0,
         chase_depth: int | None = None,
         chase_patterns: int | None = None,
         acceptance: float = 0.9,
@@ -98,7 +99,13 @@ class SPEX:
         self.refit = bool(refit)
         self.n_groups = int(n_groups)
         # None means "fresh entropy", fixed once here so design() and fit() agree.
-        self.random_state = random_state if random_state is not None else int(np.random.SeedSequence().entropy % 2**63)
+        self.random_state = random_state
+        if isinstance(random_state, np.random.Generator):
+            self._seed = int(random_state.integers(2**63))
+        elif random_state is None:
+            self._seed = int(np.random.SeedSequence().entropy % 2**63)
+        else:
+            self._seed = int(random_state)
         self.chase_depth = chase_depth
         if chase_patterns is not None and int(chase_patterns) < 1:
             raise ValueError(f"chase_patterns must be >= 1 or None, got {chase_patterns}")
@@ -133,7 +140,7 @@ class SPEX:
 
     def _subsampling(self, b: int) -> np.ndarray:
         """(C, n, b) subsampling matrices: the first b of _B_MAX columns drawn from random_state."""
-        rng = np.random.default_rng(self.random_state)
+        rng = np.random.default_rng(self._seed)
         return rng.integers(0, 2, size=(self.n_groups, self.n, _B_MAX), dtype=np.uint8)[:, :, :b].astype(bool)
 
     def _b(self, b: int | None) -> int:

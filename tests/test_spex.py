@@ -140,6 +140,10 @@ def test_random_state_controls_design_and_result() -> None:
     ra, rb = a.fit(truth.predict), b.fit(truth.predict)
     assert ra.fourier.keys == rb.fourier.keys
     np.testing.assert_array_equal(ra.fourier.values, rb.fourier.values)
+    # A Generator or None is fixed into one seed at construction: design() and fit() agree.
+    for state in (None, np.random.default_rng(5)):
+        spex = SPEX(n, b=3, random_state=state)
+        np.testing.assert_array_equal(spex.design(), spex.design())
     # Global numpy state plays no part.
     np.random.seed(0)
     first = SPEX(n, b=3, random_state=1).design()
