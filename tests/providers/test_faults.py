@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server():
-    with FakeServer(timeout_hold=0.6) as s:
+    with FakeServer(timeout_hold=1.2) as s:
         yield s
 
 
@@ -46,7 +46,7 @@ def clean(server):
 def adapter(server, provider="openai", **kw):
     url = server.url if provider == "anthropic" else server.url + "/v1"
     return make_adapter(provider, "claude-3-5-haiku-latest" if provider == "anthropic" else "gpt-4o-mini",
-                        base_url=url, api_key=SECRET, timeout=0.3, **kw)
+                        base_url=url, api_key=SECRET, timeout=1.0, **kw)
 
 
 def batch(n, provider="openai", max_tokens=3):
@@ -66,7 +66,7 @@ async def clean_answers(provider="openai", n=12):
 
 @pytest.mark.parametrize("provider,fault", [
     ("openai", {"kind": "429", "retry_after": 0.05}), ("openai", {"kind": "429ms", "ms": 50}), ("openai", "500"),
-    ("openai", "503"), ("openai", "malformed"), ("openai", "reset"), ("openai", {"kind": "timeout", "hold": 0.6}),
+    ("openai", "503"), ("openai", "malformed"), ("openai", "reset"), ("openai", {"kind": "timeout", "hold": 1.2}),
     ("anthropic", "529"), ("anthropic", "500"), ("anthropic", {"kind": "429", "retry_after": 0.05}),
 ])
 async def test_transient_faults_are_retried_to_the_same_answers(server, tmp_path, provider, fault):
@@ -124,7 +124,7 @@ async def test_max_cost_never_exceeded_with_concurrency_and_retries(server, tmp_
     # $1 per output token, input free: every answer costs exactly $3 (3 tokens), the worst case is $5
     prices = PriceTable({"openai-compatible": {"gpt-4o-mini": Price(0.0, 0.0, 1e6)}})
     server.state.control({"latency": 0.02})
-    server.script([{"kind": "timeout", "hold": 0.4}] * 3)  # a timeout may have been billed: charged worst case
+    server.script([{"kind": "timeout", "hold": 1.2}] * 3)  # a timeout may have been billed: charged worst case
     server.fail_first(["500"])
     r = Runner(adapter(server), cache=str(tmp_path), concurrency=8, max_cost=40.0, prices=prices,
                backoff_initial=0.001, backoff_max=0.01)
