@@ -4,6 +4,10 @@ Backed by diskcache (SQLite, safe when several processes share the directory). T
 the canonical JSON of provider, endpoint, model and request body (plus a sample index when one request is
 split into several calls) — never the API key, which adapters do not put in the body. Values are JSON
 (`Completion.to_dict()`), not pickles, so a cache directory can be inspected and shared safely.
+
+Processes sharing a directory also coordinate: before sending an uncached call a runner `claim`s its key
+(an atomic add with an expiry), so two processes asking the same question at once pay for it once; the
+other waits for the answer to appear. Claims of processes that died on this host are taken over at once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 from typing import Any, Mapping
 
 import diskcache
@@ -21,6 +26,16 @@ from providers.types import Completion
 def cache_key(material: Mapping[str, Any]) -> str:
     """SHA-256 hex digest of the canonical JSON (sorted keys, no whitespace) of the key material."""
     return hashlib.sha256(json.dumps(material, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ResponseCache:
@@ -37,6 +52,28 @@ class ResponseCache:
 
     def put(self, key: str, completion: Completion) -> None:
         self._cache.set(key, json.dumps(completion.to_dict(), separators=(",", ":")))
+
+    # ---- cross-process claims: who is sending an uncached call right now --------------------------------
+    def claim(self, key: str, ttl: float) -> bool:
+        """Atomically mark `key` as being sent by this process (for `ttl` seconds); False if another live
+        process holds it. A claim left by a dead process on this host (kill -9) is taken over at once."""
+        ck, me = "claim:" + key, f"{socket.gethostname()}:{os.getpid()}"
+        if self._cache.add(ck, me, expire=ttl):
+            return True
+        holder = self._cache.get(ck)
+        if holder is None:
+            return self._cache.add(ck, me, expire=ttl)
+        host, _, pid = str(holder).rpartition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            with self._cache.transact():  # replace the dead holder's claim unless someone just did
+                if self._cache.get(ck) == holder:
+                    self._cache.set(ck, me, expire=ttl)
+                    return True
+            return False
+        return holder == me
+
+    def release(self, key: str) -> None:
+        self._cache.delete("claim:" + key)
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache

@@ -11,8 +11,8 @@ authentication, permission, quota and invalid-request errors stop the run at onc
 Interrupted runs: every answer is in the cache before it is used, so a rerun after any interruption
 (including kill -9) pays only for what is missing — except calls that were in flight at the moment of the
 kill (at most `concurrency`): the provider may have answered them, but the process died before caching.
-Several processes may share one cache directory safely; they do not coordinate, so two processes asking
-the same uncached question at the same moment both pay for it.
+Several processes may share one cache directory: each uncached call is claimed in the cache right before
+it is sent, so two processes asking the same question at the same moment pay for it once.
 """
 
 from __future__ import annotations
@@ -367,12 +367,25 @@ class Runner:
         if wait > 0:
             self._pause_until = max(self._pause_until, time.monotonic() + wait)
 
+    async def _claim_or_wait(self, key: str) -> Completion | None:
+        """Claim the call for this process (None), or wait while another process sends it and return its
+        answer from the cache; if that process fails or dies, its claim goes and this one takes over."""
+        delay = 0.02
+        while True:
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+            if self.cache.claim(key, ttl=self.adapter.timeout + 30.0):
+                return None
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 0.5)
+
     async def _attempt(self, request: Request, key: str, state: _LoopState) -> Completion:
         await self._honour_pause()
         reserved = self.worst_case_cost(request)
         await self._reserve(reserved, state)
         charged = reserved  # until we know better, an attempt counts at its worst case
-        sent = False
+        sent = claimed = False
         try:
             async with state.slots:
                 if state.rpm is not None:
@@ -383,6 +396,14 @@ class Runner:
                 await self._honour_pause()
                 if self._abort is not None:
                     raise _Aborted
+                if self.cache is not None:
+                    hit = await self._claim_or_wait(key)
+                    if hit is not None:  # another process answered it meanwhile: nothing to send or pay
+                        charged = 0.0
+                        self._queries_reserved -= 1
+                        self.stats.cache_hits += 1
+                        return hit
+                    claimed = True
                 self.stats.api_calls += 1
                 sent = True
                 completion, headers = await self.adapter.exchange(request)
@@ -419,4 +440,6 @@ class Runner:
             self._pause(headers)
             return completion
         finally:
+            if claimed:
+                self.cache.release(key)  # after the answer is cached: a waiting process finds it
             self._settle(reserved, charged, state)

@@ -63,3 +63,22 @@ def test_several_processes_share_one_directory(tmp_path):
     c = ResponseCache(tmp_path)
     assert len(c) == 150
     assert all(c.get(f"key{i}").texts == (f"answer {i}",) for i in range(150))
+
+
+def test_claims_are_exclusive_expire_and_are_taken_over_from_dead_processes(tmp_path):
+    import socket
+    import time
+
+    c = ResponseCache(tmp_path)
+    assert c.claim("k", ttl=30) and c.claim("k", ttl=30)  # ours (asking again is fine)
+    c._cache.set("claim:k", f"{socket.gethostname()}:1", expire=30)  # pid 1 is alive: another live holder
+    assert not c.claim("k", ttl=30)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    c._cache.set("claim:k", f"{socket.gethostname()}:{dead.pid}", expire=30)  # killed holder
+    assert c.claim("k", ttl=30)
+    c.release("k")
+    c._cache.set("claim:k", "elsewhere:1", expire=0.2)  # a holder on another host: wait for expiry
+    assert not c.claim("k", ttl=30)
+    time.sleep(0.3)
+    assert c.claim("k", ttl=30)

@@ -147,6 +147,11 @@ from providers.adapters import make_adapter
 from providers.runner import Runner
 from providers.types import Message, Request
 url, cache, out, key = sys.argv[1:5]
+if len(sys.argv) > 5:  # start barrier: say "ready", wait for "go"
+    import os, pathlib, time
+    pathlib.Path(sys.argv[5], f"ready{os.getpid()}").touch()
+    while not pathlib.Path(sys.argv[5], "go").exists():
+        time.sleep(0.01)
 a = make_adapter("openai", "gpt-4o-mini", base_url=url + "/v1", api_key=key)
 r = Runner(a, cache=cache, concurrency=4, backoff_initial=0.01, backoff_max=0.05)
 reqs = [Request(messages=(Message("user", f"Question number {i}: true or false?"),), top_logprobs=5, max_tokens=3)
@@ -212,3 +217,27 @@ def test_killed_mid_run_resumes_paying_only_for_what_is_missing(tmp_path):
     assert st["abandoned"] <= 4
     assert rerun["cache_hits"] == len(cached) and rerun["api_calls"] >= 60 - len(cached)
     assert key_in_files(cache, SECRET) == []
+
+
+@pytest.mark.slow
+def test_two_processes_sharing_a_cache_pay_once(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    with FakeServer(latency=0.05) as s:
+        procs = [subprocess.Popen([sys.executable, str(script), s.url, str(tmp_path / "cache"),
+                                   str(tmp_path / f"out{i}.json"), SECRET, str(barrier)], env=env, cwd=ROOT)
+                 for i in range(2)]
+        deadline = time.monotonic() + 120
+        while len(list(barrier.glob("ready*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (barrier / "go").touch()  # both processes start sending the same 60 questions at the same moment
+        assert [p.wait(120) for p in procs] == [0, 0]
+        st = s.stats()
+    outs = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2)]
+    assert outs[0]["scores"] == outs[1]["scores"]
+    assert len(st["paid"]) == 60 and set(st["paid"].values()) == {1}  # each question paid once in total
+    assert outs[0]["api_calls"] + outs[1]["api_calls"] == 60
+    assert outs[0]["cache_hits"] + outs[1]["cache_hits"] == 60
