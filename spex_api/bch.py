@@ -229,6 +229,7 @@ class BCHCode:
             if len(ia):
                 flipped = np.where(pats[ia, iq], sel[active[ia]], -1)
                 full = _symmetric_difference(np.concatenate([tpos[ia, iq], flipped], axis=1))
+                full = np.pad(full, ((0, 0), (0, out.shape[1] - full.shape[1])), constant_values=-1)
                 if accept is not None:
                     good = np.asarray(accept(fail[active[ia]], full), dtype=bool)
                     tok[ia[~good], iq[~good]] = False

@@ -293,7 +293,10 @@ class SPEX:
             pos, ok = code.decode(words, accept=accept)
             if ok.any():
                 noise_pool.append(check(np.flatnonzero(ok), pos[ok])[4] / P1)
-                noise_var = _noise_variance(noise_pool)
+            if noise_pool:
+                # Noise per bin entry: singleton fit residuals, capped by the median bin energy
+                # (once most bins are explained, what is left in them is the noise).
+                noise_var = min(_noise_variance(noise_pool), float(np.median(energy)) / P1)
             fail = np.flatnonzero(~ok)
             if self.decoder == "soft" and len(fail):
                 # A sign is flipped only where noise beat the coefficient, so |value| is then of the

@@ -120,5 +120,21 @@ def test_chase_corrects_extra_errors_on_unreliable_positions() -> None:
     assert ((pos[ok] >= 0) & (pos[ok] < n)).sum(axis=1).max() <= t  # message positions (reliability inf) are never flipped
 
 
+def test_chase_with_fewer_flippable_positions_than_depth() -> None:
+    code = bch_code(60, 3)
+    rng = np.random.default_rng(4)
+    k = np.zeros((20, 60), dtype=bool)
+    for row in k:
+        row[rng.choice(60, 2, replace=False)] = True
+    words = np.concatenate([np.zeros_like(k), code.parity(k)], axis=1)
+    words[:, 60:62] ^= True  # 2 parity errors + 2 message errors: beyond t = 3
+    reliability = np.full(words.shape, np.inf)
+    reliability[:, 60:62] = 0.1  # only the two wrong positions may be flipped; depth asks for 6
+    assert not code.decode(words)[1].any()
+    pos, ok = code.decode(words, reliability, chase_depth=6)
+    assert ok.all() and pos.shape == (20, 9)
+    np.testing.assert_array_equal(_as_bool(pos, code.length)[:, :60], k)
+
+
 def test_cached_code_is_shared() -> None:
     assert bch_code(64, 5) is bch_code(64, 5)
