@@ -2,8 +2,11 @@
 
 Chat requests ask for `logprobs`/`top_logprobs` (at most 20) and `n` samples in one call. `raw_completion`
 requests go to the legacy `/completions` endpoint (text in, no chat template), which OpenAI-compatible
-servers (llama-server, vLLM, Ollama) serve. vLLM's `prompt_logprobs` (teacher forcing of the prompt) is sent
-through `extra_body`. The Responses API is not used: Chat Completions already returns token logprobs.
+servers (llama-server, vLLM, Ollama) serve. vLLM's `prompt_logprobs` (teacher forcing of the prompt) is a
+body field next to the standard ones (what the SDK's `extra_body` would add). The body goes through the SDK
+client's `post` (its auth, headers, base_url, transport and status errors; documented for raw requests)
+rather than `create`, which would re-validate every message on each call: the body is already canonical.
+The Responses API is not used (optional in the issue): Chat Completions already returns token logprobs.
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ class OpenAIAdapter(Adapter):
 class CompatibleAdapter(OpenAIAdapter):
     """Any OpenAI-compatible server by base_url (llama-server, vLLM, Ollama): free unless priced.
 
-    `max_tokens` is sent (not `max_completion_tokens`), `prompt_logprobs` go through extra_body (vLLM answers
+    `max_tokens` is sent (not `max_completion_tokens`), `prompt_logprobs` are sent in the body (vLLM answers
     them; a server that ignores them gets a clear error), and samples are separate calls unless
     `multi_sample=True` says the server honours `n`. Token counts use the chars/4 approximation.
     """
