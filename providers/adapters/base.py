@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from providers.errors import (
-    APICallError,
     AuthenticationError,
     ConfigurationError,
     InvalidRequestError,
@@ -325,4 +324,4 @@ def tiktoken_encoding(model: str) -> Any:
         return None
 
 
-__all__ = ["Adapter", "APICallError", "merge_completions", "split_samples", "tiktoken_encoding"]
+__all__ = ["Adapter", "merge_completions", "seed_tiktoken_offline", "split_samples", "tiktoken_encoding"]
