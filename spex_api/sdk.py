@@ -363,6 +363,7 @@ def _run_one(pre: Preview, adapter: Any, runner: Any, io: _Loop, progress: bool)
     expl.queries_used += 1  # the original answer
     expl.cost = float(meter.paid)
     expl.metadata.update(_metadata(pre, reference))
+    expl.metadata["original_score"] = float(pre.scorer.score_many([reference])[0])
     expl.metadata["stats"] = {"queries_sent": meter.sent, "cache_hits": meter.cached,
                               "bound_hits": int(getattr(pre.scorer, "bound_hits", 0))}
     return expl

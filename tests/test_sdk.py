@@ -91,6 +91,7 @@ def test_explain_end_to_end_on_local_server(local_server, tmp_path):
     assert meta["original_answer"].strip() in ("True", "False")
     assert meta["feature_texts"][:2] == ["The", "pasta"] and meta["model"] == local_server.model
     assert meta["scorer"] == "label_margin" and meta["stats"]["bound_hits"] == 0
+    assert np.isfinite(meta["original_score"]) and (meta["original_score"] > 0) == (meta["original_answer"].strip() == "True")
     text = meta["text"]
     assert [text[a:b] for a, b in meta["feature_spans"]] == meta["feature_texts"]
     assert Explanation.from_json(expl.to_json()).metadata["original_answer"] == meta["original_answer"]

@@ -83,6 +83,7 @@ def summary(expl: Any) -> dict[str, Any]:
         "model": meta.get("model"),
         "scorer": meta.get("scorer"),
         "answer": meta.get("original_answer"),
+        "original_score": meta.get("original_score"),
         "method": expl.method,
         "queries_used": expl.queries_used,
         "budget": meta.get("budget"),

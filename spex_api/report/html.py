@@ -43,7 +43,7 @@ _TEMPLATE = """<!DOCTYPE html>
  <dt>Queries</dt><dd>{{ s.queries_used }}{% if s.budget %} of a budget of {{ s.budget }}{% endif %}</dd>
  <dt>Cost</dt><dd>{{ cost }}</dd>
  <dt>Faithfulness</dt><dd>held-out R² {{ r2 }}</dd>
- <dt>Score</dt><dd>all features kept {{ "%+.3f"|format(s.full) }} · all masked {{ "%+.3f"|format(s.baseline) }}</dd>
+ <dt>Score</dt><dd>{% if s.original_score is not none %}model's score on the prompt {{ "%+.3f"|format(s.original_score) }} · {% endif %}fit: all features kept {{ "%+.3f"|format(s.full) }}, all masked {{ "%+.3f"|format(s.baseline) }}</dd>
 </dl>
 
 <h2>Prompt, coloured by each feature's Shapley value</h2>

@@ -48,7 +48,8 @@ def header(expl: Any) -> Panel:
     budget = f" of {s['budget']}" if s["budget"] else ""
     lines.append(f"[bold]method[/]   {s['method']}   queries: {s['queries_used']}{budget}   cost: {fmt_cost(s['cost'])}")
     lines.append(f"[bold]faithful[/] held-out R² {fmt_r2(s['faithfulness'])}   features: {s['n']}")
-    lines.append(f"[bold]score[/]    all kept {s['full']:+.3f}   all masked {s['baseline']:+.3f}")
+    measured = f"model {s['original_score']:+.3f}   " if s["original_score"] is not None else ""
+    lines.append(f"[bold]score[/]    {measured}fit: all kept {s['full']:+.3f}, all masked {s['baseline']:+.3f}")
     if s["plan_reason"]:
         lines.append(f"[dim]plan: {s['plan_reason']}[/]")
     return Panel("\n".join(lines), title="spex-api explanation", title_align="left", expand=False)
