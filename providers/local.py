@@ -22,11 +22,12 @@ import urllib.error
 import urllib.request
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 MODEL_NAME = "gemma-3-270m-q4_k_m"
 _model_lock = threading.Lock()
 _model_path: str | None = None
+_running: "weakref.WeakValueDictionary[str, LocalServer]" = weakref.WeakValueDictionary()  # root_url -> server
 
 
 class LocalServerError(RuntimeError):
@@ -200,6 +201,7 @@ class LocalServer:
             self._finalizer = weakref.finalize(self, _terminate, self._proc)
             try:
                 self._wait_healthy()
+                _running[self.root_url] = self
                 return self
             except LocalServerError:
                 lost_port = "couldn't bind" in self.log_tail()
@@ -246,6 +248,8 @@ class LocalServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate → wait → kill; idempotent."""
+        if self.port is not None and _running.get(self.root_url) is self:
+            del _running[self.root_url]
         proc, self._proc = self._proc, None
         if proc is not None:
             _terminate(proc, timeout)
@@ -278,6 +282,16 @@ class LocalServer:
     def __repr__(self) -> str:
         state = f"running at {self.base_url}" if self.running else "stopped"
         return f"LocalServer({MODEL_NAME}, n_parallel={self.n_parallel}, {state})"
+
+
+def tokenizer_for(base_url: str | None) -> Callable[[str], list[int]] | None:
+    """The exact tokenizer of a LocalServer running in this process at `base_url` (with or without /v1)."""
+    if not base_url:
+        return None
+    root = base_url.rstrip("/")
+    root = root[: -len("/v1")] if root.endswith("/v1") else root
+    server = _running.get(root)
+    return server.tokenize if server is not None and server.running else None
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

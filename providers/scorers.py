@@ -90,6 +90,7 @@ def _logsumexp(values: Sequence[float]) -> float:
 def _token_count(tokenizer: Callable[[str], Any] | None, adapter: Any, text: str) -> int | None:
     """Token count from the caller's tokenizer, else tiktoken for OpenAI's own API; None when unknown.
 
+    A `LocalServer` started in this process is found by the adapter's base_url and asked via ``/tokenize``.
     Other adapters only estimate (chars/4), which cannot decide single-token-ness, so the check is skipped
     there unless a tokenizer is passed (e.g. ``LocalServer.tokenize`` for llama-server's ``/tokenize``).
     """
@@ -99,6 +100,10 @@ def _token_count(tokenizer: Callable[[str], Any] | None, adapter: Any, text: str
 
         if tiktoken_encoding(getattr(adapter, "model", "")) is not None:
             fn = adapter.count_tokens
+    if fn is None:
+        from providers.local import tokenizer_for
+
+        fn = tokenizer_for(getattr(adapter, "base_url", None))  # a LocalServer we started: its /tokenize
     if fn is None:
         return None
     out = fn(text)
@@ -176,9 +181,9 @@ class LabelMargin(Scorer):
     in probability space. A label missing from the list gets the upper bound described in the module
     doc. With ``max_tokens > 1`` the first generated position whose alternatives contain a label (skipping
     whitespace/markup tokens) is scored. Labels must be single tokens: checked in `validate` with
-    ``tokenizer`` (a callable text -> tokens or count, e.g. ``LocalServer.tokenize``, which asks
-    llama-server's ``/tokenize``), else with tiktoken for OpenAI's own API; for other servers the adapter
-    only estimates token counts, so without a ``tokenizer`` the check is skipped there.
+    ``tokenizer`` (a callable text -> tokens or count), else tiktoken for OpenAI's own API, else the
+    ``/tokenize`` endpoint of a `LocalServer` running in this process at the adapter's base_url; other
+    servers' adapters only estimate token counts, so without a ``tokenizer`` the check is skipped there.
     ``raw_completion=True`` sends the rendered text to the legacy completions endpoint without a chat
     template — for base models prompted few-shot ("...\nAnswer:"), whose next token is then the label.
     """

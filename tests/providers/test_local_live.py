@@ -38,6 +38,12 @@ def test_tokenizer_checks_single_token_labels(local_server: LocalServer) -> None
     LabelMargin(tokenizer=local_server.tokenize).validate(adapter)
     with pytest.raises(ScorerError, match="tokens"):
         LabelMargin(labels=("True", "Not at all"), tokenizer=local_server.tokenize).validate(adapter)
+    # no tokenizer passed: the running LocalServer is found by the adapter's base_url (OpenAI or Anthropic)
+    anthropic_adapter = make_adapter("anthropic", local_server.model, base_url=local_server.root_url)
+    with pytest.raises(ScorerError, match="'Not at all' is 3 tokens"):
+        LabelMargin(labels=("True", "Not at all")).validate(adapter)
+    with pytest.raises(ScorerError, match="too small for label 'Not at all'"):
+        AnswerFrequency(labels=("True", "Not at all"), max_tokens=2).validate(anthropic_adapter)
 
 
 async def test_chat_top_logprobs_give_finite_label_margin(local_server: LocalServer) -> None:
