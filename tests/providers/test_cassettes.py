@@ -188,10 +188,11 @@ async def test_value_function_end_to_end(cassette_base_url: str, cassettes: Simp
     masks[1, 2] = masks[2, 6] = False
     masks[3, :4] = False
     adapter = make_adapter("llama-server", MODEL, base_url=cassette_base_url + "/v1", api_key=cassettes.key)
+    # built (and validated: labels tokenized by the live server while recording) outside the cassette
+    margin = LLMValueFunction(prompt, adapter, LabelMargin(), Runner(adapter, concurrency=4), progress=False)
+    first = LLMValueFunction(prompt, adapter, AnswerLogprob(), Runner(adapter, concurrency=4), progress=False)
     with cassettes.vcr().use_cassette("value_function.yaml"):
-        margin = LLMValueFunction(prompt, adapter, LabelMargin(), Runner(adapter, concurrency=4), progress=False)
         margins = await margin(masks)
-        first = LLMValueFunction(prompt, adapter, AnswerLogprob(), Runner(adapter, concurrency=4), progress=False)
         logprobs = await first(masks)
     assert margin.stats["api_calls"] == 4 and first.stats["api_calls"] == 5  # + the reference answer
     assert np.isfinite(margins).all() and np.ptp(margins) > 0
