@@ -250,24 +250,31 @@ def main() -> None:
                           f"cpu {row['cpu']:6.1f}s {row['note']}", flush=True)
             print(f"  model queries for this prompt: {shared.model_queries} "
                   f"(API calls {runner.stats.api_calls}, cache hits {runner.stats.cache_hits}), wall {time.time() - t:.0f}s")
+            summarize(all_rows, budgets, args.prompts)
 
-    methods = ["auto", "spex", "proxyspex", "lasso", "shapiq-SPEX", "shapiq-ProxySPEX"]
+
+METHODS = ["auto", "spex", "proxyspex", "lasso", "shapiq-SPEX", "shapiq-ProxySPEX"]
+
+
+def summarize(all_rows: list[dict], budgets: list[int], n_prompts: int) -> None:
+    """Mean R² / queries / CPU per method and budget over the prompts done so far, the verdict, the plot."""
+    done = sorted({r["prompt"] for r in all_rows}, key=[p[0] for p in PROMPTS].index)
     mean: dict[tuple[str, int], float] = {}
     queries: dict[tuple[str, int], float] = {}
     cpu: dict[tuple[str, int], float] = {}
-    for m in methods:
+    for m in METHODS:
         for b in budgets:
             sel = [r for r in all_rows if r["method"] == m and r["budget"] == b]
             vals = [r["r2"] for r in sel if not np.isnan(r["r2"])]
             mean[(m, b)] = float(np.mean(vals)) if len(vals) == len(sel) and sel else float("nan")
             queries[(m, b)] = float(np.mean([r["queries"] for r in sel])) if sel else float("nan")
             cpu[(m, b)] = float(np.mean([r["cpu"] for r in sel])) if sel else float("nan")
-    print(f"\nMean held-out R² over {args.prompts} prompts (mean queries used, mean CPU s):")
+    print(f"\nMean held-out R² over {len(done)} of {n_prompts} prompts ({', '.join(done)}); mean queries used, mean CPU s:")
     print(f"{'method':>17} | " + " | ".join(f"budget {b:>5}          " for b in budgets))
-    for m in methods:
+    for m in METHODS:
         cells = [f"{mean[(m, b)]:6.3f} ({queries[(m, b)]:5.0f}q {cpu[(m, b)]:5.1f}s)" for b in budgets]
         print(f"{m:>17} | " + " | ".join(cells))
-    print("\n" + verdict(mean, budgets))
+    print("\n" + verdict(mean, budgets), flush=True)
 
     import matplotlib
 
@@ -275,7 +282,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in methods:
+    for m in METHODS:
         xs = [queries[(m, b)] for b in budgets if not np.isnan(mean[(m, b)])]
         ys = [mean[(m, b)] for b in budgets if not np.isnan(mean[(m, b)])]
         if xs:
@@ -283,11 +290,12 @@ def main() -> None:
     ax.set_xscale("log")
     ax.set_xlabel("queries to the model")
     ax.set_ylabel("held-out R² (mean over prompts)")
-    ax.set_title(f"Faithfulness vs queries · Gemma-3-270M · {args.prompts} prompts, words as features")
+    ax.set_title(f"Faithfulness vs queries · Gemma-3-270M · {len(done)} prompts, words as features", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = OUT / "faithfulness.png"
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     print(f"plot: {path}")
 
 
