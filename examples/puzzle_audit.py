@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 import spex_api
 from spex_api.report import print_report, save_plot, write_html
 
@@ -45,10 +43,10 @@ def main() -> None:
     )
     print_report(expl, k=10)
     answer = expl.metadata["original_answer"].strip()
-    margin = float(expl.predict(np.ones((1, expl.n), dtype=bool))[0])
-    verdict = "a reasoning failure" if answer.lower() == WRONG.lower() else "right, but see what pulls the other way"
-    print(f"\nThe model answers {answer!r} (logprob(True) − logprob(False) ≈ {margin:+.2f}); the sensible answer "
-          f"is False: {verdict}.")
+    margin = expl.metadata["original_score"]
+    verdict = "it leans True: a reasoning failure" if margin > 0 else "it leans False, but see what pulls the other way"
+    print(f"\nThe model answers {answer!r}; logprob(True) − logprob(False) = {margin:+.2f}, so {verdict} "
+          f"(the sensible answer is False).")
     # What pushes toward the wrong answer: the strongest positive effects, real interactions first.
     pushes = [it for it in expl.interactions("mobius") if it.value > 0]
     joint = [it for it in pushes if len(it.features) >= 2]
