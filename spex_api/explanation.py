@@ -82,9 +82,12 @@ def _restore_plan(data: Any) -> Any:
     except ImportError:
         return data
     plan_cls = getattr(planner, "Plan", None)
-    if plan_cls is None or not hasattr(plan_cls, "from_dict"):
+    if plan_cls is None or not hasattr(plan_cls, "from_dict") or not isinstance(data, dict):
         return data
-    return plan_cls.from_dict(data)
+    try:
+        return plan_cls.from_dict(data)
+    except (TypeError, ValueError, KeyError):
+        return data  # a plan from another version: keep its fields rather than lose the result
 
 
 @dataclass
