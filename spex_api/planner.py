@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from spex_api.spex import SPEX
 
 METHODS = ("auto", "spex", "proxyspex")
@@ -94,6 +96,11 @@ def minimum_budget(n: int, method: str = "auto", max_order: int = 5, holdout: fl
     return max(train + min_holdout, math.ceil(train / (1.0 - holdout)))
 
 
+def _is_int(value: Any) -> bool:
+    """A true integer (Python or numpy), not a bool, float or string."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -128,12 +135,13 @@ def plan(
     auto switches grows with n.
     """
     _check_method(method)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not _is_int(n) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    if isinstance(budget, bool) or not isinstance(budget, int):
+    if not _is_int(budget):
         raise ValueError(f"budget must be an integer number of queries, got {budget!r}")
-    if isinstance(max_order, bool) or not isinstance(max_order, int) or max_order < 1:
+    if not _is_int(max_order) or max_order < 1:
         raise ValueError(f"max_order must be an integer >= 1, got {max_order!r}")
+    n, budget, max_order = int(n), int(budget), int(max_order)
     if not 0.0 <= holdout < 0.5:
         raise ValueError(f"holdout must be a fraction in [0, 0.5), got {holdout!r}")
     if min_holdout < 1:
