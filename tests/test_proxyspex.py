@@ -136,7 +136,7 @@ def test_budget_is_checked_before_any_query():
 def test_bad_input_is_rejected_before_queries():
     for kwargs in ({"n": 0}, {"n": 5, "n_samples": 3}, {"n": 5, "energy": 1.5}, {"n": 5, "top_k": 0},
                    {"n": 5, "cv_folds": 1}, {"n": 5, "param_grid": {"depth": (3,)}}, {"n": 5, "max_order": 0},
-                   {"n": 5, "residual_passes": -1}):
+                   {"n": 5, "residual_passes": -1}, {"n": 5, "tune_rows": 3}):
         with pytest.raises(ValueError):
             ProxySPEX(**kwargs)
     with pytest.raises(ValueError, match="oracle has n=4"):
