@@ -228,7 +228,7 @@ def lasso_refit(
     with warnings.catch_warnings():
         # Small alphas on the path may stop short of tolerance; the CV choice is unaffected.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model = LassoCV(cv=folds, alphas=30, max_iter=5000, tol=1e-5).fit(basis, y)
+        model = LassoCV(cv=folds, alphas=30, max_iter=5000, tol=1e-5, precompute=True).fit(basis, y)
     nonzero = np.flatnonzero(model.coef_)
     fourier = SparseFourier(
         n, [()] + [keys[i] for i in nonzero], np.concatenate([[model.intercept_], model.coef_[nonzero]])
