@@ -60,7 +60,7 @@ class SPEX:
         draw). It is turned into one fixed seed at construction, so design() and fit() always agree.
     chase_depth: least reliable parity positions the Chase decoder may flip (default 2t).
     chase_patterns: cheapest flip patterns tried per failed bin; None = as many as fit a fixed
-        work budget of about 2^18 trial words per peeling round (all 2^depth - 1 for few bins).
+        work budget of about 2^18 trial words per peeling round (at most 1023, at least 64).
     acceptance: a decoded k is kept when ||col - rho s||^2 / ||col||^2 is below this.
     max_rounds, patience: peeling stops after max_rounds, or after `patience` rounds finding nothing new.
     """
@@ -254,7 +254,9 @@ class SPEX:
         dirty = np.ones((C, B), dtype=bool)
         rounds = idle = attempts = 0
         noise_var = 0.0
-        while rounds < self.max_rounds and idle < self.patience:
+        # More terms than a quarter of the bin measurements cannot be told apart from noise.
+        max_terms = C * B * P1 // 4
+        while rounds < self.max_rounds and idle < self.patience and len(index) < max_terms:
             energy = np.einsum("cbp,cbp->cb", U, U)
             todo = dirty & (energy > zero_tol)
             dirty[:] = False
@@ -306,7 +308,7 @@ class SPEX:
                 reliability = np.concatenate(
                     [np.full((len(fail), n), np.inf), np.where(magnitude < limit, magnitude, np.inf)], axis=1
                 )
-                patterns = self.chase_patterns or int(np.clip(_CHASE_WORK // len(fail), 64, 2**depth - 1))
+                patterns = self.chase_patterns or int(np.clip(_CHASE_WORK // len(fail), 64, min(2**depth - 1, 1023)))
                 pos_f, ok_f = code.decode(
                     words[fail], reliability, depth, patterns, accept=lambda rows, p: check(fail[rows], p)[0]
                 )
@@ -365,6 +367,10 @@ class SPEX:
         all_singles = 2 * (1 + n + len(support)) <= C * P1 * B
         singles = range(n) if all_singles else sorted({i for k in support for i in k})
         keys: list[Key] = [()] + [(i,) for i in singles] + [k for k in support if len(k) > 1]
+        if 2 * len(keys) > C * P1 * B:
+            # Still too many for the samples: keep the constant and the largest peeled terms.
+            ranked = sorted(keys[1:], key=lambda k: -abs(peeled.get(k, 0.0)))
+            keys = [()] + ranked[: C * P1 * B // 2 - 1]
         K = len(keys)
         pad = np.full((K, t), n, dtype=np.int64)
         for j, k in enumerate(keys):
@@ -392,7 +398,7 @@ class SPEX:
         yy_all = float(yy_p.sum())
         n_samples = C * P1 * B
         y_scale = float(np.sqrt(max(yy_all / n_samples, 1e-300)))
-        z_grid = (0.0, 2.0, 3.0, 5.0)
+        z_grid = (0.0, 2.0, 3.0, 5.0, np.inf)  # inf keeps the constant only
 
         def fit_screened(G: sp.csr_matrix, r: np.ndarray, yy: float, m: int) -> list[np.ndarray]:
             beta = _solve(G, r, np.arange(K))
