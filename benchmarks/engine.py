@@ -4,8 +4,9 @@
     python benchmarks/engine.py --quick    # smaller table (< 3 min)
     python benchmarks/engine.py --crossover  # the SPEX-vs-ProxySPEX sweep behind the planner's auto rule
 
-Every run happens in a forked child process (so a slow peer can be stopped at --peer-timeout and
-each run's peak memory is its own). Figures: R² against the noiseless planted function on 1,000
+Every run happens in a forked child process with a CPU-time limit (so a slow peer is stopped after
+--peer-timeout CPU seconds whatever the load on the shared cores, and each run's peak memory is its
+own). Figures: R² against the noiseless planted function on 1,000
 held-out uniform random masks, distinct queries sent, CPU seconds (time.process_time in the child),
 peak RSS of the child (MB; includes ~the interpreter and imports, printed as "base"). Our SPEX and
 ProxySPEX get the whole budget, as the peers do; "auto" is the full Explainer (5% of the budget held
@@ -132,7 +133,14 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _child(conn, method: str, case: Case) -> None:
+def _limit_cpu(seconds: float) -> None:
+    """The kernel stops this process (SIGXCPU) after `seconds` of CPU: a cap immune to other users' load."""
+    soft = int(np.ceil(seconds))
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 5))
+
+
+def _child(conn, method: str, case: Case, cpu_limit: float) -> None:
+    _limit_cpu(cpu_limit)
     try:
         f = case.function()
         base = _rss_mb()
@@ -149,29 +157,37 @@ def _child(conn, method: str, case: Case) -> None:
         conn.close()
 
 
-def run(method: str, case: Case, timeout: float) -> dict[str, Any]:
-    """Run one method on one case in a forked child; stop it after `timeout` wall seconds."""
+def _in_child(target: Callable[..., None], args: tuple, cpu_limit: float) -> dict[str, Any]:
+    """Run target(conn, *args, cpu_limit) in a forked child; {"timeout": cpu_limit} if it hit the CPU cap."""
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, method, case))
+    proc = ctx.Process(target=target, args=(child, *args, cpu_limit))
     proc.start()
     child.close()
-    if parent.poll(timeout):
-        result = parent.recv()
-        proc.join()
+    # Wall-clock backstop only (the CPU limit normally ends the child): generous for a loaded machine.
+    if parent.poll(10 * cpu_limit + 60):
+        try:
+            result = parent.recv()
+        except EOFError:  # killed by SIGXCPU before answering
+            result = {"timeout": cpu_limit}
     else:
         proc.kill()
-        proc.join()
-        result = {"timeout": timeout}
+        result = {"timeout": cpu_limit}
+    proc.join()
     parent.close()
     return result
+
+
+def run(method: str, case: Case, cpu_limit: float) -> dict[str, Any]:
+    """Run one method on one case in a forked child, stopped after `cpu_limit` CPU seconds."""
+    return _in_child(_child, (method, case), cpu_limit)
 
 
 def _cell(res: dict[str, Any] | None) -> str:
     if res is None:
         return "skipped"
     if "timeout" in res:
-        return f"stopped (>{res['timeout']:.0f} s)"
+        return f"stopped (>{res['timeout']:.0f} s CPU)"
     if "skipped" in res:
         return res["skipped"]
     if "error" in res:
@@ -190,7 +206,7 @@ def main_table(cases: list[Case], peer_timeout: float, our_timeout: float) -> No
             limit = peer_timeout if is_peer else our_timeout
             stop = peer_gave_up.get(method)
             if stop is not None and case.n >= stop[0] and case.budget >= stop[1]:
-                results[method] = {"skipped": f"skipped (stopped >{peer_timeout:.0f} s at n={stop[0]} B={stop[1]})"}
+                results[method] = {"skipped": f"skipped (stopped >{peer_timeout:.0f} s CPU at n={stop[0]} B={stop[1]})"}
             else:
                 results[method] = run(method, case, limit)
                 if is_peer and "timeout" in results[method]:
@@ -203,7 +219,7 @@ def main_table(cases: list[Case], peer_timeout: float, our_timeout: float) -> No
                       f"CPU {peer['cpu'] / max(ours['cpu'], 1e-9):6.1f}x less  "
                       f"queries {ours['queries']}/{peer['queries']}")
             elif ours and "r2" in ours and peer and "timeout" in peer:
-                print(f"{'':28s} {'ratio ' + algo:17s} peer stopped at {peer['timeout']:.0f} s: "
+                print(f"{'':28s} {'ratio ' + algo:17s} peer stopped at {peer['timeout']:.0f} s CPU: "
                       f">{peer['timeout'] / max(ours['cpu'], 1e-9):.0f}x less CPU")
         print(f"{'':28s} (true terms: {len(case.function().fourier)})", flush=True)
 
@@ -219,7 +235,8 @@ def _random_fourier(n: int, n_coefs: int, max_degree: int, seed: int) -> SparseF
     return SparseFourier(n, keys, rng.normal(size=len(keys)))
 
 
-def _conversion_child(conn, which: str, indices: tuple[str, ...]) -> None:
+def _conversion_child(conn, which: str, indices: tuple[str, ...], cpu_limit: float) -> None:
+    _limit_cpu(cpu_limit)
     try:
         warnings.filterwarnings("ignore")
         from spex_api.indices import fourier_to_mobius, interaction_index
@@ -254,20 +271,8 @@ def conversion_table(peer_timeout: float) -> None:
     ours_idx = ("mobius", "shapley", "banzhaf", "sii", "bii", "k-sii", "fbii", "fsii", "stii")
     peer_idx = ("SII", "k-SII", "FSII", "STII", "FBII")
     print("\nIndex conversion: 2,000 Fourier coefficients, degree <= 5, n = 1000 (CPU seconds, order 5)")
-    results = {}
-    for which, idx in (("ours", ours_idx), ("shapiq", peer_idx)):
-        ctx = mp.get_context("fork")
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_conversion_child, args=(child, which, idx))
-        proc.start()
-        child.close()
-        if parent.poll(peer_timeout if which == "shapiq" else 600):
-            results[which] = parent.recv()
-            proc.join()
-        else:
-            proc.kill()
-            proc.join()
-            results[which] = {"timeout": peer_timeout}
+    results = {which: _in_child(_conversion_child, (which, idx), peer_timeout if which == "shapiq" else 300)
+               for which, idx in (("ours", ours_idx), ("shapiq", peer_idx))}
     ours = results["ours"]
     if "error" in ours:
         print("ours: " + ours["error"])
@@ -276,7 +281,7 @@ def conversion_table(peer_timeout: float) -> None:
     print(f"ours total over {len(ours)} indices: {sum(v[0] for v in ours.values()):.3f}s")
     peer = results["shapiq"]
     if "timeout" in peer:
-        print(f"shapiq MoebiusConverter: stopped (>{peer_timeout:.0f} s for {', '.join(peer_idx)})")
+        print(f"shapiq MoebiusConverter: stopped (>{peer_timeout:.0f} s CPU for {', '.join(peer_idx)})")
     elif "error" in peer:
         print("shapiq MoebiusConverter: " + peer["error"])
     else:
@@ -288,7 +293,8 @@ def conversion_table(peer_timeout: float) -> None:
 
 
 # ------------------------------------------------------------------------------------- crossover
-def _crossover_child(conn, n: int, kind: str, b: int) -> None:
+def _crossover_child(conn, n: int, kind: str, b: int, cpu_limit: float) -> None:
+    _limit_cpu(cpu_limit)
     from spex_api.proxyspex import ProxySPEX
     from spex_api.spex import SPEX
 
@@ -312,13 +318,10 @@ def crossover(ns: tuple[int, ...], bs: range) -> None:
     for n in ns:
         for kind in ("hier noisy", "hier40 noisy"):
             for b in bs:
-                ctx = mp.get_context("fork")
-                parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_crossover_child, args=(child, n, kind, b))
-                proc.start()
-                child.close()
-                res = parent.recv()
-                proc.join()
+                res = _in_child(_crossover_child, (n, kind, b), 600)
+                if "timeout" in res:
+                    print(f"n={n:5d} {kind:13s} b={b}: stopped (>600 s CPU)")
+                    continue
                 print(f"n={n:5d} {kind:13s} ({res['terms']:3d} terms) b={b} N={res['N']:6d}  "
                       f"SPEX {res['spex'][0]:.3f} ({res['spex'][1]:.1f}s)  "
                       f"ProxySPEX {res['proxy'][0]:.3f} ({res['proxy'][1]:.1f}s)", flush=True)
@@ -328,7 +331,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller table (< 3 min)")
     parser.add_argument("--crossover", action="store_true", help="SPEX vs ProxySPEX sweep over b")
-    parser.add_argument("--peer-timeout", type=float, default=None, help="wall seconds per shapiq run")
+    parser.add_argument("--peer-timeout", type=float, default=None, help="CPU seconds allowed per shapiq run")
     args = parser.parse_args()
     if args.crossover:
         crossover((64, 256, 1000), range(3, 7))
@@ -338,14 +341,13 @@ def main() -> None:
                  Case(1000, 25000, 0.0, 20, 1)]
         peer_timeout, our_timeout = args.peer_timeout or 12.0, 20.0
     else:
-        cases = [Case(64, 1000, 0.0, 10, 1), Case(64, 5000, 0.0, 10, 1), Case(64, 5000, 0.1, 10, 1),
-                 Case(256, 1000, 0.0, 10, 1), Case(256, 1000, 0.1, 10, 1), Case(256, 5000, 0.0, 10, 1),
-                 Case(256, 5000, 0.1, 10, 1), Case(1000, 2500, 0.0, 20, 1), Case(1000, 25000, 0.0, 20, 1),
-                 Case(1000, 25000, 0.1, 20, 1)]
-        peer_timeout, our_timeout = args.peer_timeout or 60.0, 120.0
+        cases = [Case(64, 1000, 0.0, 10, 1), Case(64, 5000, 0.1, 10, 1), Case(256, 1000, 0.0, 10, 1),
+                 Case(256, 5000, 0.0, 10, 1), Case(256, 5000, 0.1, 10, 1), Case(1000, 2500, 0.0, 20, 1),
+                 Case(1000, 25000, 0.0, 20, 1), Case(1000, 25000, 0.1, 20, 1)]
+        peer_timeout, our_timeout = args.peer_timeout or 60.0, 90.0
     cpu0, wall0 = time.process_time(), time.perf_counter()
     print(f"planted hierarchical functions (Möbius/AND tops of degree 2-4 + decaying subsets; noisy = "
-          f"noise sd 0.1 x signal sd); peer timeout {peer_timeout:.0f} s\n")
+          f"noise sd 0.1 x signal sd); CPU cap per run: peers {peer_timeout:.0f} s, ours {our_timeout:.0f} s\n")
     main_table(cases, peer_timeout, our_timeout)
     conversion_table(peer_timeout)
     print(f"\nwall {time.perf_counter() - wall0:.0f} s")
