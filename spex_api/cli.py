@@ -160,15 +160,15 @@ def serve_local(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1
 
     server = _guard("input", lambda: LocalServer(port=port))
     _guard("run", server.start)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after start (it may reset handlers); works in the background too
+        signal.signal(sig, lambda *_: stop.set())
     try:
         out.print(f"local model server running: base_url={server.base_url}  model={server.model}")
         out.print(f"use it with: spex-api explain --base-url {server.base_url} \"your prompt\"   (Ctrl-C stops it)")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+            if not server.running:
+                raise _fail("the local server exited unexpectedly", 1)
     finally:
         server.stop()
         err.print("stopped.")
