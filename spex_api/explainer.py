@@ -15,50 +15,10 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from spex_api.explanation import Explanation
-from spex_api.fourier import Key, SparseFourier, as_masks, incidence, r2_score
+from spex_api.fourier import Key, fourier_basis, r2_score
 from spex_api.linear import LinearBaseline
 from spex_api.planner import MIN_HOLDOUT, Plan, plan
 from spex_api.value_function import Oracle, ValueFunction
-
-
-class _RecordingOracle(Oracle):
-    """Oracle that also keeps every (masks, scores) batch the algorithm asked for, in order."""
-
-    def __init__(self, fn: ValueFunction, n: int, budget: int | None = None) -> None:
-        super().__init__(fn, n, budget)
-        self.batches: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def __call__(self, masks: np.ndarray) -> np.ndarray:
-        masks = as_masks(masks, self.n)
-        scores = super().__call__(masks)
-        self.batches.append((masks, scores))
-        return scores
-
-    def answered(self) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct masks asked so far and their scores."""
-        if not self.batches:
-            return np.zeros((0, self.n), dtype=bool), np.zeros(0)
-        masks = np.vstack([m for m, _ in self.batches])
-        scores = np.concatenate([s for _, s in self.batches])
-        _, first = np.unique(np.packbits(masks, axis=1), axis=0, return_index=True)
-        first = np.sort(first)
-        return masks[first], scores[first]
-
-
-def _basis(masks: np.ndarray, keys: Sequence[Key], n: int) -> np.ndarray:
-    """Characters (-1)^<x,k> via a dense float32 product with the sparse incidence matrix.
-
-    Same values as fourier.fourier_basis, which first converts the dense masks to CSR; at 20,000
-    masks of n = 1000 that conversion takes about a second, the product a few hundredths.
-    """
-    if not keys:
-        return np.ones((len(masks), 0))
-    counts = np.asarray(masks.astype(np.float32) @ incidence(list(keys), n).astype(np.float32))
-    return 1.0 - 2.0 * (counts.astype(np.int64) & 1)
-
-
-def _predict(fourier: SparseFourier, masks: np.ndarray) -> np.ndarray:
-    return _basis(masks, fourier.keys, fourier.n) @ fourier.values
 
 
 # Fewest unseen held-out masks worth an R² (below it, small-n runs fall back to cross-validation).
@@ -96,7 +56,7 @@ def _support_cv_r2(masks: np.ndarray, y: np.ndarray, keys: Sequence[Key], n: int
     if len(y) > limit:
         rows = np.sort(rng.choice(len(y), size=limit, replace=False))
         masks, y = masks[rows], y[rows]
-    basis = _basis(masks, keys, n)
+    basis = fourier_basis(masks, keys, n)
     y_hat = np.empty_like(y)
     for train, test in KFold(folds, shuffle=True, random_state=random_state).split(basis):
         gram = basis[train].T @ basis[train]
@@ -166,7 +126,7 @@ class Explainer:
     def explain(self) -> Explanation:
         """Spend the plan: training design (+ held-out slice) through one budget-capped Oracle."""
         p = self._plan
-        oracle = _RecordingOracle(self.value_fn, self.n, budget=p.total)
+        oracle = Oracle(self.value_fn, self.n, budget=p.total)
         # Each algorithm sends its whole design in one batch, so a provider can run it concurrently.
         result = self._algorithm().fit(oracle)
         train_masks, train_y = oracle.answered()
@@ -180,9 +140,9 @@ class Explainer:
         candidates = {p.method: result, "linear": linear}
         scores: dict[str, dict[str, float]] = {}
         for name, cand in candidates.items():
-            entry = {"train_r2": r2_score(train_y, _predict(cand.fourier, train_masks))}
+            entry = {"train_r2": r2_score(train_y, cand.predict(train_masks))}
             if n_holdout:
-                entry["holdout_r2"] = r2_score(holdout_y, _predict(cand.fourier, holdout_masks))
+                entry["holdout_r2"] = r2_score(holdout_y, cand.predict(holdout_masks))
             else:
                 cv = cand.diagnostics.get("cv_r2") if name == "linear" else None
                 entry["cv_r2"] = cv if cv is not None else _support_cv_r2(

@@ -45,12 +45,17 @@ def incidence(keys: Sequence[Key], n: int) -> sp.csc_matrix:
 
 
 def fourier_basis(masks: np.ndarray, keys: Sequence[Key], n: int) -> np.ndarray:
-    """(N, K) matrix of characters (-1)^<x,k> for each mask x and key k."""
+    """(N, K) matrix of characters (-1)^<x,k> for each mask x and key k.
+
+    A dense float32 product with the sparse incidence matrix: at 20,000 masks of n = 1000 it takes
+    a few hundredths of a second, where converting the masks to a sparse matrix first takes ~1 s.
+    Counts stay exact in float32 for n < 2**24.
+    """
     masks = as_masks(masks, n)
     if not keys:
         return np.ones((masks.shape[0], 0))
-    parity = (sp.csr_matrix(masks.astype(np.int32)) @ incidence(keys, n)).toarray() & 1
-    return 1.0 - 2.0 * parity
+    counts = np.asarray(masks.astype(np.float32) @ incidence(keys, n).astype(np.float32))
+    return 1.0 - 2.0 * (counts.astype(np.int64) & 1)
 
 
 @dataclass

@@ -98,6 +98,11 @@ class Oracle:
     def remaining(self) -> int | None:
         return None if self.budget is None else self.budget - self.queries_used
 
+    def answered(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every distinct mask asked so far, in the order first asked, and its score."""
+        bits = np.unpackbits(self._keys.view(np.uint8), axis=1, count=self.n)
+        return bits.astype(bool), self._values.copy()
+
     def count_new(self, masks: np.ndarray) -> int:
         """How many distinct masks in this batch have not been asked yet."""
         return len(self._index(_pack(as_masks(masks, self.n)))[2])
@@ -106,7 +111,7 @@ class Oracle:
         """Give every distinct row of (memo ∪ batch) an id.
 
         Returns (ids of the memo rows, ids of the batch rows, ids never seen before,
-        the batch row where each of those first appears).
+        the batch row where each of those first appears), new ones in batch order.
         """
         m = len(self._keys)
         _, first, inverse = np.unique(
@@ -116,7 +121,9 @@ class Oracle:
         known = np.zeros(len(first), dtype=bool)
         known[inverse[:m]] = True
         new_ids = np.flatnonzero(~known)
-        return inverse[:m], inverse[m:], new_ids, first[new_ids] - m
+        new_rows = first[new_ids] - m
+        order = np.argsort(new_rows)  # ask in the caller's order, not the sort order of the keys
+        return inverse[:m], inverse[m:], new_ids[order], new_rows[order]
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         masks = as_masks(masks, self.n)

@@ -75,3 +75,24 @@ def test_completion_roundtrip():
         finish_reasons=("length",),
     )
     assert Completion.from_dict(c.to_dict()) == c
+
+
+def test_oracle_answered_lists_distinct_masks_in_ask_order():
+    f = SparseFourier(70, [(), (2, 69)], [1.0, -2.0])
+    rng = np.random.default_rng(1)
+    X = rng.random((5, 70)) < 0.5
+    o = Oracle(f.predict, 70)
+    o(np.vstack([X[:3], X[:1]]))
+    o(X[2:])
+    masks, scores = o.answered()
+    assert masks.dtype == bool and np.array_equal(masks, X)
+    assert np.allclose(scores, f.predict(X))
+
+
+def test_fourier_basis_is_exact_for_large_n():
+    rng = np.random.default_rng(2)
+    n = 1000
+    keys = [tuple(sorted(rng.choice(n, size=d, replace=False).tolist())) for d in (1, 3, 5) for _ in range(20)]
+    X = rng.random((50, n)) < 0.5
+    expect = np.array([[(-1.0) ** X[i, list(k)].sum() for k in keys] for i in range(50)])
+    assert np.array_equal(SparseFourier(n, keys, np.ones(len(keys))).basis(X), expect)
