@@ -11,6 +11,7 @@ API call would.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,9 @@ class PlantedFunction:
 
 
 def _random_support(rng: np.random.Generator, n: int, degree: int, taken: set) -> tuple[int, ...]:
+    """A random degree-sized support not in taken (raises when every one is taken, instead of looping)."""
+    if sum(len(k) == degree for k in taken) >= math.comb(n, degree):
+        raise ValueError(f"no unused support of degree {degree} left among {n} features; ask for fewer terms")
     while True:
         key = tuple(sorted(rng.choice(n, size=degree, replace=False).tolist()))
         if key not in taken:
