@@ -73,7 +73,7 @@ class Explainer:
     value_fn: callable (sync or async) mapping a (N, n) bool mask array (True = kept) to N floats.
     n: number of features.
     budget: hard cap on distinct masks sent to value_fn.
-    method: "auto", "spex" or "proxyspex" (see `spex_api.planner.plan`).
+    method: "auto", "spex", "proxyspex" or "exhaustive" (see `spex_api.planner.plan`).
     max_order: largest interaction order sought (SPEX: BCH correction capacity t).
     random_state: seeds every random draw (algorithm, held-out masks, baseline folds).
     holdout: fraction of the budget spent on held-out uniform random masks (0 = none; the
@@ -115,6 +115,10 @@ class Explainer:
 
     def _algorithm(self) -> Any:
         p = self._plan
+        if p.method == "exhaustive":
+            from spex_api.exhaustive import Exhaustive
+
+            return Exhaustive(self.n)
         if p.method == "spex":
             from spex_api.spex import SPEX
 
@@ -129,6 +133,13 @@ class Explainer:
         oracle = Oracle(self.value_fn, self.n, budget=p.total)
         # Each algorithm sends its whole design in one batch, so a provider can run it concurrently.
         result = self._algorithm().fit(oracle)
+        if p.method == "exhaustive":  # every mask is answered: the fit is exact, nothing is left to hold out
+            r2 = result.diagnostics["train_r2"]
+            return dataclasses.replace(
+                result, queries_used=int(oracle.queries_used), plan=p, faithfulness=r2,
+                faithfulness_detail={"criterion": "all_masks", "selected": "exhaustive", "n_holdout": 0,
+                                     "n_train": int(oracle.queries_used), "train_r2": r2},
+                feature_names=self.feature_names)
         train_masks, train_y = oracle.answered()
         holdout_masks = _fresh_masks(np.random.default_rng([self.random_state, 0x401D]), p.n_holdout, train_masks)
         if len(holdout_masks) < min(p.n_holdout, MIN_FRESH):

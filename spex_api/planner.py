@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from spex_api.exhaustive import MAX_N as EXHAUSTIVE_MAX_N
 from spex_api.spex import SPEX
 
-METHODS = ("auto", "spex", "proxyspex")
+METHODS = ("auto", "spex", "proxyspex", "exhaustive")
 
 # Smallest SPEX design we run: 2^b bins per group. Below b = 2 there is nothing to peel.
 SPEX_MIN_B = 2
@@ -39,7 +40,7 @@ def auto_min_b(n: int) -> int:
 class Plan:
     """What an explanation will spend, decided before any query.
 
-    method: "spex" or "proxyspex" (resolved; `requested` keeps what the caller asked for).
+    method: "spex", "proxyspex" or "exhaustive" (resolved; `requested` keeps what the caller asked for).
     b, t: SPEX subsampling dimension and BCH correction capacity (None for ProxySPEX).
     n_queries: training queries (exact SPEX design size, or ProxySPEX's sample count).
     n_holdout: uniform random masks held out to measure faithfulness (0 = no measurement).
@@ -70,11 +71,13 @@ class Plan:
         """Human-readable summary for the CLI."""
         if self.method == "spex":
             algo = f"SPEX, b={self.b} ({2 ** self.b} bins x 3 groups), BCH t={self.t}"
+        elif self.method == "exhaustive":
+            algo = f"exact transform of all {self.n_queries} masks"
         else:
             algo = f"ProxySPEX on {self.n_queries} uniform random masks"
         holdout = f"{self.n_holdout} held-out masks" if self.n_holdout else "no held-out slice (faithfulness via CV)"
         unspent = ""
-        if self.total < self.budget:
+        if self.total < self.budget and self.method == "spex":
             unspent = f" ({self.budget - self.total} left unspent: b={self.b + 1} would need {2 * self.n_queries})"
         return (
             f"{algo}\n"
@@ -88,12 +91,21 @@ def minimum_budget(n: int, method: str = "auto", max_order: int = 5, holdout: fl
                    min_holdout: int = MIN_HOLDOUT) -> int:
     """Smallest budget `plan` accepts for this method (training minimum plus the held-out floor)."""
     _check_method(method)
-    spex_only = method == "spex" or (method == "auto" and n < PROXYSPEX_MIN_N)
+    if method == "exhaustive":
+        return 2**n
+    spex_only = method == "spex"  # auto at n < PROXYSPEX_MIN_N is exhaustive (see _with_exhaustive)
     train = SPEX.n_queries(n, SPEX_MIN_B, max_order) if spex_only else PROXYSPEX_MIN_SAMPLES
     if holdout <= 0:
-        return train
+        return _with_exhaustive(train, n, method)
     # n_holdout = max(min_holdout, ceil(holdout * budget)); find the least budget leaving `train`.
-    return max(train + min_holdout, math.ceil(train / (1.0 - holdout)))
+    return _with_exhaustive(max(train + min_holdout, math.ceil(train / (1.0 - holdout))), n, method)
+
+
+def _with_exhaustive(minimum: int, n: int, method: str) -> int:
+    """auto can always fall back to asking every mask when that is cheaper than the minimum design."""
+    if method == "auto" and n <= EXHAUSTIVE_MAX_N:
+        return min(minimum, 2**n)
+    return minimum
 
 
 def _is_int(value: Any) -> bool:
@@ -120,7 +132,7 @@ def plan(
     holdout = 0). SPEX gets the largest b whose exact query count 3·(P+1)·2^b fits the rest;
     ProxySPEX gets all of the rest as random masks.
 
-    `method="auto"` runs SPEX when that b >= auto_min_b(n) = min(n, 6), else ProxySPEX. Evidence
+    `method="auto"` asks every mask (method "exhaustive", exact) when 2^n fits the budget; else it runs SPEX when that b >= auto_min_b(n) = min(n, 6), else ProxySPEX. Evidence
     (`python benchmarks/engine.py --crossover`; held-out R² of SPEX | ProxySPEX at the same number
     of queries, CPU seconds in brackets; planted hierarchical functions, noise 0.1):
       ~90 terms:  n=64   b=3 .77|.99  b=4 .98|.997  b=5 .999|.998  b=6 1.000|.999 (1.1 s|25 s)
@@ -149,16 +161,24 @@ def plan(
     if method == "proxyspex" and n < PROXYSPEX_MIN_N:
         raise ValueError(f"ProxySPEX needs n >= {PROXYSPEX_MIN_N} features (2^n distinct masks to cross-validate "
                          f"its proxy); use method='spex' for n={n}")
+    if method == "exhaustive" and n > EXHAUSTIVE_MAX_N:
+        raise ValueError(f"method='exhaustive' enumerates 2^n masks and needs n <= {EXHAUSTIVE_MAX_N}, got n={n}")
     minimum = minimum_budget(n, method, max_order, holdout, min_holdout)
     if budget < minimum:
-        spex_only = method == "spex" or n < PROXYSPEX_MIN_N
-        detail = "SPEX with b=2" if spex_only else f"ProxySPEX ({PROXYSPEX_MIN_SAMPLES} samples)"
+        every_mask = method == "exhaustive" or (method == "auto" and minimum == 2**n)
+        detail = ("all 2^n masks" if every_mask else "SPEX with b=2" if method == "spex"
+                  else f"ProxySPEX ({PROXYSPEX_MIN_SAMPLES} samples)")
         held = f" plus {min_holdout} held-out masks" if holdout > 0 else ""
         raise ValueError(
             f"budget {budget} is below the minimum of {minimum} queries for method={method!r} "
             f"at n={n}: {detail}{held}"
             + (" (or pass holdout=0)" if holdout > 0 else "")
         )
+    if method == "exhaustive" or (method == "auto" and n <= EXHAUSTIVE_MAX_N and 2**n <= budget):
+        reason = (f"method={method!r} requested" if method == "exhaustive" else
+                  f"the budget covers all 2^{n} = {2 ** n} masks: the exact transform needs no sampling "
+                  f"and no held-out slice")
+        return Plan("exhaustive", n, budget, max_order, 2**n, 0, 2**n, reason, method)
     n_holdout = max(min_holdout, math.ceil(holdout * budget)) if holdout > 0 else 0
     train = budget - n_holdout
     b = SPEX.largest_b(n, train, max_order)
@@ -167,10 +187,7 @@ def plan(
 
     if method == "auto":
         need = auto_min_b(n)
-        if n < PROXYSPEX_MIN_N:
-            chosen = "spex"
-            reason = f"n={n} is too small for a proxy model; SPEX with b={b} covers every mask"
-        elif b is not None and b >= need:
+        if b is not None and b >= need:
             chosen = "spex"
             reason = (
                 f"budget affords SPEX with b={b} ({2 ** b} bins per group, >= {2 ** need} needed at "

@@ -27,7 +27,10 @@ def test_plan_never_exceeds_budget_and_counts_exactly(method, holdout):
             p = plan(n, budget, method=method, holdout=holdout)
             assert p.total <= budget
             assert p.total == p.n_queries + p.n_holdout
-            assert p.method in ("spex", "proxyspex") and p.requested == method
+            assert p.method in ("spex", "proxyspex", "exhaustive") and p.requested == method
+            if p.method == "exhaustive":  # auto, and only when every mask fits
+                assert method == "auto" and p.n_queries == 2**n == p.total and p.n_holdout == 0
+                continue
             if holdout == 0:
                 assert p.n_holdout == 0
             else:
@@ -109,9 +112,10 @@ def test_explainer_plan_spends_nothing():
     assert calls == []
 
 
-def test_tiny_n_uses_spex_and_proxyspex_refuses():
+def test_tiny_n_asks_every_mask_and_proxyspex_refuses():
     for n in (1, 2):
         p = plan(n, 1000)
-        assert p.method == "spex" and p.total <= 1000 and "too small" in p.reason
+        assert p.method == "exhaustive" and p.total == 2**n and "all 2^" in p.reason
+        assert plan(n, 1000, method="spex").method == "spex"
         with pytest.raises(ValueError, match="ProxySPEX needs n >= 3"):
             plan(n, 1000, method="proxyspex")
