@@ -168,11 +168,11 @@ def plan(
         every_mask = method == "exhaustive" or (method == "auto" and minimum == 2**n)
         detail = ("all 2^n masks" if every_mask else "SPEX with b=2" if method == "spex"
                   else f"ProxySPEX ({PROXYSPEX_MIN_SAMPLES} samples)")
-        held = f" plus {min_holdout} held-out masks" if holdout > 0 else ""
+        held = holdout > 0 and not every_mask
         raise ValueError(
             f"budget {budget} is below the minimum of {minimum} queries for method={method!r} "
-            f"at n={n}: {detail}{held}"
-            + (" (or pass holdout=0)" if holdout > 0 else "")
+            f"at n={n}: {detail}"
+            + (f" plus {min_holdout} held-out masks (or pass holdout=0)" if held else "")
         )
     if method == "exhaustive" or (method == "auto" and n <= EXHAUSTIVE_MAX_N and 2**n <= budget):
         reason = (f"method={method!r} requested" if method == "exhaustive" else
