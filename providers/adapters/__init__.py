@@ -26,7 +26,7 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
     "ollama", "local") reached at `base_url` (include the "/v1" suffix), which needs no key. With a `base_url`,
     "openai"/"anthropic" select the wire format for a non-official host (e.g. llama-server's /v1/messages) and
     a dummy key is used if none is given. `http_client` (an `httpx2.AsyncClient`) is handed to the SDK.
-    `prices` extends the known models. `options` go to the adapter class (CompatibleAdapter: multi_sample, max_top_logprobs).
+    `prices` extends the known models. `options` go to the adapter class (CompatibleAdapter: multi_sample, max_top_logprobs, prompt_logprobs).
     """
     p = (provider or "").lower().strip()
     if not model:
@@ -34,6 +34,7 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
     if p in COMPATIBLE_ALIASES:
         if not base_url:
             raise ConfigurationError(f"provider {provider!r} needs base_url (e.g. 'http://127.0.0.1:8080/v1')")
+        options.setdefault("prompt_logprobs", p == "vllm")  # only vLLM is known to teacher-force prompts
         return CompatibleAdapter(model, base_url, api_key or NO_KEY, http_client, timeout, **options)
     if p == "openai":
         cls, env = OpenAIAdapter, "OPENAI_API_KEY"

@@ -100,19 +100,23 @@ class OpenAIAdapter(Adapter):
 class CompatibleAdapter(OpenAIAdapter):
     """Any OpenAI-compatible server by base_url (llama-server, vLLM, Ollama): free unless priced.
 
-    `max_tokens` is sent (not `max_completion_tokens`), `prompt_logprobs` are sent in the body (vLLM answers
-    them; a server that ignores them gets a clear error), and samples are separate calls unless
-    `multi_sample=True` says the server honours `n`. Token counts use the chars/4 approximation.
+    `max_tokens` is sent (not `max_completion_tokens`). Prompt logprobs (teacher forcing) are claimed only
+    with `prompt_logprobs=True` (make_adapter sets it for provider "vllm"): llama-server and Ollama ignore
+    them, so scorers that need them are refused by `validate` before any spend rather than failing on the
+    first paid call. Samples are separate calls unless `multi_sample=True` says the server honours `n`.
+    Token counts use the chars/4 approximation.
     """
 
     provider = "compatible"
-    prompt_logprobs = True
+    prompt_logprobs = False
     multi_sample = False
     max_tokens_param = "max_tokens"
 
     def __init__(self, model: str, base_url: str | None, api_key: str | None, http_client: Any = None,
-                 timeout: float = 60.0, multi_sample: bool = False, max_top_logprobs: int | None = 20) -> None:
+                 timeout: float = 60.0, multi_sample: bool = False, max_top_logprobs: int | None = 20,
+                 prompt_logprobs: bool = False) -> None:
         super().__init__(model, base_url, api_key, http_client, timeout)
+        self.prompt_logprobs = prompt_logprobs
         self.multi_sample = multi_sample
         self.max_top_logprobs = max_top_logprobs
 

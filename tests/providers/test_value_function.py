@@ -39,8 +39,8 @@ def masks(n_rows, n, seed=0):
     return np.random.default_rng(seed).random((n_rows, n)) < 0.5
 
 
-def vf(server, tmp_path=None, scorer=None, **runner_kw):
-    a = make_adapter("compatible", "gemma", base_url=server.url + "/v1")
+def vf(server, tmp_path=None, scorer=None, provider="compatible", **runner_kw):
+    a = make_adapter(provider, "gemma", base_url=server.url + "/v1")
     r = Runner(a, cache=None if tmp_path is None else str(tmp_path), **runner_kw)
     return LLMValueFunction(prompt(), a, scorer or LabelMargin(top_logprobs=5), r, progress=False)
 
@@ -81,7 +81,7 @@ async def test_reference_is_fetched_once_for_scorers_that_need_it(server):
 
 
 async def test_teacher_forcing_scorer_gets_its_reference_first(server):
-    f = vf(server, scorer=AnswerLogprob(mode="sequence"))
+    f = vf(server, scorer=AnswerLogprob(mode="sequence"), provider="vllm")  # the fake server answers vLLM-style
     assert f.estimate_cost(10) == 0.0  # compatible server: free unless priced
     y = await f(masks(6, f.n, seed=3))
     assert np.isfinite(y).all() and (y < 0).all()
@@ -132,3 +132,11 @@ async def test_progress_bar_runs(server, capsys):
     f = LLMValueFunction(prompt(), a, LabelMargin(top_logprobs=5), Runner(a), progress=True)
     y = await f(masks(5, f.n))
     assert len(y) == 5 and f.runner.on_progress is None
+
+
+def test_teacher_forcing_refused_before_spend_on_servers_without_prompt_logprobs(server):
+    a = make_adapter("llama-server", "gemma", base_url=server.url + "/v1")
+    assert not a.prompt_logprobs and make_adapter("vllm", "m", base_url=server.url + "/v1").prompt_logprobs
+    with pytest.raises(ScorerError, match="needs prompt logprobs"):
+        LLMValueFunction(prompt(), a, AnswerLogprob(mode="sequence"), Runner(a), progress=False)
+    assert server.stats()["requests"] == 0
