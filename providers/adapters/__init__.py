@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.adapters.anthropic import AnthropicAdapter
 from providers.adapters.base import Adapter, env_key
 from providers.adapters.openai import CompatibleAdapter, OpenAIAdapter
 from providers.cost import PriceTable
@@ -39,6 +38,8 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
     if p == "openai":
         cls, env = OpenAIAdapter, "OPENAI_API_KEY"
     elif p == "anthropic":
+        from providers.adapters.anthropic import AnthropicAdapter  # the anthropic SDK takes ~1.4 s to import
+
         cls, env = AnthropicAdapter, "ANTHROPIC_API_KEY"
     else:
         raise ConfigurationError(f"unknown provider {provider!r}; use 'openai', 'anthropic' or one of "
@@ -59,3 +60,11 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
 
 
 __all__ = ["Adapter", "AnthropicAdapter", "CompatibleAdapter", "OpenAIAdapter", "make_adapter"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AnthropicAdapter":
+        from providers.adapters.anthropic import AnthropicAdapter
+
+        return AnthropicAdapter
+    raise AttributeError(f"module 'providers.adapters' has no attribute {name!r}")
