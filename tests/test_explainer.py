@@ -69,6 +69,10 @@ def test_linear_fallback_on_additive_function():
     assert expl.faithfulness > expl.faithfulness_detail["proxyspex"]["holdout_r2"]
     assert expl.fourier.degree <= 1
     assert expl.queries_used <= 600
+    # the returned linear fit trained on every paid answer, held-out ones included
+    assert expl.diagnostics["linear"]["rows_used"] == expl.queries_used
+    sel = expl.faithfulness_detail["selection"]
+    assert sel["rule"].startswith("one standard error") and sel["gain"] <= sel["se"]
 
 
 def test_holdout_zero_uses_cross_validation(hier64):
