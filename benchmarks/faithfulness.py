@@ -16,9 +16,7 @@ short), and saves benchmarks/out/faithfulness.png.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-import threading
 import time
 import warnings
 from contextlib import ExitStack
@@ -39,6 +37,7 @@ from spex_api.indices import SparseMobius, mobius_to_fourier
 from spex_api.linear import LinearBaseline
 from spex_api.planner import minimum_budget
 from spex_api.proxyspex import ProxySPEX
+from spex_api.sdk import BackgroundLoop
 from spex_api.spex import SPEX
 from spex_api.value_function import Oracle
 
@@ -69,23 +68,6 @@ PROMPTS: list[tuple[str, str, str]] = [
      "twenty four hours to confirm your details and claim the prize, or your access to online banking will "
      "be suspended."),
 ]
-
-
-class _Loop:
-    """A private event loop on a thread, so synchronous engines (ours and shapiq's) can call the async
-    value function."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
 
 
 class SharedValueFunction:
@@ -227,7 +209,7 @@ def main() -> None:
             from providers.local import LocalServer
 
             base_url = stack.enter_context(LocalServer()).base_url
-        io = _Loop()
+        io = BackgroundLoop()
         stack.callback(io.close)
         runner = None
         for name, question, text in PROMPTS[: args.prompts]:

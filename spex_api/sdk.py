@@ -259,7 +259,7 @@ def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int) -> fl
 
 
 # ---------------------------------------------------------------------------------------------- running
-class _Loop:
+class BackgroundLoop:
     """One event loop on a background thread: every query of a run (or a batch) goes through it, so one
     runner's rate limiter, semaphore and cache serve all explanations, while the engine stays synchronous."""
 
@@ -346,7 +346,7 @@ def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
     }
 
 
-def _run_one(pre: Preview, adapter: Any, runner: Any, io: _Loop, progress: bool) -> Any:
+def _run_one(pre: Preview, adapter: Any, runner: Any, io: BackgroundLoop, progress: bool) -> Any:
     """Original answer, then the planned queries; returns the Explanation with cost and metadata."""
     from providers.value_function import LLMValueFunction
 
@@ -431,7 +431,7 @@ def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> 
     with ExitStack() as stack:
         adapter = _live_adapter(pre, stack, console)
         runner = _make_runner(pre, adapter, pre.max_cost)
-        io = _Loop()
+        io = BackgroundLoop()
         stack.callback(io.close)
         return _run_one(pre, adapter, runner, io, progress)
 
@@ -487,7 +487,7 @@ def explain_many(
     with ExitStack() as stack:
         adapter = _live_adapter(pres[0], stack, console)
         runner = _make_runner(pres[0], adapter, max_cost)
-        io = _Loop()
+        io = BackgroundLoop()
         stack.callback(io.close)
         bar = stack.enter_context(Progress(
             TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),

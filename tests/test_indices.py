@@ -1,7 +1,6 @@
 """Every index against its brute-force definition over all 2^n coalitions (small n)."""
 
 import itertools
-import time
 from math import comb, factorial
 
 import numpy as np
