@@ -376,7 +376,12 @@ class Runner:
             if hit is not None:
                 return hit
             if self.cache.claim(key, ttl=self.adapter.timeout + 30.0):
-                return None
+                # Look again: a holder caches its answer before releasing, so a claim won just after a
+                # release must find that answer here rather than pay for it a second time.
+                hit = self.cache.get(key)
+                if hit is not None:
+                    self.cache.release(key)
+                return hit
             await asyncio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
