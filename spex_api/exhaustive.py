@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from spex_api.explanation import Explanation
-from spex_api.fourier import SparseFourier, r2_score
+from spex_api.fourier import SparseFourier, fwht, r2_score
 from spex_api.value_function import Oracle, ValueFunction
 
 # 2^20 queries is already far past any sensible API budget; larger cubes would not fit in memory.
@@ -23,16 +23,6 @@ def all_masks(n: int) -> np.ndarray:
     if not 1 <= n <= MAX_N:
         raise ValueError(f"exhaustive enumeration needs 1 <= n <= {MAX_N}, got n={n}")
     return ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
-
-
-def walsh_hadamard(values: np.ndarray) -> np.ndarray:
-    """F(k) = 2^-n sum_x f(x) (-1)^<x,k> for f given on all 2^n masks in `all_masks` order."""
-    n = int(np.log2(len(values)))
-    cube = np.asarray(values, dtype=float).reshape((2,) * n)
-    for axis in range(n):  # one butterfly per feature, each over the whole cube at once
-        lo, hi = np.take(cube, 0, axis=axis), np.take(cube, 1, axis=axis)
-        cube = np.stack([lo + hi, lo - hi], axis=axis)
-    return cube.reshape(-1) / 2**n
 
 
 class Exhaustive:
@@ -60,7 +50,7 @@ class Exhaustive:
         start = time.process_time()
         masks = all_masks(self.n)
         y = oracle(masks)
-        coefficients = walsh_hadamard(y)
+        coefficients = fwht(y) / len(y)  # F(k) = 2^-n sum_x f(x) (-1)^<x,k>; row r of all_masks is mask r
         keep = np.flatnonzero(np.abs(coefficients) > self.tol * max(np.abs(coefficients).max(), 1e-300))
         bits = (keep[:, None] >> np.arange(self.n)) & 1
         keys = [tuple(np.flatnonzero(row).tolist()) for row in bits]

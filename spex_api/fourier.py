@@ -58,6 +58,20 @@ def fourier_basis(masks: np.ndarray, keys: Sequence[Key], n: int) -> np.ndarray:
     return 1.0 - 2.0 * (counts.astype(np.int64) & 1)
 
 
+def fwht(a: np.ndarray) -> np.ndarray:
+    """Unnormalised Walsh-Hadamard transform along the last axis (length a power of 2)."""
+    a = np.array(a, dtype=float, copy=True)
+    lead, size = a.shape[:-1], a.shape[-1]
+    h = 1
+    while h < size:
+        v = a.reshape(*lead, size // (2 * h), 2, h)
+        x, y = v[..., 0, :].copy(), v[..., 1, :]
+        v[..., 0, :] += y
+        v[..., 1, :] = x - y
+        h *= 2
+    return a
+
+
 @dataclass
 class SparseFourier:
     """A sparse Fourier transform over n features: keys (sorted tuples) and their coefficients."""

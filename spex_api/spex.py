@@ -22,27 +22,13 @@ from scipy.sparse.linalg import cg
 
 from spex_api.bch import BCHCode, bch_code, bch_parity_length
 from spex_api.explanation import Explanation
-from spex_api.fourier import Key, SparseFourier, incidence
+from spex_api.fourier import Key, SparseFourier, fwht, incidence
 from spex_api.value_function import Oracle, ValueFunction
 
 # Columns of M drawn per group whatever b is, so that designs for different b are nested.
 _B_MAX = 30
 # Default Chase work per peeling round (trial words), split over the bins being decoded.
 _CHASE_WORK = 1 << 18
-
-
-def _fwht(a: np.ndarray) -> np.ndarray:
-    """Unnormalised Walsh-Hadamard transform along the last axis (length a power of 2)."""
-    a = np.array(a, dtype=float, copy=True)
-    lead, size = a.shape[:-1], a.shape[-1]
-    h = 1
-    while h < size:
-        v = a.reshape(*lead, size // (2 * h), 2, h)
-        x, y = v[..., 0, :].copy(), v[..., 1, :]
-        v[..., 0, :] += y
-        v[..., 1, :] = x - y
-        h *= 2
-    return a
 
 
 class SPEX:
@@ -200,7 +186,7 @@ class SPEX:
         distinct = len(np.unique(np.packbits(masks, axis=1), axis=0))
 
         C, P1, B = self.n_groups, self.code.P + 1, 1 << b
-        raw = _fwht(y.reshape(C, P1, B))  # (C, P+1, 2^b): 2^b * U
+        raw = fwht(y.reshape(C, P1, B))  # (C, P+1, 2^b): 2^b * U
         U = np.ascontiguousarray((raw / B).transpose(0, 2, 1))  # (C, bins, P+1)
         codes = self._bin_codes(b)
         found, peel_info = self._peel(U, codes)

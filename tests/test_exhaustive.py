@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from spex_api import Explainer
-from spex_api.exhaustive import Exhaustive, all_masks, walsh_hadamard
-from spex_api.fourier import SparseFourier
+from spex_api.exhaustive import Exhaustive, all_masks
+from spex_api.fourier import SparseFourier, fwht
 from spex_api.planner import minimum_budget, plan
 
 
@@ -25,7 +25,7 @@ def test_walsh_hadamard_matches_definition():
     rng = np.random.default_rng(0)
     masks = all_masks(5)
     y = rng.standard_normal(32)
-    F = walsh_hadamard(y)
+    F = fwht(y) / 32
     brute = brute_force_transform(y, masks)
     for idx, value in enumerate(F):
         key = tuple(i for i in range(5) if idx >> i & 1)
