@@ -160,10 +160,12 @@ class Explainer:
         linear = LinearBaseline(self.n, random_state=self.random_state).fit(train_masks, train_y)
         candidates = {p.method: result, "linear": linear}
         scores: dict[str, dict[str, float]] = {}
+        held_pred: dict[str, np.ndarray] = {}
         for name, cand in candidates.items():
             entry = {"train_r2": r2_score(train_y, cand.predict(train_masks))}
             if n_holdout:
-                entry["holdout_r2"] = r2_score(holdout_y, cand.predict(holdout_masks))
+                held_pred[name] = cand.predict(holdout_masks)
+                entry["holdout_r2"] = r2_score(holdout_y, held_pred[name])
             else:
                 cv = cand.diagnostics.get("cv_r2") if name == "linear" else None
                 entry["cv_r2"] = cv if cv is not None else _support_cv_r2(
@@ -172,13 +174,13 @@ class Explainer:
         criterion = "holdout_r2" if n_holdout else "cv_r2"
         main_score = scores[p.method][criterion]
         linear_score = scores["linear"][criterion]
-        selection: dict[str, Any] = {"rule": "higher cv_r2"}
         if n_holdout:
-            beats, gain, se = _beats_linear(holdout_y, result.predict(holdout_masks), linear.predict(holdout_masks))
+            beats, gain, se = _beats_linear(holdout_y, held_pred[p.method], held_pred["linear"])
             use_linear = not beats
-            selection = {"rule": "one standard error on held-out squared error", "gain": gain, "se": se}
+            selection: dict[str, Any] = {"rule": "one standard error on held-out squared error", "gain": gain, "se": se}
         else:
             use_linear = bool(linear_score > main_score)
+            selection = {"rule": "higher cv_r2"}
         use_linear = use_linear or not np.isfinite(main_score)
         chosen = "linear" if use_linear else p.method
         if use_linear and n_holdout:
