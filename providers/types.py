@@ -73,7 +73,17 @@ class Completion:
         return self.texts[0] if self.texts else ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-ready dict (written by hand: dataclasses.asdict deep-copies every leaf, once per query)."""
+        def tl(t: TokenLogprob) -> dict[str, Any]:
+            return {"token": t.token, "logprob": t.logprob, "top": [list(a) for a in t.top]}
+
+        u = self.usage
+        return {"texts": list(self.texts),
+                "logprobs": None if self.logprobs is None else [[tl(t) for t in s] for s in self.logprobs],
+                "prompt_logprobs": None if self.prompt_logprobs is None else [tl(t) for t in self.prompt_logprobs],
+                "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                          "cached_input_tokens": u.cached_input_tokens},
+                "model": self.model, "finish_reasons": list(self.finish_reasons)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Completion":

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import anthropic
-import httpx2
 
 from providers.adapters.base import Adapter
 from providers.errors import ConfigurationError
@@ -53,9 +52,6 @@ class AnthropicAdapter(Adapter):
         if not any(m.role != "system" for m in request.messages):
             raise ConfigurationError("anthropic needs at least one user message besides the system prompt")
 
-    async def _post(self, request: Request, body: dict[str, Any]) -> httpx2.Response:
-        return await self.client().post(self.endpoint(request), cast_to=httpx2.Response, body=body,
-                                        options={"timeout": self.timeout})
 
     def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
         if payload.get("type") == "error" or "content" not in payload:

@@ -25,6 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 
+import httpx2
+
 from providers.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -125,16 +127,19 @@ class Adapter(ABC):
     def _make_client(self, api_key: str | None) -> Any:
         """Build the SDK's async client with max_retries=0 and the injected http_client, if any."""
 
-    @abstractmethod
-    async def _post(self, request: Request, body: dict[str, Any]) -> Any:
-        """POST the body through the SDK client (its auth, headers, base_url, transport and status errors) and
-        return the read httpx2.Response; JSON decoding is ours so a malformed answer is caught, not crashed on."""
+    async def _post(self, request: Request, content: bytes) -> Any:
+        """POST the encoded body through the SDK client (its auth, headers, base_url, transport and status
+        errors) and return the read httpx2.Response; JSON decoding is ours so a malformed answer is caught, not
+        crashed on. The body goes as `content` bytes: both SDKs send them as they are, skipping their per-call
+        copy and re-encoding of a body that is already canonical (their Content-Type stays application/json)."""
+        return await self.client().post(self.endpoint(request), cast_to=httpx2.Response, content=content,
+                                        options={"timeout": self.timeout})
 
     async def exchange(self, request: Request) -> tuple[Completion, dict[str, str]]:
         """One HTTP call: (completion, response headers). SDK errors become providers.errors classes."""
-        body = self.body(request)
+        content = encode_body(self.body(request))
         try:
-            raw = await self._post(request, body)
+            raw = await self._post(request, content)
         except Exception as exc:
             translated = self._translate(exc)
             if translated is exc:  # not an SDK API error: propagate unchanged
@@ -201,6 +206,11 @@ class Adapter(ABC):
         """Upper bound on billed prompt tokens: byte-level BPE never makes more tokens than UTF-8 bytes."""
         return (sum(len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
                 + REQUEST_OVERHEAD_TOKENS)
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """The body as the SDKs would encode it themselves (compact UTF-8 JSON, no NaN)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 _KEY_SHAPED = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9*_.-]{6,}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import httpx2
 import openai
 
 from providers.adapters.base import Adapter, tiktoken_encoding
@@ -62,9 +61,6 @@ class OpenAIAdapter(Adapter):
             b["prompt_logprobs"] = request.prompt_logprobs
         return b
 
-    async def _post(self, request: Request, body: dict[str, Any]) -> httpx2.Response:
-        return await self.client().post(self.endpoint(request), cast_to=httpx2.Response, body=body,
-                                        options={"timeout": self.timeout})
 
     def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
         choices = sorted(payload["choices"], key=lambda c: c.get("index", 0))
