@@ -50,8 +50,15 @@ class ResponseCache:
         raw = self._cache.get(key)
         return None if raw is None else Completion.from_dict(json.loads(raw))
 
-    def put(self, key: str, completion: Completion) -> None:
-        self._cache.set(key, json.dumps(completion.to_dict(), separators=(",", ":")))
+    def put(self, key: str, completion: Completion, release: bool = False) -> None:
+        """Store an answer; with `release`, drop this process's claim on it in the same transaction."""
+        value = json.dumps(completion.to_dict(), separators=(",", ":"))
+        if not release:
+            self._cache.set(key, value)
+            return
+        with self._cache.transact():
+            self._cache.set(key, value)
+            self._cache.delete("claim:" + key)
 
     # ---- cross-process claims: who is sending an uncached call right now --------------------------------
     def claim(self, key: str, ttl: float) -> bool:

@@ -372,15 +372,15 @@ class Runner:
         answer from the cache; if that process fails or dies, its claim goes and this one takes over."""
         delay = 0.02
         while True:
-            hit = self.cache.get(key)
-            if hit is not None:
-                return hit
             if self.cache.claim(key, ttl=self.adapter.timeout + 30.0):
-                # Look again: a holder caches its answer before releasing, so a claim won just after a
-                # release must find that answer here rather than pay for it a second time.
+                # Look (again): a holder caches its answer before releasing, so a claim won after a release
+                # must find that answer here rather than pay for it a second time.
                 hit = self.cache.get(key)
                 if hit is not None:
                     self.cache.release(key)
+                return hit
+            hit = self.cache.get(key)
+            if hit is not None:
                 return hit
             await asyncio.sleep(delay)
             delay = min(2 * delay, 0.5)
@@ -435,8 +435,9 @@ class Runner:
                 charged = 0.0
             raise
         else:
-            if self.cache is not None:
-                self.cache.put(key, completion)  # durable before anyone uses the answer
+            if self.cache is not None:  # durable before anyone uses the answer; the claim goes with it
+                self.cache.put(key, completion, release=claimed)
+                claimed = False
             charged = self.price.cost(completion.usage)
             u = completion.usage
             self.stats.input_tokens += u.input_tokens
