@@ -206,14 +206,15 @@ class Runner:
     def worst_case_cost(self, request: Request) -> float:
         """Upper bound on what one request can cost (all samples, max_tokens each, prompt bound)."""
         calls = 1 if self.adapter.multi_sample else request.samples
-        per_call = worst_case_cost(self.price, self.adapter.input_token_bound(request), request.max_tokens,
+        per_call = worst_case_cost(self.price, self.adapter.input_token_bound(request),
+                                   self.adapter.output_token_bound(request),
                                    request.samples if self.adapter.multi_sample else 1)
         return per_call * calls
 
     def estimate_cost(self, request: Request, output_tokens: int | None = None) -> float:
         """Typical cost of one request: estimated prompt tokens, `output_tokens` (default max_tokens) per sample."""
         calls = 1 if self.adapter.multi_sample else request.samples
-        out = (request.max_tokens if output_tokens is None else output_tokens) * request.samples
+        out = (self.adapter.output_token_bound(request) if output_tokens is None else output_tokens) * request.samples
         inp = self.adapter.estimate_input_tokens(request) * calls
         return self.price.cost(Usage(inp, out))
 
@@ -396,7 +397,8 @@ class Runner:
                 if state.rpm is not None:
                     await state.rpm.acquire()
                 if state.tpm is not None:
-                    need = self.adapter.estimate_input_tokens(request) + request.max_tokens * request.samples
+                    need = (self.adapter.estimate_input_tokens(request)
+                            + self.adapter.output_token_bound(request) * request.samples)
                     await state.tpm.acquire(min(need, state.tpm.max_rate))
                 await self._honour_pause()
                 if self._abort is not None:

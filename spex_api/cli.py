@@ -106,7 +106,7 @@ def _check_out(paths: list[Path]) -> None:
 def explain(
     prompt: Optional[str] = typer.Argument(None, help="The prompt text (or use --file)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the prompt from this file."),
-    provider: Optional[str] = typer.Option(None, help="openai, anthropic, openai-compatible or local (default: openai if OPENAI_API_KEY is set, else local)."),
+    provider: Optional[str] = typer.Option(None, help="openai, openai-responses, anthropic, openai-compatible or local (default: openai if OPENAI_API_KEY is set, else local)."),
     model: Optional[str] = typer.Option(None, help="Model name (default: gpt-4o-mini / claude-3-5-haiku-latest / the local Gemma)."),
     base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (or a running local server)."),
     budget: int = typer.Option(1000, min=2, help="Maximum number of queries, the original answer included."),

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 DEFAULT_CACHE_DIR = "~/.cache/spex-api"
-DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+DEFAULT_MODELS = {"openai": "gpt-4o-mini", "openai-responses": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
 LOCAL = "local"
 _NOT_STARTED = "http://127.0.0.1:0/v1"
 SCORERS = ("auto", "label-margin", "answer-logprob", "frequency", "similarity")

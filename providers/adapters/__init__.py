@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from providers.adapters.base import Adapter, env_key
-from providers.adapters.openai import CompatibleAdapter, OpenAIAdapter
+from providers.adapters.openai import CompatibleAdapter, OpenAIAdapter, OpenAIResponsesAdapter
 from providers.cost import PriceTable
 from providers.errors import ConfigurationError
 
@@ -20,7 +20,8 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
                  **options: Any) -> Adapter:
     """Adapter for a provider and model; fails before any spend on an unknown provider/model or a missing key.
 
-    provider: "openai" (api.openai.com, key from `api_key` or OPENAI_API_KEY), "anthropic" (key from
+    provider: "openai" (api.openai.com Chat Completions, key from `api_key` or OPENAI_API_KEY),
+    "openai-responses" (the same host and key through the Responses API), "anthropic" (key from
     `api_key` or ANTHROPIC_API_KEY), or an OpenAI-compatible server ("compatible", "vllm", "llama-server",
     "ollama", "local") reached at `base_url` (include the "/v1" suffix), which needs no key. With a `base_url`,
     "openai"/"anthropic" select the wire format for a non-official host (e.g. llama-server's /v1/messages) and
@@ -35,15 +36,16 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
             raise ConfigurationError(f"provider {provider!r} needs base_url (e.g. 'http://127.0.0.1:8080/v1')")
         options.setdefault("prompt_logprobs", p == "vllm")  # only vLLM is known to teacher-force prompts
         return CompatibleAdapter(model, base_url, api_key or NO_KEY, http_client, timeout, **options)
-    if p == "openai":
-        cls, env = OpenAIAdapter, "OPENAI_API_KEY"
+    if p in ("openai", "openai-responses"):
+        cls, env = (OpenAIAdapter if p == "openai" else OpenAIResponsesAdapter), "OPENAI_API_KEY"
+        p = "openai"  # one price table and cache scope; the endpoint keeps the two APIs' answers apart
     elif p == "anthropic":
         from providers.adapters.anthropic import AnthropicAdapter  # the anthropic SDK takes ~1.4 s to import
 
         cls, env = AnthropicAdapter, "ANTHROPIC_API_KEY"
     else:
-        raise ConfigurationError(f"unknown provider {provider!r}; use 'openai', 'anthropic' or one of "
-                                 f"{sorted(COMPATIBLE_ALIASES)} with base_url")
+        raise ConfigurationError(f"unknown provider {provider!r}; use 'openai', 'openai-responses', 'anthropic' or "
+                                 f"one of {sorted(COMPATIBLE_ALIASES)} with base_url")
     if options:
         raise ConfigurationError(f"unexpected options for {p}: {sorted(options)}")
     if base_url:
@@ -59,7 +61,7 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
     return cls(model, None, key, http_client, timeout)
 
 
-__all__ = ["Adapter", "AnthropicAdapter", "CompatibleAdapter", "OpenAIAdapter", "make_adapter"]
+__all__ = ["Adapter", "AnthropicAdapter", "CompatibleAdapter", "OpenAIAdapter", "OpenAIResponsesAdapter", "make_adapter"]
 
 
 def __getattr__(name: str) -> Any:

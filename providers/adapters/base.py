@@ -198,6 +198,10 @@ class Adapter(ABC):
         """Estimated tokens of `text`; documented approximation: ceil(chars / 4) (subclasses may be exact)."""
         return math.ceil(len(text) / 4)
 
+    def output_token_bound(self, request: Request) -> int:
+        """Most tokens one sample of this request can generate (and be billed for)."""
+        return request.max_tokens
+
     def estimate_input_tokens(self, request: Request) -> int:
         """Typical prompt size of a request (for estimates and the tokens-per-minute limiter)."""
         return sum(self.count_tokens(m.content) + 4 for m in request.messages) + 3

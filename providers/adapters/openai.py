@@ -6,7 +6,9 @@ servers (llama-server, vLLM, Ollama) serve. vLLM's `prompt_logprobs` (teacher fo
 body field next to the standard ones (what the SDK's `extra_body` would add). The body goes through the SDK
 client's `post` (its auth, headers, base_url, transport and status errors; documented for raw requests)
 rather than `create`, which would re-validate every message on each call: the body is already canonical.
-The Responses API is not used (optional in the issue): Chat Completions already returns token logprobs.
+`OpenAIResponsesAdapter` speaks the Responses API (`/responses`) instead, for models or accounts that use
+it; Chat Completions stays the default because it can stop after one token, while the Responses API bills at
+least 16 output tokens per call and has no stop sequences or `n`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Mapping
 import openai
 
 from providers.adapters.base import Adapter, tiktoken_encoding
-from providers.errors import InvalidRequestError
+from providers.errors import ConfigurationError, InvalidRequestError
 from providers.types import Completion, Request, TokenLogprob, Usage
 
 
@@ -120,10 +122,70 @@ class CompatibleAdapter(OpenAIAdapter):
         return Adapter.count_tokens(self, text)
 
 
+class OpenAIResponsesAdapter(OpenAIAdapter):
+    """OpenAI's Responses API (`provider="openai-responses"`): token logprobs through `top_logprobs` and
+    `include=["message.output_text.logprobs"]`, one sample per call, answers not stored (`store: false`).
+
+    The API rejects `max_output_tokens` below 16, so every call may generate (and bill) 16 tokens even when a
+    scorer reads one; cost bounds use that. It has no stop sequences, seed or raw completions: scorers that
+    need them are refused before any spend.
+    """
+
+    multi_sample = False
+    min_output_tokens = 16
+
+    def endpoint(self, request: Request) -> str:
+        return "/responses"
+
+    def output_token_bound(self, request: Request) -> int:
+        return max(request.max_tokens, self.min_output_tokens)
+
+    def check(self, request: Request) -> None:
+        super().check(request)
+        if request.raw_completion:
+            raise ConfigurationError("the Responses API has no raw-completion endpoint; use chat messages")
+        if request.stop:
+            raise ConfigurationError("the Responses API has no stop sequences; use provider 'openai' "
+                                     "(Chat Completions) for this scorer")
+
+    def body(self, request: Request) -> dict[str, Any]:
+        self.check(request)
+        b: dict[str, Any] = {"model": self.model,
+                             "input": [{"role": m.role, "content": m.content} for m in request.messages],
+                             "max_output_tokens": self.output_token_bound(request),
+                             "temperature": request.temperature, "store": False}
+        if request.top_logprobs is not None:
+            b["top_logprobs"] = request.top_logprobs
+            b["include"] = ["message.output_text.logprobs"]
+        return b
+
+    def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
+        if payload.get("status") == "failed" or payload.get("error"):
+            raise ValueError(f"response failed: {str(payload.get('error'))[:200]}")
+        parts = [c for item in payload["output"] if item.get("type") == "message"
+                 for c in (item.get("content") or ()) if c.get("type") == "output_text"]
+        text = "".join(c.get("text") or "" for c in parts)
+        logprobs = None
+        if request.top_logprobs is not None:
+            tokens = [t for c in parts for t in (c.get("logprobs") or ())]
+            if text and not tokens:
+                raise _ignored_logprobs()
+            logprobs = (tuple(TokenLogprob(t["token"], float(t["logprob"]),
+                                           tuple((a["token"], float(a["logprob"])) for a in t.get("top_logprobs") or ()))
+                              for t in tokens),)
+        u = payload.get("usage") or {}
+        cached = (u.get("input_tokens_details") or {}).get("cached_tokens") or 0
+        incomplete = (payload.get("incomplete_details") or {}).get("reason")
+        finish = "length" if incomplete == "max_output_tokens" else str(incomplete or payload.get("status") or "")
+        return Completion(texts=(text,), logprobs=logprobs,
+                          usage=Usage(int(u.get("input_tokens") or 0), int(u.get("output_tokens") or 0), int(cached)),
+                          model=str(payload.get("model") or self.model), finish_reasons=(finish,))
+
+
 def _token_logprobs(lp: Mapping[str, Any] | None) -> tuple[TokenLogprob, ...]:
     """Per-token logprobs from chat format ({"content": [...]}) or legacy completions format."""
     if lp is None:
-        raise ValueError("logprobs were requested but the answer has none")
+        raise _ignored_logprobs()
     if "content" in lp:
         return tuple(
             TokenLogprob(t["token"], float(t["logprob"]),
@@ -135,6 +197,12 @@ def _token_logprobs(lp: Mapping[str, Any] | None) -> tuple[TokenLogprob, ...]:
         TokenLogprob(tok, float(v), tuple(sorted(((a, float(b)) for a, b in (top or {}).items()), key=lambda x: -x[1])))
         for tok, v, top in zip(lp["tokens"], lp["token_logprobs"], tops)
     )
+
+
+def _ignored_logprobs() -> InvalidRequestError:
+    """A well-formed answer without the logprobs asked for: asking again gets the same, so it is not retried."""
+    return InvalidRequestError("logprobs were requested but the server answered without them; use a sampling "
+                               "scorer (frequency, similarity) for this server")
 
 
 def _prompt_logprobs(rows: list[Any]) -> tuple[TokenLogprob, ...]:

