@@ -22,9 +22,11 @@ import pytest
 from vcr.errors import CannotOverwriteExistingCassetteException
 
 from providers.adapters import make_adapter
+from providers.errors import InvalidRequestError
 from providers.prompt import MaskedPrompt
+from providers.runner import Runner
 from providers.scorers import AnswerFrequency, AnswerSimilarity, LabelMargin
-from providers.types import Message
+from providers.types import Message, Request
 
 RECORDING = os.environ.get("SPEX_RECORD") == "1"
 
@@ -65,7 +67,6 @@ async def test_openai_legacy_completions_logprobs(cassette_base_url: str, casset
     assert r.usage.completion_tokens == 3
     # through our adapter's parser: same answer, per-token alternatives kept
     adapter = make_adapter("llama-server", MODEL, base_url="http://unused/v1")
-    from providers.types import Request
 
     req = Request((Message("user", "The capital of France is"),), max_tokens=3, top_logprobs=5, raw_completion=True)
     completion = adapter.parse(r.model_dump(), req)
@@ -126,6 +127,22 @@ async def test_anthropic_adapter_frequency_and_similarity(cassette_base_url: str
     assert len(sampled.texts) == 3
     assert math.isfinite(freq.score(sampled))
     assert abs(freq.score(sampled)) <= math.log((3 + 0.5) / 0.5) + 1e-12
+
+
+async def test_openai_responses_through_adapter(cassette_base_url: str, cassettes: SimpleNamespace) -> None:
+    """The Responses protocol on the real server: answer and usage parse, with the API's 16-token floor on
+    max_output_tokens; llama-server's /v1/responses refuses top_logprobs (HTTP 400), a clear error, not retried."""
+    adapter = make_adapter("openai-responses", MODEL, base_url=cassette_base_url + "/v1", api_key=cassettes.key)
+    prompt = _prompt()
+    full = tuple(prompt.render(prompt.full_mask()))
+    runner = Runner(adapter, max_attempts=3, backoff_initial=0.01)
+    with cassettes.vcr().use_cassette("adapter_openai_responses.yaml"):
+        answer = await runner.send(Request(full, max_tokens=4))
+        with pytest.raises(InvalidRequestError, match="HTTP 400"):
+            await runner.send(Request(full, max_tokens=1, top_logprobs=5))
+    assert answer.text.strip() and 0 < answer.usage.output_tokens <= 16 and answer.usage.input_tokens > 0
+    assert answer.logprobs is None and answer.finish_reasons[0] in ("completed", "length")
+    assert runner.stats.api_calls == 2 and runner.stats.retries == 0
 
 
 @pytest.mark.skipif(RECORDING, reason="checks replay behaviour")
