@@ -191,8 +191,9 @@ class Runner:
         self.max_pause = max_pause
         self.on_progress = on_progress
         self.stats = RunnerStats()
-        self._queries_reserved = 0
-        self._cost_reserved = 0.0
+        self._queries_reserved = 0  # calls sent or about to be sent (never released once sent)
+        self._cost_reserved = 0.0  # worst-case dollars of calls not yet settled
+        self._open_reservations = 0  # how many of those: a float sum can drift above 0 with none left
         self._pause_until = 0.0
         self._states: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
         self._abort: BaseException | None = None
@@ -202,6 +203,11 @@ class Runner:
     @property
     def spend(self) -> float:
         return self.stats.spend
+
+    @property
+    def queries_left(self) -> int | None:
+        """API calls max_queries still allows (None without a cap); calls in flight are already taken."""
+        return None if self.max_queries is None else self.max_queries - self._queries_reserved
 
     def worst_case_cost(self, request: Request) -> float:
         """Upper bound on what one request can cost (all samples, max_tokens each, prompt bound)."""
@@ -334,14 +340,15 @@ class Runner:
                 raise _Aborted
             if self.max_queries is not None and self._queries_reserved + 1 > self.max_queries:
                 raise self._stop(CapExceededError(
-                    f"max_queries={self.max_queries} reached ({self._queries_reserved} calls sent); "
+                    f"max_queries={self.max_queries} reached ({self._queries_reserved} calls sent or in flight); "
                     "nothing more is sent. Cached answers are kept: raise the cap and rerun to continue."))
             committed = self.stats.spend + self._cost_reserved
             if self.max_cost is None or committed + cost <= self.max_cost + 1e-12:
                 self._queries_reserved += 1
                 self._cost_reserved += cost
+                self._open_reservations += 1
                 return
-            if self._cost_reserved <= 0:
+            if self._open_reservations == 0:  # nothing in flight can free room: waiting would never end
                 raise self._stop(CapExceededError(
                     f"max_cost=${self.max_cost:.6f}: spent ${self.stats.spend:.6f}, the next call may cost up to "
                     f"${cost:.6f}; nothing more is sent. Cached answers are kept: raise the cap and rerun."))
@@ -349,7 +356,8 @@ class Runner:
 
     def _settle(self, reserved: float, actual: float, state: _LoopState) -> None:
         """Replace a reservation by what the call actually cost and wake tasks waiting for room."""
-        self._cost_reserved -= reserved
+        self._open_reservations -= 1
+        self._cost_reserved = self._cost_reserved - reserved if self._open_reservations else 0.0
         self.stats.spend += actual
         state.budget_changed.set()
         state.budget_changed = asyncio.Event()
@@ -407,7 +415,6 @@ class Runner:
                     hit = await self._claim_or_wait(key)
                     if hit is not None:  # another process answered it meanwhile: nothing to send or pay
                         charged = 0.0
-                        self._queries_reserved -= 1
                         self.stats.cache_hits += 1
                         return hit
                     claimed = True
@@ -450,4 +457,6 @@ class Runner:
         finally:
             if claimed:
                 self.cache.release(key)  # after the answer is cached: a waiting process finds it
+            if not sent:  # a call never sent does not count against max_queries
+                self._queries_reserved -= 1
             self._settle(reserved, charged, state)

@@ -88,7 +88,7 @@ class LLMValueFunction:
                     f"${r.max_cost - r.stats.spend:.6f} of max_cost=${r.max_cost:.6f} is left; nothing was sent")
         if r.max_queries is not None:
             calls = sum(1 if self.adapter.multi_sample else q.samples for q in todo)
-            left = r.max_queries - r.stats.api_calls
+            left = r.queries_left
             if calls > left:
                 raise CapExceededError(f"this batch needs {calls} API calls but max_queries leaves {left}; "
                                        "nothing was sent")

@@ -4,6 +4,7 @@ killed with SIGKILL mid-run resumes paying only for what is missing. Counts are 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -139,6 +140,39 @@ async def test_max_cost_never_exceeded_with_concurrency_and_retries(server, tmp_
     r2 = Runner(adapter(server), cache=str(tmp_path), concurrency=8, max_cost=1000.0, prices=prices)
     await r2.run(batch(20, max_tokens=5))
     assert set(server.stats()["paid"].values()) == {1} and len(server.stats()["paid"]) == 20
+
+
+async def test_max_cost_at_real_prices_refuses_and_never_hangs(server):
+    """Fractional dollar amounts (gpt-4o-mini's real prices) must not leave a phantom reservation that keeps a
+    task waiting for room forever: every run ends, completed or refused, within the cap."""
+    import random
+
+    server.state.control({"latency": 0.005})
+    for seed in range(12):
+        rnd = random.Random(seed)
+        a = make_adapter("openai", "gpt-4o-mini", api_key=SECRET)
+        a.base_url = server.url + "/v1"  # real OpenAI prices, served by the fake server
+        reqs = [Request((Message("user", f"s{seed} q{i} " + "word " * rnd.randint(1, 400)),),
+                        max_tokens=rnd.randint(1, 64), top_logprobs=5) for i in range(40)]
+        r = Runner(a, concurrency=8, max_cost=rnd.uniform(2e-4, 2e-3))
+        try:
+            await asyncio.wait_for(r.run(reqs), 20)
+        except CapExceededError:
+            pass
+        assert r.stats.spend <= r.max_cost and r._open_reservations == 0
+
+
+async def test_calls_never_sent_do_not_use_up_max_queries(server):
+    """After a fatal error stops a batch, the calls it never sent are not counted: the cap counts calls sent."""
+    server.state.control({"latency": 0.05})
+    server.script(["400"])
+    r = Runner(adapter(server), concurrency=2, max_queries=10)
+    with pytest.raises(InvalidRequestError):
+        await r.run(batch(8))
+    sent = server.stats()["requests"]
+    assert r.stats.api_calls == sent and r.queries_left == 10 - sent
+    await r.run(batch(10 - sent, max_tokens=4))  # exactly what is left fits
+    assert server.stats()["requests"] == 10 and r.queries_left == 0
 
 
 WORKER = """
