@@ -20,10 +20,15 @@ class ConfigurationError(ProviderError, ValueError):
 class APICallError(ProviderError):
     """A call reached the provider (or tried to) and failed; carries the HTTP status and headers if any."""
 
-    def __init__(self, message: str, status: int | None = None, headers: Mapping[str, str] | None = None) -> None:
+    billed_unknown = False  # True: the provider may have done (and charged for) the work
+
+    def __init__(self, message: str, status: int | None = None, headers: Mapping[str, str] | None = None,
+                 billed_unknown: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.headers = dict(headers or {})
+        if billed_unknown is not None:
+            self.billed_unknown = billed_unknown
 
 
 class TransientError(APICallError):
@@ -33,8 +38,6 @@ class TransientError(APICallError):
     nothing usable back (timeouts, dropped connections, a truncated 200); the runner then keeps that attempt's
     worst-case cost reserved instead of releasing it.
     """
-
-    billed_unknown = False
 
 
 class RateLimitError(TransientError):
@@ -46,13 +49,14 @@ class ServerError(TransientError):
 
 
 class TransportError(TransientError):
-    """Timeout or connection error: the request may or may not have been processed."""
+    """Timeout or connection error: the request may or may not have been processed (not billed when the
+    connection was never made)."""
 
     billed_unknown = True
 
 
 class MalformedResponseError(TransientError):
-    """The provider answered 200 with a body that is not the JSON we expect."""
+    """The provider answered 200 with a body that is not JSON (cut off, an HTML page): worth asking again."""
 
     billed_unknown = True
 
@@ -75,6 +79,13 @@ class QuotaExceededError(FatalAPIError):
 
 class InvalidRequestError(FatalAPIError):
     """The provider rejected the request itself (400, 404, 413, 422): fix the request, do not retry."""
+
+
+class UnexpectedAnswerError(FatalAPIError):
+    """A 200 answer in well-formed JSON that lacks what was asked (e.g. logprobs a server ignores): asking
+    again would pay for the same answer, so it is not retried; the attempt counts as possibly billed."""
+
+    billed_unknown = True
 
 
 class CapExceededError(ProviderError, RuntimeError):

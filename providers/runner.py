@@ -5,8 +5,9 @@ the call against the hard caps (refusing before sending when they do not fit), w
 and the requests/tokens-per-minute limiters, honours any pause the provider asked for (Retry-After, exhausted
 x-ratelimit-* / anthropic-ratelimit-* budgets), sends, writes the answer to the cache, and only then settles
 the reservation with the reported usage and hands the answer back. Transient failures (429, 5xx, 529,
-timeouts, dropped connections, malformed JSON) are retried by tenacity with jittered exponential backoff;
-authentication, permission, quota and invalid-request errors stop the run at once.
+timeouts, dropped connections, answers that are not JSON) are retried by tenacity with jittered exponential
+backoff; authentication, permission, quota and invalid-request errors, and well-formed answers lacking what
+was asked (asking again would pay for the same), stop the run at once.
 
 Interrupted runs: every answer is in the cache before it is used, so a rerun after any interruption
 (including kill -9) pays only for what is missing — except calls that were in flight at the moment of the
@@ -431,7 +432,10 @@ class Runner:
             raise
         except FatalAPIError as exc:
             self.stats.failures += 1
-            charged = 0.0
+            if exc.billed_unknown:  # a 200 answer we cannot use: it was probably billed
+                self.stats.unknown_outcome_spend += charged
+            else:
+                charged = 0.0
             raise self._stop(exc)
         except _Aborted:
             charged = 0.0

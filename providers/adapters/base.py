@@ -37,6 +37,7 @@ from providers.errors import (
     RateLimitError,
     ServerError,
     TransportError,
+    UnexpectedAnswerError,
 )
 from providers.types import Completion, Request
 
@@ -138,21 +139,32 @@ class Adapter(ABC):
     async def exchange(self, request: Request) -> tuple[Completion, dict[str, str]]:
         """One HTTP call: (completion, response headers). SDK errors become providers.errors classes."""
         content = encode_body(self.body(request))
+        translated = None
         try:
             raw = await self._post(request, content)
         except Exception as exc:
             translated = self._translate(exc)
             if translated is exc:  # not an SDK API error: propagate unchanged
                 raise
-            # no chaining: the SDK's exception may quote the key (e.g. "Incorrect API key provided: sk-...")
-            raise translated from None
+        if translated is not None:
+            # raised outside the except block, so neither __cause__ nor __context__ holds the SDK's exception:
+            # it may quote the key (e.g. "Incorrect API key provided: sk-...")
+            raise translated
         headers = dict(raw.headers)
         try:
             payload = json.loads(raw.content)
+        except ValueError as exc:
+            raise MalformedResponseError(f"{self.provider}: answer is not JSON ({exc})", raw.status_code,
+                                         headers) from exc
+        try:
             return self.parse(payload, request), headers
+        except UnexpectedAnswerError as exc:
+            exc.status, exc.headers = raw.status_code, headers
+            raise
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            raise MalformedResponseError(f"{self.provider}: unreadable answer ({type(exc).__name__}: {exc})",
-                                         raw.status_code, headers) from exc
+            raise UnexpectedAnswerError(f"{self.provider}: the answer is JSON but not a {self.endpoint(request)} "
+                                        f"answer ({type(exc).__name__}: {str(exc)[:200]}); asking again would pay "
+                                        "for the same", raw.status_code, headers) from exc
 
     async def send(self, request: Request) -> Completion:
         """The completion for a request; without multi_sample, samples are separate calls (no cache, no retry)."""
@@ -170,7 +182,8 @@ class Adapter(ABC):
         name = type(exc).__name__
         if status is None:
             if name in ("APITimeoutError", "APIConnectionError"):
-                return TransportError(f"{self.provider}: {name}: {exc}", None, headers)
+                never_sent = isinstance(exc.__cause__, (httpx2.ConnectError, httpx2.ConnectTimeout))
+                return TransportError(f"{self.provider}: {name}: {exc}", None, headers, billed_unknown=not never_sent)
             return exc
         text = self._redact(f"{self.provider} HTTP {status}: {_error_message(exc)}")
         code = _error_code(exc)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import openai
 
 from providers.adapters.base import Adapter, tiktoken_encoding
-from providers.errors import ConfigurationError, InvalidRequestError
+from providers.errors import ConfigurationError, UnexpectedAnswerError
 from providers.types import Completion, Request, TokenLogprob, Usage
 
 
@@ -79,8 +79,8 @@ class OpenAIAdapter(Adapter):
         if request.prompt_logprobs is not None:
             rows = payload.get("prompt_logprobs", choices[0].get("prompt_logprobs"))
             if rows is None:
-                raise InvalidRequestError(f"{self.base_url} ignored prompt_logprobs (only some servers, e.g. vLLM, "
-                                          "offer them)")
+                raise UnexpectedAnswerError(f"{self.base_url} ignored prompt_logprobs (only some servers, e.g. "
+                                            "vLLM, offer them)")
             prompt_lps = _prompt_logprobs(rows)
         u = payload.get("usage") or {}
         cached = ((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
@@ -199,9 +199,9 @@ def _token_logprobs(lp: Mapping[str, Any] | None) -> tuple[TokenLogprob, ...]:
     )
 
 
-def _ignored_logprobs() -> InvalidRequestError:
+def _ignored_logprobs() -> UnexpectedAnswerError:
     """A well-formed answer without the logprobs asked for: asking again gets the same, so it is not retried."""
-    return InvalidRequestError("logprobs were requested but the server answered without them; use a sampling "
+    return UnexpectedAnswerError("logprobs were requested but the server answered without them; use a sampling "
                                "scorer (frequency, similarity) for this server")
 
 

@@ -276,6 +276,8 @@ class Handler(BaseHTTPRequestHandler):
             err(400, "invalid_request_error")
         elif kind == "malformed":
             self._send(200, None, raw=b'{"id": "chatcmpl-broken", "choices": [{"index": 0, "mess')
+        elif kind == "wrongshape":  # well-formed JSON, but not an answer of this API
+            self._send(200, {"id": "chatcmpl-empty", "object": "chat.completion", "choices": []})
         elif kind == "timeout":
             time.sleep(float(fault.get("hold", self.server.state.timeout_hold)))
             self.close_connection = True

@@ -21,6 +21,7 @@ from providers.errors import (
     RateLimitError,
     ServerError,
     TransportError,
+    UnexpectedAnswerError,
 )
 from providers.runner import Runner
 from providers.scorers import LabelMargin
@@ -110,7 +111,7 @@ async def test_answer_without_requested_logprobs_is_fatal_not_retried(server):
     req = Request(messages=Q, max_tokens=1, top_logprobs=5)
     runner = Runner(a, max_attempts=4, backoff_initial=0.01)
     server.state.control({"drop_logprobs": True})
-    with pytest.raises(InvalidRequestError, match="without them"):
+    with pytest.raises(UnexpectedAnswerError, match="without them"):
         await runner.send(req)
     assert server.stats()["requests"] == 1 and runner.stats.retries == 0
 
@@ -226,7 +227,7 @@ def test_count_tokens():
 @pytest.mark.parametrize("kind,error", [
     ("401", AuthenticationError), ("403", PermissionDeniedError), ("400", InvalidRequestError),
     ("quota", QuotaExceededError), ("429", RateLimitError), ("500", ServerError), ("529", ServerError),
-    ("malformed", MalformedResponseError), ("reset", TransportError),
+    ("malformed", MalformedResponseError), ("reset", TransportError), ("wrongshape", UnexpectedAnswerError),
 ])
 async def test_errors_translated_by_status_and_code(server, kind, error):
     a = openai_at(server)
@@ -237,7 +238,32 @@ async def test_errors_translated_by_status_and_code(server, kind, error):
 
     shown = "".join(traceback.format_exception(info.value))
     assert SECRET not in shown and SECRET[:12] not in shown  # not even the part a provider echoes back
+    chained, seen = [info.value.__cause__, info.value.__context__], set()
+    while chained:  # nothing reachable from the error (e.g. the SDK's exception quoting the key) holds it
+        e = chained.pop()
+        if e is not None and id(e) not in seen:
+            seen.add(id(e))
+            assert SECRET[:12] not in repr(e) and SECRET[:12] not in str(getattr(e, "body", ""))
+            chained += [e.__cause__, e.__context__]
     assert server.stats()["requests"] == 1  # the SDK itself never retried
+    assert info.value.billed_unknown == (kind in ("malformed", "reset", "wrongshape"))
+
+
+async def test_refused_connection_is_not_charged(server):
+    """Nothing reached a provider that refused the connection: no dollars are held against max_cost."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nobody listens there
+    a = make_adapter("openai", "gpt-4o", api_key=SECRET)
+    a.base_url = f"http://127.0.0.1:{port}/v1"
+    r = Runner(a, max_cost=0.05, max_attempts=3, backoff_initial=0.001, backoff_max=0.002)
+    with pytest.raises(TransportError) as info:
+        await r.send(Request((Message("user", "x" * 2000),), max_tokens=500))
+    assert not info.value.billed_unknown and r.stats.spend == 0 and r.stats.unknown_outcome_spend == 0
+    assert r.stats.retries == 2  # a refused connection is still worth retrying
 
 
 async def test_timeout_is_transport_error(server):
