@@ -30,7 +30,7 @@ import math
 import re
 import string
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -110,6 +110,18 @@ def _token_count(tokenizer: Callable[[str], Any] | None, adapter: Any, text: str
     return int(out) if isinstance(out, (int, np.integer)) else len(out)
 
 
+_LABEL_CHARS_PER_TOKEN = 3
+
+
+def _label_token_estimate(label: str) -> int:
+    """Generous token count of a label when no tokenizer is known: one per word or per 3 characters, the larger.
+
+    Each whitespace-separated word is at least one token in BPE/SentencePiece vocabularies, and English text
+    averages about 4 characters per token, so this rarely undercounts; overcounting only raises max_tokens.
+    """
+    return max(len(label.split()), math.ceil(len(label) / _LABEL_CHARS_PER_TOKEN))
+
+
 def _first_logprobs(completion: Completion) -> tuple[TokenLogprob, ...]:
     if not completion.logprobs or not completion.logprobs[0]:
         raise ScoringError(
@@ -171,6 +183,45 @@ class _LabelMatcher:
     def which(self, token: str) -> int | None:
         key = self.norm(token)
         return self.keys.index(key) if key in self.keys else None
+
+
+_EDGES = re.compile(r"^[\W_]+|[\W_]+$")  # surrounding whitespace, punctuation and markup (**, _, `)
+
+
+class _AnswerMatcher:
+    """Matches free-text answers to (possibly multi-word) labels, e.g. "**Absolutely not.**" to "Absolutely not".
+
+    Answer and label are normalised alike: case folded (unless ``case_sensitive``), surrounding whitespace and
+    punctuation dropped, inner whitespace runs collapsed to one space. An answer counts for a label when it
+    starts with it and a non-word character or the end follows; when labels extend one another ("Yes" /
+    "Yes and no") the longest matching label wins.
+    """
+
+    def __init__(self, labels: Sequence[str], case_sensitive: bool) -> None:
+        self.case_sensitive = case_sensitive
+        if len(labels) < 2 or any(not isinstance(x, str) for x in labels):
+            raise ScorerError(f"need at least two string labels, got {labels!r}")
+        keys = [self.norm(x) for x in labels]
+        empty = [x for x, k in zip(labels, keys) if not k]
+        if empty:
+            raise ScorerError(f"labels {empty!r} are empty once whitespace and punctuation are dropped")
+        if len(set(keys)) != len(keys):
+            raise ScorerError(
+                f"labels {labels!r} are equal once case, punctuation and spacing are normalised "
+                f"(case_sensitive={case_sensitive}); answers could not tell them apart"
+            )
+        self.labels = tuple(labels)
+        by_length = sorted(range(len(keys)), key=lambda i: -len(keys[i]))
+        self._patterns = [(i, re.compile(re.escape(keys[i]) + r"(?!\w)")) for i in by_length]
+
+    def norm(self, text: str) -> str:
+        text = " ".join(_EDGES.sub("", text).split())
+        return text if self.case_sensitive else text.casefold()
+
+    def which(self, answer: str) -> int | None:
+        """Index of the longest label the answer starts with (at a word boundary), else None."""
+        key = self.norm(answer)
+        return next((i for i, pattern in self._patterns if pattern.match(key)), None)
 
 
 # ---------------------------------------------------------------------------------------------- scorers
@@ -374,10 +425,13 @@ def _normalise_words(text: str) -> list[str]:
 class AnswerFrequency(Scorer):
     """Smoothed log-odds that the answer is labels[0] rather than labels[1], over ``samples`` draws.
 
-    Each sampled answer counts for the label its first word matches (case/punctuation-insensitive unless
-    ``case_sensitive``); other answers count for neither. Score = log(c0 + α) − log(c1 + α), α =
-    ``smoothing`` (0.5: Jeffreys-like), so the range is ±log((k + α)/α). Works without logprobs
-    (Anthropic); providers without a native ``n`` send ``samples`` calls (adapter's business).
+    Each sampled answer counts for the label it starts with (see `_AnswerMatcher`: case-, punctuation- and
+    spacing-insensitive unless ``case_sensitive``; the longest label wins; multi-word labels work); other
+    answers count for neither. Score = log(c0 + α) − log(c1 + α), α = ``smoothing`` (0.5: Jeffreys-like), so
+    the range is ±log((k + α)/α). Works without logprobs (Anthropic); providers without a native ``n`` send
+    ``samples`` calls (adapter's business). ``max_tokens`` must hold every label: `validate` counts label
+    tokens with ``tokenizer``, tiktoken (OpenAI) or a running `LocalServer`, else uses a generous estimate
+    (one token per word or per 3 characters, the larger). ``max_tokens=None`` picks that many (at least 4).
     """
 
     name = "answer_frequency"
@@ -389,13 +443,13 @@ class AnswerFrequency(Scorer):
         samples: int = 8,
         smoothing: float = 0.5,
         temperature: float = 1.0,
-        max_tokens: int = 4,
+        max_tokens: int | None = None,
         case_sensitive: bool = False,
         tokenizer: Callable[[str], Any] | None = None,
         stop: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.matcher = _LabelMatcher(labels, case_sensitive, True)
+        self.matcher = _AnswerMatcher(labels, case_sensitive)
         if len(labels) != 2:
             raise ScorerError("AnswerFrequency compares exactly two labels")
         if int(samples) < 1:
@@ -404,19 +458,36 @@ class AnswerFrequency(Scorer):
             raise ScorerError("smoothing must be > 0 (it keeps the log-odds finite)")
         if int(samples) > 1 and not temperature > 0:
             raise ScorerError("samples > 1 at temperature 0 repeat one answer; set temperature > 0")
-        if int(max_tokens) < 1:
+        if max_tokens is not None and int(max_tokens) < 1:
             raise ScorerError(f"max_tokens={max_tokens} is too small to hold a label")
         self.labels = tuple(labels)
-        self.samples, self.smoothing = int(samples), float(smoothing)
-        self.temperature, self.max_tokens = float(temperature), int(max_tokens)
+        self.samples, self.smoothing, self.temperature = int(samples), float(smoothing), float(temperature)
+        self.auto_max_tokens = max_tokens is None
+        estimate = self._fit(_label_token_estimate(x) for x in self.labels)
+        self.max_tokens = estimate if max_tokens is None else int(max_tokens)
         self.tokenizer = tokenizer
         self.stop = tuple(stop)
 
+    @staticmethod
+    def _fit(label_tokens: Iterable[int]) -> int:
+        """The automatic max_tokens: room for the longest label, and at least 4 (a label plus markup)."""
+        return max(4, *label_tokens)
+
     def validate(self, adapter: Any) -> None:
-        for label in self.labels:
-            n = _token_count(self.tokenizer, adapter, label)
-            if n is not None and n > self.max_tokens:
-                raise ScorerError(f"max_tokens={self.max_tokens} is too small for label {label!r} ({n} tokens)")
+        counted = {label: _token_count(self.tokenizer, adapter, label) for label in self.labels}
+        needed = {label: n if n is not None else _label_token_estimate(label) for label, n in counted.items()}
+        if self.auto_max_tokens:
+            self.max_tokens = self._fit(needed.values())
+            return
+        for label, n in needed.items():
+            if n > self.max_tokens:
+                how = (f"{n} tokens" if counted[label] is not None else
+                       f"about {n} tokens: {_describe(adapter)}'s tokenizer is unknown, so one token per word or per "
+                       f"{_LABEL_CHARS_PER_TOKEN} characters is assumed; pass tokenizer= for an exact count")
+                raise ScorerError(
+                    f"max_tokens={self.max_tokens} is too small for label {label!r} ({how}); answers would be cut "
+                    "before the label ends and never match it"
+                )
 
     def request(self, messages: Sequence[Message]) -> Request:
         return Request(
@@ -425,15 +496,10 @@ class AnswerFrequency(Scorer):
         )
 
     def counts(self, completion: Completion) -> tuple[int, int]:
+        """(answers for labels[0], answers for labels[1]) among the sampled texts."""
         if not completion.texts:
             raise ScoringError("the completion has no answer text")
-        c = Counter()
-        for text in completion.texts:
-            words = _normalise_words(text) if not self.matcher.case_sensitive else re.sub(r"[^\w\s]", " ", text).split()
-            if words:
-                i = self.matcher.which(words[0])
-                if i is not None:
-                    c[i] += 1
+        c = Counter(self.matcher.which(text) for text in completion.texts)
         return c[0], c[1]
 
     def score(self, completion: Completion) -> float:

@@ -143,6 +143,52 @@ def test_answer_frequency_log_odds():
         AnswerFrequency(labels=("Absolutely", "No"), max_tokens=1, tokenizer=lambda t: t.split("l")).validate(ANTHROPIC)
 
 
+def test_answer_frequency_matches_multi_word_labels_and_the_longest_label():
+    s = AnswerFrequency(labels=("Absolutely not", "Yes"), samples=3)
+    assert s.counts(Completion(texts=("Absolutely not.",) * 3)) == (3, 0)
+    answers = ("**Absolutely   NOT**", " absolutely not, because...", "Yes!", "Absolutely", "Absolutely nothing", "Yesterday")
+    assert s.counts(Completion(texts=answers)) == (2, 1)
+    assert s.score(Completion(texts=("Absolutely not.",) * 3)) == pytest.approx(math.log(3.5 / 0.5))
+    nested = AnswerFrequency(labels=("Yes", "Yes and no"), samples=4)
+    assert nested.counts(Completion(texts=("Yes and no.", "yes, and no", "YES AND NO!", "yes"))) == (2, 2)
+    strict = AnswerFrequency(labels=("Yes", "yes"), case_sensitive=True, samples=2)
+    assert strict.counts(Completion(texts=("yes.", "Yes it is"))) == (1, 1)
+
+
+def test_answer_frequency_refuses_labels_answers_cannot_tell_apart():
+    with pytest.raises(ScorerError, match="equal once"):
+        AnswerFrequency(labels=("Not sure.", "not   sure"))
+    with pytest.raises(ScorerError, match="equal once"):
+        AnswerFrequency(labels=("**Yes**", "yes"))
+    with pytest.raises(ScorerError, match="empty"):
+        AnswerFrequency(labels=("...", "Yes"))
+    with pytest.raises(ScorerError, match="empty"):
+        AnswerFrequency(labels=(" ", "Yes"))
+
+
+def test_answer_frequency_max_tokens_must_hold_every_label_before_spend():
+    # Anthropic: no tokenizer is known, so the generous estimate (a token per word or per 3 characters) applies
+    with pytest.raises(ScorerError, match=r"max_tokens=1 is too small for label 'Absolutely not' \(about 5 tokens"):
+        AnswerFrequency(labels=("Absolutely not", "Yes"), max_tokens=1).validate(ANTHROPIC)
+    with pytest.raises(ScorerError, match="'No way' .about 2 tokens"):
+        AnswerFrequency(labels=("Yes", "No way"), max_tokens=1).validate(ANTHROPIC)
+    AnswerFrequency(labels=("Absolutely not", "Yes"), max_tokens=5).validate(ANTHROPIC)
+    # OpenAI's own API: tiktoken counts exactly ("Absolutely not" is 2 tokens)
+    AnswerFrequency(labels=("Absolutely not", "Yes"), max_tokens=2).validate(OPENAI)
+    with pytest.raises(ScorerError, match=r"'Absolutely not' \(2 tokens\)"):
+        AnswerFrequency(labels=("Absolutely not", "Yes"), max_tokens=1).validate(OPENAI)
+    # default max_tokens: room for the longest label (at least 4), exact where the tokenizer is known
+    auto = AnswerFrequency(labels=("Absolutely not", "Unquestionably yes"))
+    assert auto.request(MSGS).max_tokens == 6
+    auto.validate(ANTHROPIC)
+    assert auto.request(MSGS).max_tokens == 6
+    auto.validate(OPENAI)
+    assert auto.request(MSGS).max_tokens == 4
+    exact = AnswerFrequency(labels=("Absolutely not", "Yes"), tokenizer=lambda t: t)  # one token per character
+    exact.validate(ANTHROPIC)
+    assert exact.request(MSGS).max_tokens == 14
+
+
 def test_answer_similarity():
     assert token_f1("The cat sat.", "the cat sat") == 1.0
     assert token_f1("a b", "c d") == 0.0
