@@ -110,6 +110,14 @@ def _token_count(tokenizer: Callable[[str], Any] | None, adapter: Any, text: str
     return int(out) if isinstance(out, (int, np.integer)) else len(out)
 
 
+_TRUNCATED = ("length", "max_tokens")  # finish reasons of an answer cut off by its token limit (OpenAI, Anthropic)
+
+
+def _truncated(completion: Completion) -> bool:
+    """Whether the provider stopped the answer at max_tokens (finish reason "length" or "max_tokens")."""
+    return any(reason in _TRUNCATED for reason in completion.finish_reasons)
+
+
 _LABEL_CHARS_PER_TOKEN = 3
 
 
@@ -368,10 +376,18 @@ class AnswerLogprob(Scorer):
         )
 
     def set_reference(self, completion: Completion) -> None:
+        """Keep the unmasked answer; refuse it (before any masked query) when it is empty or, for teacher
+        forcing, cut off at reference_max_tokens (the sequence score would be that of a truncated answer)."""
         if not completion.text.strip():
             raise ScorerError("the reference answer is empty; nothing to score against")
         if self.mode == "first_token":
             _first_logprobs(completion)
+        elif _truncated(completion):
+            raise ScorerError(
+                f"the reference answer was cut off at reference_max_tokens={self.reference_max_tokens} "
+                f"(finish_reason={completion.finish_reasons[0]!r}); teacher forcing would score a truncated "
+                "answer — raise reference_max_tokens"
+            )
         self.reference = completion
 
     def _require_reference(self) -> Completion:

@@ -127,6 +127,35 @@ def test_answer_logprob_sequence_teacher_forcing():
         s.score(Completion(texts=("x",), prompt_logprobs=prompt[:4]))
 
 
+def test_answer_logprob_sequence_refuses_a_truncated_reference():
+    for finish in ("length", "max_tokens"):  # OpenAI chat/legacy/Responses, Anthropic
+        s = AnswerLogprob(mode="sequence", reference_max_tokens=2)
+        with pytest.raises(ScorerError, match=rf"cut off at reference_max_tokens=2 .finish_reason='{finish}'.*raise"):
+            s.set_reference(Completion(texts=("Paris is",), usage=Usage(9, 2), finish_reasons=(finish,)))
+        assert s.reference is None
+    first = AnswerLogprob(reference_max_tokens=2)  # only the first token counts there: a long answer is fine
+    first.set_reference(comp(("Paris", -0.1, [("Paris", -0.1)]), texts=("Paris is",), finish=("length",)))
+
+
+async def test_truncated_reference_stops_the_value_function_before_masked_queries(monkeypatch):
+    from providers.prompt import MaskedPrompt
+    from providers.value_function import LLMValueFunction
+
+    adapter = make_adapter("vllm", "qwen", base_url="http://127.0.0.1:9/v1")
+    sent = []
+
+    async def exchange(request):
+        sent.append(request)
+        return Completion(texts=("Fire is hot because",), usage=Usage(12, 4), finish_reasons=("length",)), {}
+
+    monkeypatch.setattr(adapter, "exchange", exchange)
+    prompt = MaskedPrompt.from_text("Fire is hot.", template="Why? {content}")
+    vf = LLMValueFunction(prompt, adapter, AnswerLogprob(mode="sequence", reference_max_tokens=4), progress=False)
+    with pytest.raises(ScorerError, match="reference_max_tokens=4"):
+        await vf([[True] * prompt.n_features, [False] * prompt.n_features])
+    assert len(sent) == 1 and sent[0].max_tokens == 4  # only the reference query was paid for
+
+
 def test_answer_frequency_log_odds():
     s = AnswerFrequency(samples=6, smoothing=0.5)
     s.validate(ANTHROPIC)
