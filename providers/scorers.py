@@ -557,8 +557,9 @@ class AnswerSimilarity(Scorer):
 
     ``metric="token_f1"`` (default; bag-of-words F1 after lower-casing and dropping punctuation) or
     ``"char_ngram"`` (cosine of character 3-gram counts; kinder to inflections). No logprobs needed.
-    ``stop`` sequences end answers early (e.g. ``("\n",)`` for one-line answers); ``max_tokens`` must hold
-    the whole reference answer, which `set_reference` checks.
+    ``stop`` sequences end answers early (e.g. ``("\n",)`` for one-line answers). Settings are checked in the
+    constructor; only whether ``max_tokens`` holds the whole reference answer needs that answer, so
+    `set_reference` refuses a reference the provider cut off (before any masked query is sent).
     """
 
     name = "answer_similarity"
@@ -582,6 +583,10 @@ class AnswerSimilarity(Scorer):
             raise ScorerError("samples must be at least 1")
         if int(samples) > 1 and not temperature > 0:
             raise ScorerError("samples > 1 at temperature 0 repeat one answer; set temperature > 0")
+        if not temperature >= 0:
+            raise ScorerError(f"temperature must be >= 0, got {temperature}")
+        if any(not isinstance(x, str) or not x for x in stop):
+            raise ScorerError(f"stop sequences must be non-empty strings, got {tuple(stop)!r}")
         self.metric, self.max_tokens = metric, int(max_tokens)
         self.samples, self.temperature = int(samples), float(temperature)
         self.stop = tuple(stop)
@@ -594,11 +599,11 @@ class AnswerSimilarity(Scorer):
     def set_reference(self, completion: Completion) -> None:
         if not completion.text.strip():
             raise ScorerError("the reference answer is empty; nothing to compare against")
-        if completion.usage.output_tokens > self.max_tokens or (completion.finish_reasons[:1] in (("length",), ("max_tokens",))):
+        if _truncated(completion):
             raise ScorerError(
-                f"max_tokens={self.max_tokens} is too small: the reference answer needs "
-                f"{completion.usage.output_tokens} tokens (finish_reason={completion.finish_reasons[:1]}); "
-                "masked answers would be truncated and look dissimilar"
+                f"max_tokens={self.max_tokens} is too small: the reference answer was cut off after "
+                f"{completion.usage.output_tokens} tokens (finish_reason={completion.finish_reasons[0]!r}); "
+                "masked answers would be truncated and look dissimilar — raise max_tokens or add stop sequences"
             )
         self.reference = completion
 

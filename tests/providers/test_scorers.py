@@ -226,13 +226,28 @@ def test_answer_similarity():
     assert 0 < char_ngram_cosine("running fast", "runs fast") < 1
     s = AnswerSimilarity(max_tokens=8)
     s.validate(ANTHROPIC)
-    with pytest.raises(ScorerError, match="max_tokens=8 is too small"):
-        s.set_reference(Completion(texts=("a long answer",), usage=Usage(5, 8), finish_reasons=("length",)))
+    for finish in ("length", "max_tokens"):
+        with pytest.raises(ScorerError, match="max_tokens=8 is too small: the reference answer was cut off"):
+            s.set_reference(Completion(texts=("a long answer",), usage=Usage(5, 8), finish_reasons=(finish,)))
+    # an answer that ended by itself is whole, even when the provider allowed more tokens than asked
+    # (the Responses API generates at least 16)
+    s.set_reference(Completion(texts=("The cat sat on the mat",), usage=Usage(5, 12), finish_reasons=("completed",)))
     s.set_reference(Completion(texts=("The cat sat",), usage=Usage(5, 3), finish_reasons=("stop",)))
     assert s.request(MSGS).max_tokens == 8
     assert s.score(Completion(texts=("the cat", "a dog sat"))) == pytest.approx((0.8 + 1 / 3) / 2)
     with pytest.raises(ScorerError, match="metric"):
         AnswerSimilarity(metric="bleu")
+
+
+def test_answer_similarity_settings_are_refused_before_spend():
+    with pytest.raises(ScorerError, match="max_tokens"):
+        AnswerSimilarity(max_tokens=0)
+    with pytest.raises(ScorerError, match="stop sequences"):
+        AnswerSimilarity(stop=("\n", ""))
+    with pytest.raises(ScorerError, match="temperature"):
+        AnswerSimilarity(temperature=-0.5)
+    with pytest.raises(ScorerError, match="temperature"):
+        AnswerSimilarity(samples=3)
 
 
 def test_every_scorer_builds_a_value_function_before_any_spend():
