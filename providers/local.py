@@ -11,6 +11,8 @@ official SDKs work against ``LocalServer.base_url``. Used by the demo, the live 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import socket
@@ -25,6 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 MODEL_NAME = "gemma-3-270m-q4_k_m"
+# `model_alias` tag of the bundled GGUF (sha256 a5fd3b62…, verified by its package): that file keeps MODEL_NAME
+_GEMMA_TAG = "1bcdd467"
+_TAG_EDGE = 1 << 20  # bytes hashed at each end of a model file
+_TAG_SAMPLES, _TAG_SAMPLE = 32, 1 << 16  # plus this many evenly spaced interior blocks of this size
 _model_lock = threading.Lock()
 _model_path: str | None = None
 _running: "weakref.WeakValueDictionary[str, LocalServer]" = weakref.WeakValueDictionary()  # root_url -> server
@@ -82,6 +88,43 @@ def default_model_path() -> str:
         return _model_path
 
 
+def model_alias(model_path: str | os.PathLike[str] | None) -> str:
+    """The model name a server of this GGUF answers to, and adapters (and so disk-cache keys) carry.
+
+    The bundled Gemma (``None``, or any copy of it) is `MODEL_NAME`; any other file is its stem plus a content
+    tag, e.g. ``qwen2.5-0.5b-q8_0-1f0c9a2e``, so two different files never share a name and never share
+    cached answers, while the same file under another path or machine keeps its name (and its cache).
+    """
+    if model_path is None:
+        return MODEL_NAME
+    path = Path(model_path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise LocalServerError(f"model file {path} cannot be read: {exc}") from exc
+    tag = _content_tag(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return MODEL_NAME if tag == _GEMMA_TAG else f"{path.stem}-{tag}"
+
+
+@functools.lru_cache(maxsize=64)
+def _content_tag(path: str, size: int, mtime_ns: int) -> str:
+    """First 8 hex of SHA-256 over the size, the first and last MiB and 32 interior 64 KiB blocks of a file.
+
+    About 4 MiB are read whatever the model's size (a full hash of a multi-GB GGUF takes seconds); the
+    interior blocks tell apart fine-tunes that share the header and the last tensors. Memoised per
+    (path, size, mtime), so a replaced file gets a fresh tag.
+    """
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(_TAG_EDGE))
+        for i in range(1, _TAG_SAMPLES + 1):
+            f.seek(size * i // (_TAG_SAMPLES + 1))
+            digest.update(f.read(_TAG_SAMPLE))
+        f.seek(max(size - _TAG_EDGE, 0))
+        digest.update(f.read(_TAG_EDGE))
+    return digest.hexdigest()[:8]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the OS reports free on `host` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -108,8 +151,9 @@ class LocalServer:
     prompt's logprobs move by up to ~0.3 nats depending on what else is in the batch (measured); use
     ``n_parallel=1`` when bit-exact repeatability matters more than throughput. ``port=None`` picks a free loopback port.
     ``threads`` defaults to `default_threads()`. ``chat_template`` names one of llama.cpp's built-in
-    templates ("gemma" for the bundled model). The process is stopped by `stop()`, by leaving the ``with``
-    block, or at interpreter exit.
+    templates ("gemma" for the bundled model). ``model_path`` serves another GGUF instead of the bundled Gemma;
+    the server then answers to `model_alias(model_path)` (exposed as `model`). The process is stopped by
+    `stop()`, by leaving the ``with`` block, or at interpreter exit.
     """
 
     def __init__(
@@ -134,6 +178,7 @@ class LocalServer:
         self.threads, self.startup_timeout, self.extra_args = threads, float(startup_timeout), tuple(extra_args)
         self.chat_template = chat_template
         self._proc: subprocess.Popen[bytes] | None = None
+        self._alias: str | None = None  # the --alias of the started process
         self._log_path: str | None = None
         self._finalizer: Any = None
         self._auto_port = False
@@ -152,7 +197,8 @@ class LocalServer:
 
     @property
     def model(self) -> str:
-        return MODEL_NAME
+        """The model name to send: the started server's alias, else `model_alias` of the model file."""
+        return self._alias or model_alias(self.model_path)
 
     @property
     def running(self) -> bool:
@@ -173,7 +219,7 @@ class LocalServer:
             # understand; llama.cpp's built-in "gemma" template (<start_of_turn>…) is only accepted without it.
             "--no-jinja",
             "--chat-template", self.chat_template,
-            "--alias", MODEL_NAME,
+            "--alias", self.model,
             "--no-webui",
         ]
         cmd += ["--threads", str(self.threads if self.threads is not None else default_threads())]
@@ -193,6 +239,7 @@ class LocalServer:
         for attempt in range(3 if self._auto_port else 1):
             if self._auto_port:
                 self.port = free_port(self.host)
+            self._alias = model_alias(self.model_path)  # fixed while this process runs, even if the file changes
             cmd = self.command()
             fd, self._log_path = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
             with os.fdopen(fd, "wb") as log:
@@ -261,6 +308,7 @@ class LocalServer:
         if self._log_path and os.path.exists(self._log_path):
             os.unlink(self._log_path)
         self._log_path = None
+        self._alias = None
 
     def __enter__(self) -> "LocalServer":
         return self.start()
@@ -281,7 +329,8 @@ class LocalServer:
 
     def __repr__(self) -> str:
         state = f"running at {self.base_url}" if self.running else "stopped"
-        return f"LocalServer({MODEL_NAME}, n_parallel={self.n_parallel}, {state})"
+        name = self._alias or self.model_path or MODEL_NAME  # repr never reads the model file
+        return f"LocalServer({name}, n_parallel={self.n_parallel}, {state})"
 
 
 def tokenizer_for(base_url: str | None) -> Callable[[str], list[int]] | None:

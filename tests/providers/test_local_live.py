@@ -17,10 +17,12 @@ import openai
 import pytest
 
 from providers.adapters import make_adapter
-from providers.local import LocalServer, LocalServerError
+from providers.cache import cache_key
+from providers.local import MODEL_NAME, LocalServer, LocalServerError, default_model_path, model_alias
 from providers.prompt import MaskedPrompt
 from providers.runner import Runner
 from providers.scorers import AnswerFrequency, AnswerSimilarity, LabelMargin, ScorerError
+from providers.types import Message, Request
 from providers.value_function import LLMValueFunction
 
 pytestmark = pytest.mark.live
@@ -142,6 +144,40 @@ async def test_anthropic_protocol_answer_frequency(local_server: LocalServer) ->
     assert vf.stats["api_calls"] == 6  # 2 masks x 3 samples
     bound = math.log(3.5 / 0.5)
     assert np.all(np.abs(scores) <= bound + 1e-12)
+
+
+def test_each_model_file_gets_its_own_name_and_cache_keys(tmp_path) -> None:
+    """No server needed: the alias (sent as the model, hence in every cache key) identifies the file's content."""
+    base = bytes(range(256)) * (12 * 4096)  # 12 MiB
+    files = {
+        "a": base,
+        "last_byte": base[:-1] + b"x",
+        "first_byte": b"x" + base[1:],
+        "longer": base + b"\0",
+    }
+    for name, data in files.items():
+        (tmp_path / f"{name}.gguf").write_bytes(data)
+    aliases = {name: model_alias(tmp_path / f"{name}.gguf") for name in files}
+    assert len(set(aliases.values())) == len(files), aliases
+    assert aliases["a"].startswith("a-") and len(aliases["a"]) == len("a-") + 8
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "a.gguf").write_bytes(base)
+    assert model_alias(tmp_path / "copy" / "a.gguf") == aliases["a"]  # same content, same name (and cache)
+    assert LocalServer(model_path=tmp_path / "last_byte.gguf").model == aliases["last_byte"]
+    assert LocalServer().model == model_alias(None) == MODEL_NAME
+    request = Request((Message("user", "Is fire hot?"),), max_tokens=1)
+    keys = {cache_key(make_adapter("llama-server", alias, base_url="http://127.0.0.1:9/v1").cache_material(request))
+            for alias in aliases.values()}
+    assert len(keys) == len(files)  # two local models never serve each other's cached answers
+    with pytest.raises(LocalServerError, match="cannot be read"):
+        LocalServer(model_path=tmp_path / "missing.gguf").model
+
+
+def test_bundled_gemma_keeps_its_name(local_server: LocalServer) -> None:
+    assert local_server.model == MODEL_NAME
+    assert model_alias(default_model_path()) == MODEL_NAME  # the demo, cassettes and SDK defaults rely on it
+    with urllib.request.urlopen(local_server.base_url + "/models", timeout=5) as r:
+        assert MODEL_NAME in r.read().decode()
 
 
 @pytest.mark.slow
