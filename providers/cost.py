@@ -2,13 +2,15 @@
 
 The built-in table holds list prices in US dollars per 1M tokens, as known when it was written
 (PRICES_AS_OF). Prices change: pass your own `PriceTable({...})` or `overrides=` to replace or add entries.
-Models are matched by the longest table key that prefixes the model name, so dated snapshots
-("gpt-4o-mini-2024-07-18", "claude-3-5-haiku-20241022") find their family. Local and OpenAI-compatible
-servers cost 0 unless priced explicitly.
+A model matches a table key exactly or as that key plus a snapshot suffix (a date such as "-2024-07-18" or
+"-20241022", a four-digit version, "-latest", "-preview"), so dated snapshots find their family; any other
+suffix is a different model ("o3-pro" is not "o3": it costs ten times more) and must be priced, else paid
+providers refuse it before any spend. Local and OpenAI-compatible servers cost 0 unless priced explicitly.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -46,19 +48,27 @@ DEFAULT_PRICES: dict[str, dict[str, Price]] = {
     "openai": {
         "gpt-4o-mini": _p(0.15, 0.075, 0.60),
         "gpt-4o": _p(2.50, 1.25, 10.00),
+        "gpt-4o-2024-05-13": _p(5.00, 5.00, 15.00),  # the first gpt-4o snapshot kept its launch price
         "gpt-4.1": _p(2.00, 0.50, 8.00),
         "gpt-4.1-mini": _p(0.40, 0.10, 1.60),
         "gpt-4.1-nano": _p(0.10, 0.025, 0.40),
         "gpt-4-turbo": _p(10.00, 10.00, 30.00),
         "gpt-3.5-turbo": _p(0.50, 0.50, 1.50),
+        "gpt-3.5-turbo-instruct": _p(1.50, 1.50, 2.00),  # serves the legacy /completions endpoint
         "gpt-5": _p(1.25, 0.125, 10.00),
         "gpt-5-mini": _p(0.25, 0.025, 2.00),
         "gpt-5-nano": _p(0.05, 0.005, 0.40),
+        "gpt-5-chat": _p(1.25, 0.125, 10.00),
+        "gpt-5-pro": _p(15.00, 15.00, 120.00),
         "o1": _p(15.00, 7.50, 60.00),
+        "o1-pro": _p(150.00, 150.00, 600.00),
         "o1-mini": _p(1.10, 0.55, 4.40),
         "o3": _p(2.00, 0.50, 8.00),
+        "o3-pro": _p(20.00, 20.00, 80.00),
+        "o3-deep-research": _p(10.00, 2.50, 40.00),
         "o3-mini": _p(1.10, 0.55, 4.40),
         "o4-mini": _p(1.10, 0.275, 4.40),
+        "o4-mini-deep-research": _p(2.00, 0.50, 8.00),
     },
     "anthropic": {  # cached_input = prompt-cache read price
         "claude-3-haiku": _p(0.25, 0.03, 1.25),
@@ -78,21 +88,34 @@ DEFAULT_PRICES: dict[str, dict[str, Price]] = {
 PAID_PROVIDERS = frozenset(DEFAULT_PRICES)
 
 
+# What may follow a table key in a model id of the same model: a dated or numbered snapshot, or an alias.
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|latest|preview(-\d{4}-\d{2}-\d{2})?)")
+
+
 class PriceTable:
-    """Per-provider price lookup by longest model-name prefix; `overrides` win over the built-in table."""
+    """Per-provider price lookup (exact key or key + snapshot suffix, longest key wins); `overrides` win over
+    the built-in table."""
 
     def __init__(self, overrides: Mapping[str, Mapping[str, Price]] | None = None, builtin: bool = True) -> None:
         self._table: dict[str, dict[str, Price]] = {p: dict(m) for p, m in DEFAULT_PRICES.items()} if builtin else {}
         for provider, models in (overrides or {}).items():
             self._table.setdefault(provider, {}).update(models)
 
+    def _entry(self, provider: str, model: str) -> Price | None:
+        models = self._table.get(provider, {})
+        best = max((k for k in models if model == k or (model.startswith(k) and _SNAPSHOT.fullmatch(model[len(k):]))),
+                   key=len, default=None)
+        return None if best is None else models[best]
+
+    def priced(self, provider: str, model: str) -> bool:
+        """True if the table has an entry for this model (a FREE default for unknown servers does not count)."""
+        return self._entry(provider, model) is not None
+
     def lookup(self, provider: str, model: str) -> Price | None:
         """The price entry for this model, FREE for unpriced non-paid providers, None if a paid one is unknown."""
-        models = self._table.get(provider, {})
-        best = max((k for k in models if model == k or model.startswith(k + "-") or model.startswith(k + ".")),
-                   key=len, default=None)
-        if best is not None:
-            return models[best]
+        entry = self._entry(provider, model)
+        if entry is not None:
+            return entry
         return None if provider in PAID_PROVIDERS else FREE
 
     def price(self, provider: str, model: str) -> Price:

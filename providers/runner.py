@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import re
 import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
@@ -125,6 +127,21 @@ def pause_from_headers(headers: Mapping[str, str]) -> float:
     return wait
 
 
+def own_host(base_url: str | None) -> bool:
+    """True for this machine or a private network (a server the user runs: free unless priced); False for
+    any other host, which may bill."""
+    if base_url is None:
+        return False
+    host = urlsplit(base_url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
 class _Aborted(Exception):
     """Internal: the run is stopping (fatal error or cap); this call was not sent."""
 
@@ -185,7 +202,13 @@ class Runner:
         self.tpm = tpm
         self.max_queries = max_queries
         self.max_cost = max_cost
-        self.price: Price = (prices or PriceTable()).price(adapter.provider, adapter.model)
+        table = prices or PriceTable()
+        self.price: Price = table.price(adapter.provider, adapter.model)
+        if max_cost is not None and not table.priced(adapter.provider, adapter.model) and not own_host(adapter.base_url):
+            raise ConfigurationError(
+                f"max_cost cannot be enforced: no price is known for {adapter.model!r} at {adapter.base_url}, a "
+                f"remote server that may bill. Pass prices=PriceTable({{'{adapter.provider}': {{'{adapter.model}': "
+                "Price(input=..., cached_input=..., output=...)}}) (dollars per 1M tokens; all 0 if it is free)")
         self.max_attempts = max_attempts
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max

@@ -51,6 +51,7 @@ class Preview:
     labels: tuple[str, ...] | None = None
     granularity: str | None = None
     _api_key: str | None = field(default=None, repr=False)
+    prices: Any = None  # providers.cost.PriceTable with the caller's overrides, or None for the built-in table
 
     @property
     def local(self) -> bool:
@@ -124,14 +125,21 @@ def _as_prompt(prompt: Any, features: str, template: str | None, system: str | N
     return MaskedPrompt.from_text(prompt, granularity=features, template=template, system=system)
 
 
-def _make_adapter(provider: str, model: str, base_url: str | None, api_key: str | None) -> Any:
+def _price_table(prices: Any) -> Any:
+    """A PriceTable from None (built-in), a PriceTable, or overrides {provider: {model: Price}}."""
+    from providers.cost import PriceTable
+
+    return prices if isinstance(prices, PriceTable) else PriceTable(prices)
+
+
+def _make_adapter(provider: str, model: str, base_url: str | None, api_key: str | None, prices: Any = None) -> Any:
     from providers.adapters import make_adapter
 
     if provider == LOCAL:
         # Before the server runs (preview) the adapter gets an unreachable placeholder URL: nothing is sent
         # from a preview, and run() builds a fresh adapter on the live server's port.
         return make_adapter("openai-compatible", model, base_url=base_url or _NOT_STARTED)
-    return make_adapter(provider, model, base_url=base_url, api_key=api_key)
+    return make_adapter(provider, model, base_url=base_url, api_key=api_key, prices=_price_table(prices))
 
 
 def _make_scorer(scorer: Any, labels: Sequence[str] | None, adapter: Any) -> Any:
@@ -208,6 +216,7 @@ def preview(
     cache_dir: str | None = DEFAULT_CACHE_DIR,
     random_state: int = 0,
     raw_completion: bool | None = None,
+    prices: Any = None,
 ) -> Preview:
     """Validate everything and plan the run without sending a single query (what `--dry-run` shows).
 
@@ -215,7 +224,8 @@ def preview(
     unknown provider, a missing API key, a label the model cannot score, a budget below the minimum,
     an estimated cost above `max_cost`. `raw_completion` sends the prompt as plain text to the completions
     endpoint instead of as a chat turn (default: on for the local Gemma base model, which continues text
-    rather than following chat turns; off elsewhere).
+    rather than following chat turns; off elsewhere). `prices` overrides or adds price-table entries
+    ({provider: {model: providers.cost.Price}} or a PriceTable), e.g. for a paid server reached by base_url.
     """
     if not isinstance(budget, (int, np.integer)) or budget < 2:
         raise ValueError(f"budget must be an integer >= 2 queries, got {budget!r}")
@@ -223,7 +233,8 @@ def preview(
         raise ValueError(f"max_cost must be >= 0 dollars, got {max_cost}")
     provider, model, base_url = _resolve_provider(provider, model, base_url, api_key)
     masked = _as_prompt(prompt, features, template, system)
-    adapter = _make_adapter(provider, model, base_url, api_key)
+    prices = _price_table(prices)
+    adapter = _make_adapter(provider, model, base_url, api_key, prices)
     score = _make_scorer(scorer, labels, adapter)
     from providers.local import MODEL_NAME
 
@@ -234,7 +245,7 @@ def preview(
         score = _RawCompletion(score)
     score.validate(adapter)
     the_plan = _plan(masked.n_features, int(budget), method, max_order)
-    estimate = _estimate_cost(masked, adapter, score, the_plan.total + (not score.needs_reference))
+    estimate = _estimate_cost(masked, adapter, score, the_plan.total + (not score.needs_reference), prices, max_cost)
     if max_cost is not None and estimate > max_cost:
         raise ValueError(
             f"the estimated cost ${estimate:.4f} of {the_plan.total + 1} queries exceeds max_cost ${max_cost:.4f}; "
@@ -243,18 +254,20 @@ def preview(
     return Preview(
         masked, provider, model, base_url, score, the_plan, int(budget), max_cost, estimate, method,
         max_order, random_state, cache_dir, tuple(labels) if labels else None,
-        None if not isinstance(prompt, str) else features, api_key,
+        None if not isinstance(prompt, str) else features, api_key, prices,
     )
 
 
-def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int) -> float:
+def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int, prices: Any = None,
+                   max_cost: float | None = None) -> float:
     """Dollars for the run before any cache hit, from the value function's own estimate (the unmasked
     prompt's tokens and max_tokens per answer: an upper-side figure, as masked prompts are shorter; the
-    original answer is added by the estimate when the scorer asks for it separately)."""
+    original answer is added by the estimate when the scorer asks for it separately). The runner built here
+    also refuses a max_cost it could not enforce (an unpriced remote server)."""
     from providers.runner import Runner
     from providers.value_function import LLMValueFunction
 
-    vf = LLMValueFunction(prompt, adapter, scorer, Runner(adapter), progress=False)
+    vf = LLMValueFunction(prompt, adapter, scorer, Runner(adapter, max_cost=max_cost, prices=prices), progress=False)
     return float(vf.estimate_cost(n_queries))
 
 
@@ -317,7 +330,7 @@ def _make_runner(pre: Preview, adapter: Any, max_cost: float | None) -> Any:
     from providers.runner import Runner
 
     cache = os.path.expanduser(pre.cache_dir) if pre.cache_dir else None
-    return Runner(adapter, cache=cache, max_cost=max_cost)
+    return Runner(adapter, cache=cache, max_cost=max_cost, prices=pre.prices)
 
 
 def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
@@ -400,6 +413,7 @@ def explain(
     cache_dir: str | None = DEFAULT_CACHE_DIR,
     random_state: int = 0,
     raw_completion: bool | None = None,
+    prices: Any = None,
     confirm: bool | None = None,
     progress: bool = True,
 ) -> Any:
@@ -410,13 +424,13 @@ def explain(
     Before any spend the plan and estimated cost are shown (and confirmed when interactive or
     `confirm=True`); then the run shows a progress bar. Returns a `spex_api.explanation.Explanation`
     with faithfulness, queries_used, cost (dollars) and metadata (original answer, feature texts, prompt,
-    provider, model, scorer). `raw_completion`: see `preview`.
+    provider, model, scorer). `raw_completion`, `prices`: see `preview`.
     """
     pre = preview(
         prompt, provider=provider, model=model, base_url=base_url, api_key=api_key, features=features,
         template=template, system=system, scorer=scorer, labels=labels, budget=budget, max_cost=max_cost,
         method=method, max_order=max_order, cache_dir=cache_dir, random_state=random_state,
-        raw_completion=raw_completion,
+        raw_completion=raw_completion, prices=prices,
     )
     return run(pre, confirm=confirm, progress=progress)
 
@@ -439,7 +453,7 @@ def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> 
 def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Any:
     """The adapter to query: for the local provider, start (or reuse via base_url) the llama-server."""
     if not pre.local or pre.base_url:
-        return _make_adapter(pre.provider, pre.model, pre.base_url, pre._api_key)
+        return _make_adapter(pre.provider, pre.model, pre.base_url, pre._api_key, pre.prices)
     from providers.local import LocalServer
 
     with console.status("starting the local model server (llama-server + Gemma-3-270M)..."):

@@ -65,6 +65,8 @@ def test_cost_estimate_and_cap_checked_before_spend(monkeypatch):
         (dict(budget=1), "budget must be"),
         (dict(budget=20), "below the minimum"),
         (dict(provider="openai", raw_completion=True, api_key="sk-test-0000000000000000"), "raw_completion"),
+        (dict(provider="openai", base_url="https://gateway.example/v1", model="gpt-4o", max_cost=1.0,
+              api_key="sk-test-0000000000000000"), "max_cost cannot be enforced"),
     ],
 )
 def test_bad_input_raises_before_spend(kwargs, message, counting_server):  # noqa: F811

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from providers.adapters.base import Adapter, env_key
 from providers.adapters.openai import CompatibleAdapter, OpenAIAdapter, OpenAIResponsesAdapter
@@ -12,6 +13,7 @@ from providers.errors import ConfigurationError
 # Names accepted for an OpenAI-compatible server reached by base_url.
 COMPATIBLE_ALIASES = frozenset({"compatible", "openai-compatible", "local", "llama-server", "llamacpp", "vllm",
                                 "ollama"})
+OFFICIAL_HOSTS = {"openai": "api.openai.com", "anthropic": "api.anthropic.com"}
 NO_KEY = "sk-no-key-required"  # local servers accept any key; never the user's real key
 
 
@@ -25,7 +27,8 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
     `api_key` or ANTHROPIC_API_KEY), or an OpenAI-compatible server ("compatible", "vllm", "llama-server",
     "ollama", "local") reached at `base_url` (include the "/v1" suffix), which needs no key. With a `base_url`,
     "openai"/"anthropic" select the wire format for a non-official host (e.g. llama-server's /v1/messages) and
-    a dummy key is used if none is given. `http_client` (an `httpx2.AsyncClient`) is handed to the SDK.
+    a dummy key is used if none is given; such a host is priced only through `prices` (a runner refuses
+    `max_cost` for an unpriced remote host). `http_client` (an `httpx2.AsyncClient`) is handed to the SDK.
     `prices` extends the known models. `options` go to the adapter class (CompatibleAdapter: multi_sample, max_top_logprobs, prompt_logprobs).
     """
     p = (provider or "").lower().strip()
@@ -48,6 +51,8 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
                                  f"one of {sorted(COMPATIBLE_ALIASES)} with base_url")
     if options:
         raise ConfigurationError(f"unexpected options for {p}: {sorted(options)}")
+    if base_url and urlsplit(base_url).hostname == OFFICIAL_HOSTS[p]:
+        base_url = None  # the official API written out: its key, prices and cache scope apply
     if base_url:
         adapter = cls(model, base_url, api_key or NO_KEY, http_client, timeout)
         adapter.provider = f"{p}-compatible"  # a non-official host: not billed at official prices, own cache scope

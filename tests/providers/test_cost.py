@@ -12,7 +12,7 @@ from providers.runner import Runner
 from providers.types import Message, Request, Usage
 
 
-def test_lookup_by_longest_prefix_and_snapshots():
+def test_lookup_by_family_and_snapshots():
     t = PriceTable()
     assert t.price("openai", "gpt-4o-mini-2024-07-18") == t.price("openai", "gpt-4o-mini")
     assert t.price("openai", "gpt-4o-2024-08-06").input == 2.50
@@ -23,6 +23,35 @@ def test_lookup_by_longest_prefix_and_snapshots():
     assert "20" in PRICES_AS_OF
 
 
+def test_other_suffixes_are_other_models_not_their_family():
+    """'o3-pro' is not 'o3' (ten times the price): a suffix that is not a snapshot must be priced explicitly."""
+    t = PriceTable()
+    assert t.price("openai", "o3-pro").output == 80.00 and t.price("openai", "o1-pro").input == 150.00
+    assert t.price("openai", "gpt-4o-2024-05-13").input == 5.00  # the first snapshot kept its launch price
+    assert t.price("openai", "gpt-3.5-turbo-0125") == t.price("openai", "gpt-3.5-turbo")
+    assert t.price("openai", "gpt-5-chat-latest").output == 10.00
+    assert t.price("anthropic", "claude-3-5-haiku-latest") == t.price("anthropic", "claude-3-5-haiku")
+    for unknown in ("o3-ultra", "gpt-4o-mini-transcribe", "gpt-5-codex-max"):
+        assert t.lookup("openai", unknown) is None
+    assert not t.priced("compatible", "gemma-3-270m") and t.lookup("compatible", "gemma-3-270m") == FREE
+
+
+def test_max_cost_refused_for_an_unpriced_remote_server_before_any_spend():
+    """A paid gateway (OpenRouter, Azure, a proxy) by base_url is free only if the caller says so."""
+    remote = make_adapter("openai", "gpt-4o", base_url="https://openrouter.example/api/v1", api_key="sk-x-123456")
+    assert remote.provider == "openai-compatible"
+    with pytest.raises(ConfigurationError, match="max_cost cannot be enforced"):
+        Runner(remote, max_cost=1.0)
+    Runner(remote)  # no cap asked: nothing to enforce
+    priced = PriceTable({"openai-compatible": {"gpt-4o": Price(2.5, 1.25, 10.0)}})
+    assert Runner(remote, max_cost=1.0, prices=priced).price.output == 10.0
+    for own in ("http://127.0.0.1:8080/v1", "http://localhost:11434/v1", "http://192.168.1.20:8000/v1"):
+        Runner(make_adapter("vllm", "m", base_url=own), max_cost=0.0)  # servers the user runs: free
+    official = make_adapter("openai", "gpt-4o-mini", base_url="https://api.openai.com/v1", api_key="sk-x-123456")
+    assert official.provider == "openai" and official.base_url is None  # written out, still the official API
+    assert Runner(official, max_cost=1.0).price.input == 0.15
+
+
 def test_unknown_paid_model_is_an_error_local_is_free_overrides_win():
     t = PriceTable()
     with pytest.raises(ConfigurationError, match="no price"):
@@ -30,9 +59,9 @@ def test_unknown_paid_model_is_an_error_local_is_free_overrides_win():
     assert t.price("compatible", "gemma-3-270m") == FREE
     assert t.price("anthropic-compatible", "anything") == FREE
     mine = Price(1.0, 0.5, 2.0)
-    t2 = PriceTable({"openai": {"gpt-99": mine}, "compatible": {"gemma": Price(0.1, 0.1, 0.1)}})
+    t2 = PriceTable({"openai": {"gpt-99": mine}, "compatible": {"gemma-3-270m": Price(0.1, 0.1, 0.1)}})
     assert t2.price("openai", "gpt-99") is mine
-    assert t2.price("compatible", "gemma-3-270m").input == 0.1
+    assert t2.price("compatible", "gemma-3-270m-latest").input == 0.1
     assert t2.price("openai", "gpt-4o-mini").input == 0.15  # built-ins kept
 
 
