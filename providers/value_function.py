@@ -45,6 +45,9 @@ class LLMValueFunction:
         self.prompt = prompt
         self.scorer = scorer
         adapter.check(self._full_request())
+        # every design asks some heavily masked prompts: the all-masked one must be sendable too (Anthropic
+        # refuses an empty user message), or the run would stop partway, after spending
+        adapter.check(self._request_for(prompt.render(np.zeros(int(n), dtype=bool))))
         self.adapter = adapter
         self.runner = runner
         self.progress = progress
@@ -59,11 +62,15 @@ class LLMValueFunction:
     def _full_request(self) -> Request:
         """The unmasked prompt's scoring request; before the reference answer exists (teacher-forcing scorers
         append it), the reference request stands in (its max_tokens makes the estimate conservative)."""
-        full = self.prompt.render(self.prompt.full_mask())
+        return self._request_for(self.prompt.render(self.prompt.full_mask()))
+
+    def _request_for(self, messages: Any) -> Request:
+        """The scoring request of rendered messages, or the reference request while the scorer still waits
+        for its reference answer (teacher-forcing scorers append it)."""
         try:
-            return self.scorer.request(full)
+            return self.scorer.request(messages)
         except ValueError:  # ScorerError: the scorer needs its reference answer first
-            return self.scorer.reference_request(full)
+            return self.scorer.reference_request(messages)
 
     def estimate_cost(self, n_queries: int) -> float:
         """Dollars for n_queries masked prompts (plus the reference answer when the scorer needs one), priced

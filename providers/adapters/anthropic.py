@@ -51,6 +51,10 @@ class AnthropicAdapter(Adapter):
             raise ConfigurationError("anthropic has no raw-completion endpoint; use chat messages")
         if not any(m.role != "system" for m in request.messages):
             raise ConfigurationError("anthropic needs at least one user message besides the system prompt")
+        if any(m.role != "system" and not m.content.strip() for m in request.messages):
+            raise ConfigurationError("anthropic rejects empty messages, and with features masked a message is "
+                                     "empty: keep fixed text around the content (a template) or mask with a "
+                                     "placeholder (mask_style='placeholder')")
 
 
     def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:

@@ -13,6 +13,7 @@ least 16 output tokens per call and has no stop sequences or `n`.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import openai
@@ -22,14 +23,51 @@ from providers.errors import ConfigurationError, UnexpectedAnswerError
 from providers.types import Completion, Request, TokenLogprob, Usage
 
 
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 except its chat variant): no logprobs, temperature 1 only,
+# and hidden reasoning tokens come out of max_completion_tokens before any answer does.
+_REASONING = re.compile(r"^(o\d|gpt-5)(?!-chat)")
+REASONING_MIN_TOKENS = 1024
+# Models the legacy /completions endpoint serves on api.openai.com.
+_LEGACY_COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
+
+
 class OpenAIAdapter(Adapter):
-    """OpenAI's own API (`provider="openai"`): Chat Completions with token logprobs, `n` samples per call."""
+    """OpenAI's own API (`provider="openai"`): Chat Completions with token logprobs, `n` samples per call.
+
+    Reasoning models (o-series, gpt-5) return no logprobs and take only temperature 1, and their hidden
+    reasoning spends max_tokens first: requests that cannot work with them are refused before any spend.
+    """
 
     provider = "openai"
     max_top_logprobs: int | None = 20
     prompt_logprobs = False
     multi_sample = True
     max_tokens_param = "max_completion_tokens"
+
+    def __init__(self, model: str, base_url: str | None, api_key: str | None, http_client: Any = None,
+                 timeout: float = 60.0) -> None:
+        super().__init__(model, base_url, api_key, http_client, timeout)
+        self.reasoning = bool(_REASONING.match(model))
+        if self.reasoning:
+            self.max_top_logprobs = None
+
+    def check(self, request: Request) -> None:
+        if self.reasoning:
+            if request.top_logprobs is not None or request.prompt_logprobs is not None:
+                raise ConfigurationError(f"{self.model} is a reasoning model: it returns no logprobs; use a "
+                                         "sampling scorer (frequency with temperature=1, similarity)")
+            if request.temperature != 1.0:
+                raise ConfigurationError(f"{self.model} is a reasoning model: it accepts only temperature 1, "
+                                         f"got {request.temperature}")
+            if request.max_tokens < REASONING_MIN_TOKENS:
+                raise ConfigurationError(
+                    f"{self.model} is a reasoning model: its hidden reasoning is taken from max_tokens before it "
+                    f"answers, so max_tokens={request.max_tokens} would leave the answer empty (yet billed); use "
+                    f"max_tokens >= {REASONING_MIN_TOKENS}")
+        if request.raw_completion and self.provider == "openai" and not self.model.startswith(_LEGACY_COMPLETION_MODELS):
+            raise ConfigurationError(f"{self.model} is not served by OpenAI's legacy /completions endpoint (only "
+                                     f"{', '.join(_LEGACY_COMPLETION_MODELS)}); send chat messages instead")
+        super().check(request)
 
     def _make_client(self, api_key: str | None) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
@@ -114,6 +152,7 @@ class CompatibleAdapter(OpenAIAdapter):
                  timeout: float = 60.0, multi_sample: bool = False, max_top_logprobs: int | None = 20,
                  prompt_logprobs: bool = False) -> None:
         super().__init__(model, base_url, api_key, http_client, timeout)
+        self.reasoning = False  # model names on other servers say nothing about OpenAI's model families
         self.prompt_logprobs = prompt_logprobs
         self.multi_sample = multi_sample
         self.max_top_logprobs = max_top_logprobs
@@ -141,9 +180,9 @@ class OpenAIResponsesAdapter(OpenAIAdapter):
         return max(request.max_tokens, self.min_output_tokens)
 
     def check(self, request: Request) -> None:
-        super().check(request)
         if request.raw_completion:
             raise ConfigurationError("the Responses API has no raw-completion endpoint; use chat messages")
+        super().check(request)
         if request.stop:
             raise ConfigurationError("the Responses API has no stop sequences; use provider 'openai' "
                                      "(Chat Completions) for this scorer")

@@ -181,6 +181,30 @@ def test_capability_checks_fail_before_any_call(server):
     assert server.stats()["requests"] == 0
 
 
+def test_reasoning_models_and_legacy_completions_refused_before_any_call(server):
+    """o-series and gpt-5 return no logprobs, take only temperature 1 and spend max_tokens on hidden reasoning;
+    api.openai.com's /completions serves only the instruct models: all refused before a request is sent."""
+    for model in ("o3-mini", "gpt-5-mini", "o1"):
+        r = make_adapter("openai", model, api_key=SECRET)
+        assert r.reasoning and r.max_top_logprobs is None
+        with pytest.raises(ConfigurationError, match="no logprobs"):
+            r.body(Request(messages=Q, top_logprobs=5))
+        with pytest.raises(ConfigurationError, match="temperature 1"):
+            r.body(Request(messages=Q, max_tokens=2000))
+        with pytest.raises(ConfigurationError, match="max_tokens >= 1024"):
+            r.body(Request(messages=Q, max_tokens=4, temperature=1.0))
+        assert r.body(Request(messages=Q, max_tokens=2000, temperature=1.0))["max_completion_tokens"] == 2000
+    chat = make_adapter("openai", "gpt-5-chat-latest", api_key=SECRET)
+    assert not chat.reasoning and chat.max_top_logprobs == 20
+    with pytest.raises(ConfigurationError, match="legacy /completions"):
+        openai_at(server).body(Request(messages=Q, raw_completion=True))
+    instruct = make_adapter("openai", "gpt-3.5-turbo-instruct", api_key=SECRET)
+    assert instruct.body(Request(messages=Q, raw_completion=True))["prompt"] == Q[0].content + Q[1].content
+    # an OpenAI-compatible server's model names say nothing about OpenAI's families
+    assert make_adapter("vllm", "o3-mini", base_url=server.url + "/v1").max_top_logprobs == 20
+    assert server.stats()["requests"] == 0
+
+
 def test_make_adapter_errors_and_keys(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)

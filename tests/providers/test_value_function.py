@@ -12,7 +12,7 @@ from providers.cost import Price, PriceTable
 from providers.errors import CapExceededError, ConfigurationError
 from providers.prompt import MaskedPrompt
 from providers.runner import Runner
-from providers.scorers import AnswerFrequency, AnswerLogprob, LabelMargin, ScorerError
+from providers.scorers import AnswerFrequency, AnswerLogprob, AnswerSimilarity, LabelMargin, ScorerError
 from providers.value_function import LLMValueFunction
 from spex_api.value_function import Oracle
 
@@ -98,6 +98,14 @@ def test_validation_before_any_spend(server):
     b = make_adapter("compatible", "gemma", base_url=server.url + "/v1")
     with pytest.raises(ConfigurationError, match="different adapter"):
         LLMValueFunction(prompt(), b, LabelMargin(), Runner(a), progress=False)
+    # every feature removed leaves an empty user message, which Anthropic refuses: caught before the design runs
+    bare = MaskedPrompt.from_text("Fire is hot today", mask_style="remove")
+    with pytest.raises(ConfigurationError, match="empty messages"):
+        LLMValueFunction(bare, a, AnswerSimilarity(), Runner(a), progress=False)
+    framed = MaskedPrompt.from_text("Fire is hot today", template="Statement: {content}\nTrue or False?",
+                                    mask_style="remove")
+    LLMValueFunction(framed, a, AnswerSimilarity(), Runner(a), progress=False)
+    assert server.stats()["requests"] == 0
 
     class Empty:
         n_features = 0
