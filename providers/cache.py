@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import socket
+import uuid
 from typing import Any, Mapping
 
 import diskcache
@@ -62,22 +63,22 @@ class ResponseCache:
 
     # ---- cross-process claims: who is sending an uncached call right now --------------------------------
     def claim(self, key: str, ttl: float) -> bool:
-        """Atomically mark `key` as being sent by this process (for `ttl` seconds); False if another live
-        process holds it. A claim left by a dead process on this host (kill -9) is taken over at once."""
-        ck, me = "claim:" + key, f"{socket.gethostname()}:{os.getpid()}"
+        """Atomically mark `key` as being sent by this caller (for `ttl` seconds); False if anyone else holds it,
+        another runner of this same process included. A claim left by a dead process on this host (kill -9)
+        is taken over at once."""
+        ck, me = "claim:" + key, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         if self._cache.add(ck, me, expire=ttl):
             return True
         holder = self._cache.get(ck)
         if holder is None:
             return self._cache.add(ck, me, expire=ttl)
-        host, _, pid = str(holder).rpartition(":")
+        host, pid, _ = (str(holder).rsplit(":", 2) + ["", ""])[:3]
         if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
             with self._cache.transact():  # replace the dead holder's claim unless someone just did
                 if self._cache.get(ck) == holder:
                     self._cache.set(ck, me, expire=ttl)
                     return True
-            return False
-        return holder == me
+        return False
 
     def release(self, key: str) -> None:
         self._cache.delete("claim:" + key)

@@ -70,15 +70,18 @@ def test_claims_are_exclusive_expire_and_are_taken_over_from_dead_processes(tmp_
     import time
 
     c = ResponseCache(tmp_path)
-    assert c.claim("k", ttl=30) and c.claim("k", ttl=30)  # ours (asking again is fine)
-    c._cache.set("claim:k", f"{socket.gethostname()}:1", expire=30)  # pid 1 is alive: another live holder
+    assert c.claim("k", ttl=30)
+    assert not c.claim("k", ttl=30)  # exclusive within one process too: two runners there must not both send
+    assert not ResponseCache(tmp_path).claim("k", ttl=30)
+    c.release("k")
+    c._cache.set("claim:k", f"{socket.gethostname()}:1:0f", expire=30)  # pid 1 is alive: another live holder
     assert not c.claim("k", ttl=30)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    c._cache.set("claim:k", f"{socket.gethostname()}:{dead.pid}", expire=30)  # killed holder
+    c._cache.set("claim:k", f"{socket.gethostname()}:{dead.pid}:0f", expire=30)  # killed holder
     assert c.claim("k", ttl=30)
     c.release("k")
-    c._cache.set("claim:k", "elsewhere:1", expire=0.2)  # a holder on another host: wait for expiry
+    c._cache.set("claim:k", "elsewhere:1:0f", expire=0.2)  # a holder on another host: wait for expiry
     assert not c.claim("k", ttl=30)
     time.sleep(0.3)
     assert c.claim("k", ttl=30)

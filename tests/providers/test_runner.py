@@ -144,3 +144,25 @@ def test_bad_settings_rejected():
             Runner(a, **kw)
     with pytest.raises(ConfigurationError, match="no price"):
         Runner(make_adapter("openai", "gpt-4o-mini", api_key=SECRET), prices=__import__("providers.cost").cost.PriceTable(builtin=False))
+
+
+def test_two_runners_of_one_process_sharing_a_cache_pay_once(server, tmp_path):
+    """Runners on two threads (two event loops) of the same process claim calls from each other too."""
+    import threading
+
+    server.state.control({"latency": 0.1})
+    batch = reqs(12, "twins")
+    results = {}
+
+    def work(name: str) -> None:
+        r = Runner(compat(server), cache=str(tmp_path), concurrency=4)
+        results[name] = (asyncio.run(r.run(batch)), r.stats)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(server.stats()["paid"].values()) == {1} and len(server.stats()["paid"]) == 12
+    assert results["a"][1].api_calls + results["b"][1].api_calls == 12
+    assert [c.text for c in results["a"][0]] == [c.text for c in results["b"][0]]
