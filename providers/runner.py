@@ -453,6 +453,12 @@ class Runner:
             else:
                 self.stats.unknown_outcome_spend += charged
             raise
+        except ConfigurationError as exc:  # raised before anything left this process
+            if sent:
+                self.stats.api_calls -= 1
+                sent = False
+            charged = 0.0
+            raise self._stop(exc)
         except FatalAPIError as exc:
             self.stats.failures += 1
             if exc.billed_unknown:  # a 200 answer we cannot use: it was probably billed

@@ -28,7 +28,7 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
     "ollama", "local") reached at `base_url` (include the "/v1" suffix), which needs no key. With a `base_url`,
     "openai"/"anthropic" select the wire format for a non-official host (e.g. llama-server's /v1/messages) and
     a dummy key is used if none is given; such a host is priced only through `prices` (a runner refuses
-    `max_cost` for an unpriced remote host). `http_client` (an `httpx2.AsyncClient`) is handed to the SDK.
+    `max_cost` for an unpriced remote host). `http_client` (an `httpx2.AsyncClient`, or a factory returning one per event loop) is handed to the SDK.
     `prices` extends the known models. `options` go to the adapter class (CompatibleAdapter: multi_sample, max_top_logprobs, prompt_logprobs).
     """
     p = (provider or "").lower().strip()

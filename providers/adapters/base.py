@@ -68,6 +68,7 @@ class Adapter(ABC):
         self.base_url = base_url
         self.timeout = timeout
         self._http_client = http_client
+        self._http_client_used = False
         self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
         # The key is kept in a closure, not an attribute: repr/vars/pickle of the adapter never show it.
         self._key = (lambda k: (lambda: k))(api_key)
@@ -123,6 +124,19 @@ class Adapter(ABC):
             c = self._make_client(self._key())
             self._clients[loop] = c
         return c
+
+    def _http_for_loop(self) -> Any:
+        """The injected HTTP client for a new loop's SDK client: a factory is called once per loop; a client
+        instance is bound to the loop it first ran on, so a second loop is a clear error, not a closed-loop crash."""
+        h = self._http_client
+        if h is None or callable(h):
+            return h() if callable(h) else None
+        if self._http_client_used:
+            raise ConfigurationError("the injected http_client belongs to the event loop it first ran on; use one "
+                                     "loop, or pass a factory (http_client=lambda: httpx2.AsyncClient(...)) to get "
+                                     "one client per loop")
+        self._http_client_used = True
+        return h
 
     @abstractmethod
     def _make_client(self, api_key: str | None) -> Any:

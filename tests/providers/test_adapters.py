@@ -165,6 +165,26 @@ async def test_injected_http_client_is_used(server):
     await client.aclose()
 
 
+def test_injected_client_on_a_second_event_loop(server):
+    """A client instance belongs to one loop: a second loop gets a clear error and nothing is charged; a
+    factory gives each loop its own client."""
+    import asyncio
+
+    one = make_adapter("compatible", "m", base_url=server.url + "/v1", http_client=httpx2.AsyncClient())
+    r = Runner(one)
+    asyncio.run(r.run([Request(messages=(Message("user", "first loop"),))]))
+    with pytest.raises(ConfigurationError, match="factory"):
+        asyncio.run(r.run([Request(messages=(Message("user", "second loop"),))]))
+    assert r.stats.api_calls == 1 and r.stats.unknown_outcome_spend == 0 and r.queries_left is None
+    made = []
+    many = make_adapter("compatible", "m", base_url=server.url + "/v1",
+                        http_client=lambda: made.append(httpx2.AsyncClient()) or made[-1])
+    r2 = Runner(many, max_queries=5)
+    for i in range(2):
+        asyncio.run(r2.run([Request(messages=(Message("user", f"loop {i}"),))]))
+    assert len(made) == 2 and r2.stats.api_calls == 2 and r2.queries_left == 3
+
+
 def test_capability_checks_fail_before_any_call(server):
     oa = openai_at(server)
     an = make_adapter("anthropic", "claude-3-5-haiku-latest", base_url=server.url)
