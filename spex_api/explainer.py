@@ -17,7 +17,7 @@ from sklearn.model_selection import KFold
 from spex_api.explanation import Explanation
 from spex_api.fourier import Key, fourier_basis, r2_score
 from spex_api.linear import LinearBaseline
-from spex_api.planner import MIN_HOLDOUT, Plan, plan
+from spex_api.planner import CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, plan
 from spex_api.value_function import Oracle, ValueFunction
 
 
@@ -137,6 +137,16 @@ class Explainer:
 
         return ProxySPEX(self.n, n_samples=p.n_queries, max_order=self.max_order, random_state=self.random_state)
 
+    def _out_of_fold(self, masks: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Out-of-fold predictions of the planned method and the linear fit, each refitted per fold on the
+        answers already paid for (no new query)."""
+        out = {self._plan.method: np.empty_like(y), "linear": np.empty_like(y)}
+        for train, test in KFold(CROSSVAL_FOLDS, shuffle=True, random_state=self.random_state).split(masks):
+            out[self._plan.method][test] = self._algorithm().fit_answers(masks[train], y[train]).predict(masks[test])
+            out["linear"][test] = LinearBaseline(self.n, random_state=self.random_state).fit(
+                masks[train], y[train]).predict(masks[test])
+        return out
+
     def explain(self) -> Explanation:
         """Spend the plan: training design (+ held-out slice) through one budget-capped Oracle."""
         p = self._plan
@@ -151,33 +161,42 @@ class Explainer:
                                      "n_train": int(oracle.queries_used), "train_r2": r2},
                 feature_names=self.feature_names)
         train_masks, train_y = oracle.answered()
-        holdout_masks = _fresh_masks(np.random.default_rng([self.random_state, 0x401D]), p.n_holdout, train_masks)
-        if len(holdout_masks) < min(p.n_holdout, MIN_FRESH):
-            holdout_masks = holdout_masks[:0]  # too few unseen masks left (small n): use CV instead
-        holdout_y = oracle(holdout_masks) if len(holdout_masks) else np.zeros(0)
-        n_holdout = len(holdout_masks)
+        if p.method == "proxyspex" and p.n_holdout == 0 and len(train_y) <= CROSSVAL_MAX_ANSWERS:
+            # small budget: judge the whole fit by cross-validation over every answer (no slice withheld)
+            truth, preds, n_holdout = train_y, self._out_of_fold(train_masks, train_y), 0
+            criterion = "cv_r2"
+        else:
+            holdout_masks = _fresh_masks(np.random.default_rng([self.random_state, 0x401D]), p.n_holdout,
+                                         train_masks)
+            if len(holdout_masks) < min(p.n_holdout, MIN_FRESH):
+                holdout_masks = holdout_masks[:0]  # too few unseen masks left (small n): use CV instead
+            n_holdout = len(holdout_masks)
+            truth = oracle(holdout_masks) if n_holdout else np.zeros(0)
+            preds = None
+            criterion = "holdout_r2" if n_holdout else "cv_r2"
 
         linear = LinearBaseline(self.n, random_state=self.random_state).fit(train_masks, train_y)
         candidates = {p.method: result, "linear": linear}
+        if n_holdout:
+            preds = {name: cand.predict(holdout_masks) for name, cand in candidates.items()}
         scores: dict[str, dict[str, float]] = {}
-        held_pred: dict[str, np.ndarray] = {}
         for name, cand in candidates.items():
             entry = {"train_r2": r2_score(train_y, cand.predict(train_masks))}
-            if n_holdout:
-                held_pred[name] = cand.predict(holdout_masks)
-                entry["holdout_r2"] = r2_score(holdout_y, held_pred[name])
+            if preds is not None:
+                entry[criterion] = r2_score(truth, preds[name])
             else:
                 cv = cand.diagnostics.get("cv_r2") if name == "linear" else None
                 entry["cv_r2"] = cv if cv is not None else _support_cv_r2(
                     train_masks, train_y, cand.fourier.keys, self.n, self.random_state)
             scores[name] = entry
-        criterion = "holdout_r2" if n_holdout else "cv_r2"
         main_score = scores[p.method][criterion]
         linear_score = scores["linear"][criterion]
-        if n_holdout:
-            beats, gain, se = _beats_linear(holdout_y, held_pred[p.method], held_pred["linear"])
+        if preds is not None:
+            beats, gain, se = _beats_linear(truth, preds[p.method], preds["linear"])
             use_linear = not beats
-            selection: dict[str, Any] = {"rule": "one standard error on held-out squared error", "gain": gain, "se": se}
+            where = "held-out" if n_holdout else f"{CROSSVAL_FOLDS}-fold out-of-fold"
+            selection: dict[str, Any] = {"rule": f"one standard error on {where} squared error", "gain": gain,
+                                         "se": se}
         else:
             use_linear = bool(linear_score > main_score)
             selection = {"rule": "higher cv_r2"}
@@ -219,7 +238,7 @@ class Explainer:
             candidates[chosen],
             queries_used=int(oracle.queries_used),
             plan=p,
-            faithfulness=scores[chosen]["holdout_r2"] if n_holdout else None,
+            faithfulness=scores[chosen][criterion] if preds is not None else None,
             faithfulness_detail=detail,
             feature_names=self.feature_names,
             diagnostics=diagnostics,

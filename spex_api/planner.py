@@ -26,6 +26,11 @@ PROXYSPEX_MIN_SAMPLES = 32
 PROXYSPEX_MIN_N = 3
 # Default floor on the held-out slice when holdout > 0: fewer points give a meaningless R².
 MIN_HOLDOUT = 20
+# ProxySPEX budgets up to this many queries are all spent on training, and faithfulness is measured by
+# CROSSVAL_FOLDS-fold cross-validation of the whole fit (a few CPU seconds at most): a held-out slice of
+# >= 20 masks would take a third of a 60-query budget and still judge the fit on a noisy handful.
+CROSSVAL_MAX_ANSWERS = 600
+CROSSVAL_FOLDS = 5
 
 
 def auto_min_b(n: int) -> int:
@@ -130,7 +135,8 @@ def plan(
 
     The held-out slice is max(min_holdout, ceil(holdout * budget)) uniform random masks (none when
     holdout = 0). SPEX gets the largest b whose exact query count 3·(P+1)·2^b fits the rest;
-    ProxySPEX gets all of the rest as random masks.
+    ProxySPEX gets all of the rest as random masks — all of the budget when it is at most
+    CROSSVAL_MAX_ANSWERS, where cross-validation of the whole fit replaces the slice.
 
     `method="auto"` asks every mask (method "exhaustive", exact) when 2^n fits the budget; else it runs SPEX when that b >= auto_min_b(n) = min(n, 6), else ProxySPEX. Evidence
     (`python benchmarks/engine.py --crossover`; held-out R² of SPEX | ProxySPEX at the same number
@@ -207,4 +213,8 @@ def plan(
     if chosen == "spex":
         return Plan("spex", n, budget, max_order, spex_queries, n_holdout, spex_queries + n_holdout,
                     reason, method, b, max_order)
+    if n_holdout and budget <= CROSSVAL_MAX_ANSWERS:
+        n_holdout, train = 0, budget
+        reason += (f"; at {budget} queries every answer trains the fit and faithfulness comes from "
+                   f"{CROSSVAL_FOLDS}-fold cross-validation of the whole fit, not a withheld slice")
     return Plan("proxyspex", n, budget, max_order, train, n_holdout, budget, reason, method)

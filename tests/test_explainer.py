@@ -60,7 +60,7 @@ def test_spex_design_is_sent_in_one_batch(hier64):
 
 def test_linear_fallback_on_additive_function():
     f = planted_additive(40, noise=0.3, seed=1)
-    expl = Explainer(f, 40, 600, method="proxyspex", random_state=1).explain()
+    expl = Explainer(f, 40, 900, method="proxyspex", random_state=1).explain()
     assert expl.method == "linear"
     assert expl.diagnostics["fallback"] == "linear"
     assert "interactions did not pay" in expl.diagnostics["note"]
@@ -68,11 +68,32 @@ def test_linear_fallback_on_additive_function():
     assert expl.faithfulness == expl.faithfulness_detail["linear"]["holdout_r2"]
     assert expl.faithfulness > expl.faithfulness_detail["proxyspex"]["holdout_r2"]
     assert expl.fourier.degree <= 1
-    assert expl.queries_used <= 600
+    assert expl.queries_used <= 900
     # the returned linear fit trained on every paid answer, held-out ones included
     assert expl.diagnostics["linear"]["rows_used"] == expl.queries_used
     sel = expl.faithfulness_detail["selection"]
     assert sel["rule"].startswith("one standard error") and sel["gain"] <= sel["se"]
+
+
+def test_small_budget_cross_validates_the_whole_fit_on_every_answer(hier64):
+    """At <= CROSSVAL_MAX_ANSWERS queries ProxySPEX trains on every answer (no withheld slice); selection
+    and faithfulness come from out-of-fold predictions of the whole procedure, refitted per fold."""
+    vf = Recorder(hier64)
+    expl = Explainer(vf, 64, 500, method="auto", random_state=2).explain()
+    assert expl.plan.n_holdout == 0 and expl.plan.n_queries == 500 and "cross-validation" in expl.plan.reason
+    assert len(vf.batches) == 1 and expl.queries_used == vf.sent == 500  # every answer trains the fit
+    detail = expl.faithfulness_detail
+    assert expl.method == "proxyspex" and detail["criterion"] == "cv_r2"
+    assert expl.faithfulness == detail["proxyspex"]["cv_r2"] > detail["linear"]["cv_r2"]
+    assert "out-of-fold" in detail["selection"]["rule"]
+    X = random_masks(64, 1000, seed=42)
+    true_r2 = r2_score(hier64(X), expl.predict(X))
+    assert abs(expl.faithfulness - true_r2) < 0.1  # an honest estimate of out-of-sample faithfulness
+    # additive function, small budget: the linear fit wins out of fold and is returned, fitted on all answers
+    f = planted_additive(40, noise=0.3, seed=1)
+    lin = Explainer(f, 40, 120, method="proxyspex", random_state=1).explain()
+    assert lin.method == "linear" and lin.faithfulness == lin.faithfulness_detail["linear"]["cv_r2"]
+    assert lin.diagnostics["linear"]["rows_used"] == lin.queries_used == 120
 
 
 def test_holdout_zero_uses_cross_validation(hier64):
