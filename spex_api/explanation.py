@@ -90,6 +90,8 @@ def _restore_plan(data: Any) -> Any:
         return data  # a plan from another version: keep its fields rather than lose the result
 
 
+_FAITHFULNESS_KINDS = {"holdout_r2": "held-out R²", "cv_r2": "cross-validated R²", "all_masks": "R² on all masks"}
+
 @dataclass
 class Explanation:
     """Sparse Fourier explanation of a value function, with provenance and faithfulness."""
@@ -160,12 +162,17 @@ class Explanation:
             raise ValueError(f"k must be >= 0, got {k}")
         return self.interactions(index, order)[:k]
 
+    @property
+    def faithfulness_kind(self) -> str:
+        """How `faithfulness` was measured: on a held-out slice, out of fold, or on every mask (exact)."""
+        return _FAITHFULNESS_KINDS.get(self.faithfulness_detail.get("criterion"), "held-out R²")
+
     def summary(self, k: int = 10, index: str = "fourier") -> str:
         """Short human-readable report: method, queries, faithfulness and the top interactions."""
         faith = "n/a" if self.faithfulness is None else f"{self.faithfulness:.3f}"
         lines = [
             f"{self.method} explanation of {self.n} features: {len(self.fourier)} Fourier coefficients "
-            f"(degree {self.fourier.degree}), {self.queries_used} queries, held-out R² {faith}"
+            f"(degree {self.fourier.degree}), {self.queries_used} queries, {self.faithfulness_kind} {faith}"
             + ("" if self.cost is None else f", cost ${self.cost:.4f}"),
             f"top {k} by {canonical_index(index)}:",
         ]

@@ -73,7 +73,10 @@ class Preview:
         t.add_row("features", f"{self.prompt.n_features} ({', '.join(_preview_names(self.prompt))})")
         t.add_row("scorer", getattr(self.scorer, "name", str(self.scorer)))
         t.add_row("method", f"{self.plan.method}: {self.plan.reason}")
-        t.add_row("queries", f"{self.n_queries} of a budget of {self.budget} (incl. held-out {self.plan.n_holdout} and the original answer)")
+        held = (f"{self.plan.n_holdout} held-out masks" if self.plan.n_holdout else
+                "no held-out masks: faithfulness by cross-validation" if self.plan.method != "exhaustive" else
+                "every mask: exact")
+        t.add_row("queries", f"{self.n_queries} of a budget of {self.budget} (incl. the original answer; {held})")
         cap = f" (cap ${self.max_cost:.2f})" if self.max_cost is not None else ""
         if self.estimated_cost == 0:
             price = "$0 (local model)" if self.local else "$0 (no price set for this server)"

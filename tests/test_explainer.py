@@ -86,6 +86,7 @@ def test_small_budget_cross_validates_the_whole_fit_on_every_answer(hier64):
     assert expl.method == "proxyspex" and detail["criterion"] == "cv_r2"
     assert expl.faithfulness == detail["proxyspex"]["cv_r2"] > detail["linear"]["cv_r2"]
     assert "out-of-fold" in detail["selection"]["rule"]
+    assert expl.faithfulness_kind == "cross-validated R²" and "cross-validated R²" in expl.summary()
     X = random_masks(64, 1000, seed=42)
     true_r2 = r2_score(hier64(X), expl.predict(X))
     assert abs(expl.faithfulness - true_r2) < 0.1  # an honest estimate of out-of-sample faithfulness

@@ -89,6 +89,7 @@ def summary(expl: Any) -> dict[str, Any]:
         "budget": meta.get("budget"),
         "cost": expl.cost,
         "faithfulness": expl.faithfulness,
+        "faithfulness_kind": expl.faithfulness_kind,
         "n": expl.n,
         "plan_reason": getattr(plan, "reason", None) if plan is not None else None,
         "plan_total": getattr(plan, "total", None) if plan is not None else None,
@@ -104,4 +105,4 @@ def fmt_cost(cost: float | None) -> str:
 
 
 def fmt_r2(r2: float | None) -> str:
-    return "not measured (no held-out slice)" if r2 is None else f"{r2:.3f}"
+    return "not measured (no held-out masks)" if r2 is None else f"{r2:.3f}"

@@ -42,7 +42,7 @@ _TEMPLATE = """<!DOCTYPE html>
  <dt>Method</dt><dd>{{ s.method }}{% if s.plan_reason %} — {{ s.plan_reason }}{% endif %}</dd>
  <dt>Queries</dt><dd>{{ s.queries_used }}{% if s.budget %} of a budget of {{ s.budget }}{% endif %}</dd>
  <dt>Cost</dt><dd>{{ cost }}</dd>
- <dt>Faithfulness</dt><dd>held-out R² {{ r2 }}</dd>
+ <dt>Faithfulness</dt><dd>{{ s.faithfulness_kind }} {{ r2 }}</dd>
  <dt>Score</dt><dd>{% if s.original_score is not none %}model's score on the prompt {{ "%+.3f"|format(s.original_score) }} · {% endif %}fit: all features kept {{ "%+.3f"|format(s.full) }}, all masked {{ "%+.3f"|format(s.baseline) }}</dd>
 </dl>
 

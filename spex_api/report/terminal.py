@@ -47,7 +47,7 @@ def header(expl: Any) -> Panel:
         lines.append(f"[bold]model[/]    {s['provider']} / {s['model']}   scorer: {s['scorer']}")
     budget = f" of {s['budget']}" if s["budget"] else ""
     lines.append(f"[bold]method[/]   {s['method']}   queries: {s['queries_used']}{budget}   cost: {fmt_cost(s['cost'])}")
-    lines.append(f"[bold]faithful[/] held-out R² {fmt_r2(s['faithfulness'])}   features: {s['n']}")
+    lines.append(f"[bold]faithful[/] {s['faithfulness_kind']} {fmt_r2(s['faithfulness'])}   features: {s['n']}")
     measured = f"model {s['original_score']:+.3f}   " if s["original_score"] is not None else ""
     lines.append(f"[bold]score[/]    {measured}fit: all kept {s['full']:+.3f}, all masked {s['baseline']:+.3f}")
     if s["plan_reason"]:
