@@ -72,6 +72,17 @@ def test_recovers_planted_hierarchical_function():
     assert d["refit"]["used"] and d["n_samples"] == 600 and d["chosen"]["max_depth"] == 3
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refit_is_judged_out_of_fold_on_noisy_answers(seed):
+    # At 150 noisy answers the refit's own CV error is optimistic (its terms were picked by trees that saw
+    # every answer); re-selecting per fold shows it, and such a refit must not replace the proxy.
+    f = planted_hierarchical(64, n_top=10, noise=0.5, seed=seed)
+    masks = random_masks(64, 150, seed=seed)
+    d = ProxySPEX(64, random_state=seed).fit_answers(masks, f(masks)).diagnostics
+    assert d["refit"]["oof_mse"] > d["refit"]["cv_mse"]
+    assert d["refit"]["oof_mse"] >= d["proxy_cv_mse"] and not d["refit"]["used"]
+
+
 class Recorder:
     def __init__(self, f):
         self.f, self.masks = f, []
