@@ -400,21 +400,23 @@ class Runner:
         if wait > 0:
             self._pause_until = max(self._pause_until, time.monotonic() + wait)
 
-    async def _claim_or_wait(self, key: str) -> Completion | None:
-        """Claim the call for this process (None), or wait while another process sends it and return its
-        answer from the cache; if that process fails or dies, its claim goes and this one takes over."""
-        delay = 0.02
+    async def _claim_or_wait(self, key: str) -> tuple[Completion | None, bool]:
+        """(None, True): this caller claimed the call and sends it. (answer, False): another caller sent it
+        meanwhile. While another holds the claim, wait for its answer; if it fails or dies, its claim goes and
+        this one takes over. A holder that neither answers nor goes within the call timeout + 30 s (a stopped
+        process) is not waited for: (None, False), sent unclaimed."""
+        delay, deadline = 0.02, time.monotonic() + self.adapter.timeout + 30.0
         while True:
-            if self.cache.claim(key, ttl=self.adapter.timeout + 30.0):
+            if self.cache.claim(key):
                 # Look (again): a holder caches its answer before releasing, so a claim won after a release
                 # must find that answer here rather than pay for it a second time.
                 hit = self.cache.get(key)
                 if hit is not None:
                     self.cache.release(key)
-                return hit
+                return hit, hit is None
             hit = self.cache.get(key)
-            if hit is not None:
-                return hit
+            if hit is not None or time.monotonic() > deadline:
+                return hit, False
             await asyncio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
@@ -436,12 +438,11 @@ class Runner:
                 if self._abort is not None:
                     raise _Aborted
                 if self.cache is not None:
-                    hit = await self._claim_or_wait(key)
-                    if hit is not None:  # another process answered it meanwhile: nothing to send or pay
+                    hit, claimed = await self._claim_or_wait(key)
+                    if hit is not None:  # another caller answered it meanwhile: nothing to send or pay
                         charged = 0.0
                         self.stats.cache_hits += 1
                         return hit
-                    claimed = True
                 self.stats.api_calls += 1
                 sent = True
                 completion, headers = await self.adapter.exchange(request)
@@ -477,9 +478,8 @@ class Runner:
                 charged = 0.0
             raise
         else:
-            if self.cache is not None:  # durable before anyone uses the answer; the claim goes with it
-                self.cache.put(key, completion, release=claimed)
-                claimed = False
+            if self.cache is not None:  # durable before anyone uses the answer (the claim goes in `finally`)
+                self.cache.put(key, completion)
             charged = self.price.cost(completion.usage)
             u = completion.usage
             self.stats.input_tokens += u.input_tokens

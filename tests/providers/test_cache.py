@@ -65,23 +65,37 @@ def test_several_processes_share_one_directory(tmp_path):
     assert all(c.get(f"key{i}").texts == (f"answer {i}",) for i in range(150))
 
 
-def test_claims_are_exclusive_expire_and_are_taken_over_from_dead_processes(tmp_path):
-    import socket
-    import time
+HOLDER = """
+import sys, time
+from providers.cache import ResponseCache
+c = ResponseCache(sys.argv[1])
+assert c.claim("k")
+print("held", flush=True)
+time.sleep(60)
+"""
 
+
+def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):
     c = ResponseCache(tmp_path)
-    assert c.claim("k", ttl=30)
-    assert not c.claim("k", ttl=30)  # exclusive within one process too: two runners there must not both send
-    assert not ResponseCache(tmp_path).claim("k", ttl=30)
+    assert c.claim("k")
+    assert not c.claim("k")  # exclusive within one process too: two runners there must not both send
+    other = ResponseCache(tmp_path)  # a second cache object of this process on the same directory
+    assert not other.claim("k")
+    c.close()  # closing one cache object drops no claim of another
+    assert not other.claim("k")
     c.release("k")
-    c._cache.set("claim:k", f"{socket.gethostname()}:1:0f", expire=30)  # pid 1 is alive: another live holder
-    assert not c.claim("k", ttl=30)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    c._cache.set("claim:k", f"{socket.gethostname()}:{dead.pid}:0f", expire=30)  # killed holder
-    assert c.claim("k", ttl=30)
-    c.release("k")
-    c._cache.set("claim:k", "elsewhere:1:0f", expire=0.2)  # a holder on another host: wait for expiry
-    assert not c.claim("k", ttl=30)
-    time.sleep(0.3)
-    assert c.claim("k", ttl=30)
+    assert other.claim("k") and not c.claim("k")
+    other.release("k")
+
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=root, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not c.claim("k")  # held by another process
+        assert c.claim("k2")  # other keys are free
+        c.release("k2")
+    finally:
+        holder.kill()  # kill -9: no chance to release
+        holder.wait(10)
+    assert c.claim("k")  # the kernel dropped the dead holder's claim
