@@ -40,8 +40,9 @@ from providers.types import Completion, Request, Usage
 
 @dataclass
 class RunnerStats:
-    """Counters of one runner (all runs). `spend` is dollars from reported usage plus the worst case of
-    attempts whose outcome is unknown (timeouts, dropped connections), which are counted as paid."""
+    """Counters of one runner (all runs). `api_calls` and `cache_hits` count distinct calls: identical requests
+    in one batch are asked once. `spend` is dollars from reported usage plus the worst case of attempts whose
+    outcome is unknown (timeouts, dropped connections), which are counted as paid."""
 
     api_calls: int = 0
     cache_hits: int = 0
@@ -262,8 +263,23 @@ class Runner:
             self._abort = None
             self.stats._started = time.monotonic()
         self._active_runs += 1
+        # A few workers send the misses, in order, rather than one task per request: thousands of tasks parked on
+        # the concurrency slots survive into the oldest GC generation, and every full collection walks them all
+        # (CPU per query grew with the batch: 100 µs at 300 requests, 230 µs at 10,000).
+        unique = list(dict.fromkeys(requests))  # identical requests in one batch are asked once
+        results: list[Any] = [None] * len(unique)
         try:
-            results = await asyncio.gather(*(self._request(r, state) for r in requests), return_exceptions=True)
+            misses = self._look_up(unique, results)
+            todo = iter(misses)
+
+            async def worker() -> None:
+                for i, calls in todo:
+                    try:
+                        results[i] = await self._request(calls, state)
+                    except Exception as exc:  # kept in place; the first fatal one is raised below
+                        results[i] = exc
+
+            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(misses)))))
         finally:
             self._active_runs -= 1
             if self._active_runs == 0 and self.stats._started is not None:
@@ -272,12 +288,30 @@ class Runner:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise self._abort if self._abort is not None else errors[0]
-        return list(results)  # type: ignore[arg-type]
+        if len(unique) == len(requests):
+            return results
+        answer = dict(zip(unique, results))
+        return [answer[r] for r in requests]
 
     async def send(self, request: Request) -> Completion:
         return (await self.run([request]))[0]
 
     # ---- internals ----------------------------------------------------------------------------------
+    def _look_up(self, requests: list[Request], results: list[Any]
+                 ) -> list[tuple[int, list[tuple[Request, str, Completion | None]]]]:
+        """Look every call up in the cache in one pass: fully cached requests get their answer in `results`; the
+        others come back with their calls and any partial hits. Reads back to back cost 7-15 µs of CPU each; one
+        alone, between network waits in an otherwise idle process, cost ~180 µs (measured here)."""
+        misses = []
+        for i, r in enumerate(requests):
+            calls = [(sub, key, None if self.cache is None else self.cache.get(key)) for sub, key in self._calls(r)]
+            if all(hit is not None for _, _, hit in calls):
+                self.stats.cache_hits += len(calls)
+                results[i] = self._done([hit for _, _, hit in calls])  # type: ignore[misc]
+            else:
+                misses.append((i, calls))
+        return misses
+
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         st = self._states.get(loop)
@@ -300,24 +334,30 @@ class Runner:
         return [(sub, cache_key({**self.adapter.cache_material(sub), "sample": i}))
                 for i, sub in enumerate(split_samples(request))]
 
-    async def _request(self, request: Request, state: _LoopState) -> Completion:
-        parts = await asyncio.gather(*(self._call(sub, key, state) for sub, key in self._calls(request)),
-                                     return_exceptions=True)
+    def _done(self, parts: list[Completion]) -> Completion:
+        """One request's answer from its calls' answers; reported to on_progress."""
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+        return parts[0] if len(parts) == 1 else merge_completions(parts)
+
+    async def _request(self, calls: list[tuple[Request, str, Completion | None]], state: _LoopState) -> Completion:
+        if len(calls) == 1:
+            sub, key, hit = calls[0]
+            return self._done([hit if hit is not None else await self._call(sub, key, state)])
+        parts = await asyncio.gather(*(self._hit(hit) if hit is not None else self._call(sub, key, state)
+                                       for sub, key, hit in calls), return_exceptions=True)
         for p in parts:
             if isinstance(p, BaseException):
                 raise p
-        out = parts[0] if len(parts) == 1 else merge_completions(list(parts))  # type: ignore[arg-type]
-        if self.on_progress is not None:
-            self.on_progress(self.stats)
-        return out  # type: ignore[return-value]
+        return self._done(list(parts))  # type: ignore[arg-type]
+
+    async def _hit(self, hit: Completion) -> Completion:
+        self.stats.cache_hits += 1
+        return hit
 
     async def _call(self, request: Request, key: str, state: _LoopState) -> Completion:
-        if self.cache is not None:
-            hit = self.cache.get(key)
-            if hit is not None:
-                self.stats.cache_hits += 1
-                return hit
-        if key in state.inflight:  # the same call is already on its way in this run
+        """Send one call the cache did not have (once per run: later askers wait for the same answer)."""
+        if key in state.inflight:  # the same call is already on its way (another run on this runner)
             return await asyncio.shield(state.inflight[key])
         fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         state.inflight[key] = fut

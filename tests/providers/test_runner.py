@@ -54,6 +54,19 @@ async def test_identical_requests_in_one_batch_are_sent_once(server):
     assert out[:3] == out[3:6] == out[9:12]
 
 
+async def test_a_large_batch_runs_on_a_few_tasks(server, tmp_path):
+    # one task per request would park thousands of tasks on the slots (and in the oldest GC generation)
+    server.state.control({"latency": 0.02})
+    r = Runner(compat(server), cache=str(tmp_path), concurrency=4)
+    tasks: list[int] = []
+    r.on_progress = lambda stats: tasks.append(len(asyncio.all_tasks()))
+    await r.run(reqs(80))
+    assert len(tasks) == 80 and max(tasks) <= 4 + 1  # the workers and the test itself
+    tasks.clear()
+    await r.run(reqs(80) + reqs(5, "new"))  # answers in the cache come back in one pass, before any task starts
+    assert tasks[:80] == [1] * 80 and r.stats.cache_hits == 80
+
+
 async def test_concurrency_limit_is_respected(server):
     server.state.control({"latency": 0.2})
     r = Runner(compat(server), concurrency=3)

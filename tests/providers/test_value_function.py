@@ -56,8 +56,8 @@ async def test_scores_match_direct_scoring_and_cache_makes_reruns_free(server, t
     assert np.allclose(y, direct)
     calls = f.stats["api_calls"]
     f2 = vf(server, tmp_path)
-    assert np.array_equal(await f2(m), y) and f2.stats["api_calls"] == 0 and f2.stats["cache_hits"] == 16
-    assert calls == len({tuple(r) for r in m})
+    assert np.array_equal(await f2(m), y) and f2.stats["api_calls"] == 0
+    assert calls == f2.stats["cache_hits"] == len({tuple(r) for r in m})  # repeated masks are asked once
 
 
 def test_works_through_the_engine_oracle_with_faults(server, tmp_path):
