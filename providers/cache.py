@@ -42,7 +42,7 @@ class _Claims:
     descriptor (a second descriptor would share them, and closing any one drops them all), so every cache
     object of the process on that directory shares this one descriptor and its set of keys held here."""
 
-    _open: dict[str, "_Claims"] = {}
+    _open: dict[tuple[int, int], "_Claims"] = {}  # by the lock file's (device, inode)
     _guard = threading.Lock()
 
     def __init__(self, path: str) -> None:
@@ -52,12 +52,19 @@ class _Claims:
 
     @classmethod
     def of(cls, directory: str) -> "_Claims":
-        path = os.path.realpath(os.path.join(directory, "claims.lock"))
+        """The claims on `directory`'s lock file, found by its inode (a directory deleted and made again gets a
+        new file), never opened twice: closing a second descriptor would drop every lock the process holds."""
+        path = os.path.join(directory, "claims.lock")
         with cls._guard:
-            claims = cls._open.get(path)
-            if claims is None:
-                claims = cls._open[path] = cls(path)
-            return claims
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) in cls._open:
+                    return cls._open[st.st_dev, st.st_ino]
+            except FileNotFoundError:
+                pass
+            claims = cls(path)
+            st = os.fstat(claims.fd)
+            return cls._open.setdefault((st.st_dev, st.st_ino), claims)
 
     @staticmethod
     def _byte(key: str) -> int:

@@ -99,3 +99,13 @@ def test_claims_are_exclusive_and_die_with_their_holder(tmp_path):
         holder.kill()  # kill -9: no chance to release
         holder.wait(10)
     assert c.claim("k")  # the kernel dropped the dead holder's claim
+
+
+def test_a_directory_made_again_starts_without_claims(tmp_path):
+    import shutil
+
+    d = tmp_path / "cache"
+    old = ResponseCache(d)
+    assert old.claim("k")
+    shutil.rmtree(d)  # the user deletes the cache while this process holds a claim on the old lock file
+    assert ResponseCache(d).claim("k")  # the new directory's lock file is a new file: no stale claim
