@@ -341,9 +341,9 @@ class Runner:
         return parts[0] if len(parts) == 1 else merge_completions(parts)
 
     async def _request(self, calls: list[tuple[Request, str, Completion | None]], state: _LoopState) -> Completion:
-        if len(calls) == 1:
-            sub, key, hit = calls[0]
-            return self._done([hit if hit is not None else await self._call(sub, key, state)])
+        if len(calls) == 1:  # a one-call request is a miss here: its hit was served by _look_up
+            sub, key, _ = calls[0]
+            return self._done([await self._call(sub, key, state)])
         parts = await asyncio.gather(*(self._hit(hit) if hit is not None else self._call(sub, key, state)
                                        for sub, key, hit in calls), return_exceptions=True)
         for p in parts:
