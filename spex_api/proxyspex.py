@@ -467,6 +467,7 @@ class ProxySPEX:
         for t in terms.values():
             selected.update(t.top(self.energy, top_k))
         candidates = downward_closure(selected)
+        n_selected = len(candidates)  # residual passes append their terms after these
         lap("select")
 
         final, refit_info = None, {"used": False}
@@ -497,7 +498,7 @@ class ProxySPEX:
             gate_mse = refit.cv_mse
             if tune_rows == len(y):  # the tuning folds cover every answer: judge the refit out of fold
                 boosters = {d: (fold_boosters[(d, r["learning_rate"])], r["rounds"]) for d, r in per_depth.items()}
-                extra_terms = set(candidates) - set(downward_closure(selected))
+                extra_terms = set(candidates[n_selected:])
                 gate_mse = self._refit_oof_mse(splits, boosters, extra_terms, masks, y, refit.alpha, top_k)
                 lap("refit")
             used = gate_mse < best["cv_mse"]
