@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from spex_api.fourier import SparseFourier, as_masks
+from spex_api.engine.fourier import SparseFourier, as_masks
 
 
 

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._planted import PlantedFunction, planted_hierarchical, random_masks  # noqa: E402
-from spex_api.fourier import SparseFourier, r2_score  # noqa: E402
+from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
 
 HOLDOUT_SEED = 987_654
 
@@ -70,7 +70,7 @@ class Counting:
 
 # ------------------------------------------------------------------------------------------- methods
 def ours_spex(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
-    from spex_api.spex import SPEX
+    from spex_api.engine.spex import SPEX
 
     b = SPEX.largest_b(f.n, budget)
     expl = SPEX(f.n, b=b, random_state=0).fit(f)
@@ -78,14 +78,14 @@ def ours_spex(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
 
 
 def ours_proxyspex(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
-    from spex_api.proxyspex import ProxySPEX
+    from spex_api.engine.proxyspex import ProxySPEX
 
     expl = ProxySPEX(f.n, n_samples=budget, random_state=0).fit(f)
     return expl.fourier, f.queries
 
 
 def ours_auto(f: PlantedFunction, budget: int) -> tuple[SparseFourier, int]:
-    from spex_api.explainer import Explainer
+    from spex_api.engine.explainer import Explainer
 
     expl = Explainer(f, f.n, budget, random_state=0).explain()
     return expl.fourier, expl.queries_used
@@ -239,7 +239,7 @@ def _conversion_child(conn, which: str, indices: tuple[str, ...], cpu_limit: flo
     _limit_cpu(cpu_limit)
     try:
         warnings.filterwarnings("ignore")
-        from spex_api.indices import fourier_to_mobius, interaction_index
+        from spex_api.engine.indices import fourier_to_mobius, interaction_index
 
         fourier = _random_fourier(1000, 2000, 5, seed=5)
         out = {}
@@ -295,8 +295,8 @@ def conversion_table(peer_timeout: float) -> None:
 # ------------------------------------------------------------------------------------- crossover
 def _crossover_child(conn, n: int, kind: str, b: int, cpu_limit: float) -> None:
     _limit_cpu(cpu_limit)
-    from spex_api.proxyspex import ProxySPEX
-    from spex_api.spex import SPEX
+    from spex_api.engine.proxyspex import ProxySPEX
+    from spex_api.engine.spex import SPEX
 
     f = {"hier noisy": lambda: planted_hierarchical(n, seed=1, noise=0.1),
          "hier40 noisy": lambda: planted_hierarchical(n, n_top=40, seed=2, noise=0.1)}[kind]()

@@ -31,15 +31,15 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from spex_api.explainer import Explainer
-from spex_api.fourier import SparseFourier, r2_score
-from spex_api.indices import SparseMobius, mobius_to_fourier
-from spex_api.linear import LinearBaseline
-from spex_api.planner import minimum_budget
-from spex_api.proxyspex import ProxySPEX
+from spex_api.engine.explainer import Explainer
+from spex_api.engine.fourier import SparseFourier, r2_score
+from spex_api.engine.indices import SparseMobius, mobius_to_fourier
+from spex_api.engine.baseline import LinearBaseline
+from spex_api.engine.planner import minimum_budget
+from spex_api.engine.proxyspex import ProxySPEX
 from spex_api.sdk import BackgroundLoop
-from spex_api.spex import SPEX
-from spex_api.value_function import Oracle
+from spex_api.engine.spex import SPEX
+from spex_api.engine.oracle import Oracle
 
 OUT = _HERE / "out"
 

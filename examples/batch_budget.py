@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 import spex_api
-from spex_api.explanation import Explanation
+from spex_api.engine.explanation import Explanation
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = (

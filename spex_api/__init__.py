@@ -1,18 +1,18 @@
 """spex-api: explain closed-source LLM answers with sparse feature interactions (SPEX, ProxySPEX)."""
 
-from spex_api.fourier import SparseFourier, r2_score
-from spex_api.value_function import BudgetExceededError, Oracle, ValueFunctionError
+from spex_api.engine.fourier import SparseFourier, r2_score
+from spex_api.engine.oracle import BudgetExceededError, Oracle, ValueFunctionError
 
 __version__ = "0.1.0"
 
 # Names imported on first use: `import spex_api` stays light (no scikit-learn, no providers or their SDKs),
 # which keeps `spex-api explain --dry-run` fast. `from spex_api import Explainer` works as usual.
 _LAZY = {
-    "Explanation": "spex_api.explanation",
-    "Interaction": "spex_api.explanation",
-    "SPEX": "spex_api.spex",
-    "Explainer": "spex_api.explainer",
-    "Plan": "spex_api.planner",
+    "Explanation": "spex_api.engine.explanation",
+    "Interaction": "spex_api.engine.explanation",
+    "SPEX": "spex_api.engine.spex",
+    "Explainer": "spex_api.engine.explainer",
+    "Plan": "spex_api.engine.plan",
     "explain": "spex_api.sdk",
     "explain_many": "spex_api.sdk",
 }

@@ -183,13 +183,13 @@ def report(
     top: int = typer.Option(10, min=1, help="Interactions shown."),
 ) -> None:
     """Render a saved explanation to the terminal, and optionally to HTML and a figure."""
-    from spex_api.explanation import Explanation
+    from spex_api.engine.explanation import Explanation
     from spex_api.report import print_report, save_plot, write_html
 
     def load() -> Any:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
-        from spex_api.indices import canonical_index
+        from spex_api.engine.indices import canonical_index
 
         canonical_index(index)
         try:

@@ -40,7 +40,7 @@ class Preview:
     model: str
     base_url: str | None
     scorer: Any
-    plan: Any  # spex_api.planner.Plan
+    plan: Any  # spex_api.engine.planner.Plan
     budget: int
     max_cost: float | None
     estimated_cost: float
@@ -194,7 +194,7 @@ class _RawCompletion:
 
 
 def _plan(n: int, budget: int, method: str, max_order: int) -> Any:
-    from spex_api.planner import plan
+    from spex_api.engine.planner import plan
 
     # One query is kept back for the original (unmasked) answer.
     return plan(n, budget - 1, method=method, max_order=max_order)
@@ -366,7 +366,7 @@ def _run_one(pre: Preview, adapter: Any, runner: Any, io: BackgroundLoop, progre
     """Original answer, then the planned queries; returns the Explanation with cost and metadata."""
     from providers.value_function import LLMValueFunction
 
-    from spex_api.explainer import Explainer
+    from spex_api.engine.explainer import Explainer
 
     meter = _Meter(runner)
     vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, meter, progress=progress)
@@ -425,7 +425,7 @@ def explain(
     `budget` caps the queries (the original answer included), `max_cost` the dollars. With no provider,
     no base_url and no OPENAI_API_KEY the local Gemma server is started for the call and stopped after.
     Before any spend the plan and estimated cost are shown (and confirmed when interactive or
-    `confirm=True`); then the run shows a progress bar. Returns a `spex_api.explanation.Explanation`
+    `confirm=True`); then the run shows a progress bar. Returns a `spex_api.engine.explanation.Explanation`
     with faithfulness, queries_used, cost (dollars) and metadata (original answer, feature texts, prompt,
     provider, model, scorer). `raw_completion`, `prices`: see `preview`.
     """

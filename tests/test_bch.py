@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spex_api.bch import BCHCode, bch_code, bch_parity_length
+from spex_api.engine.bch import BCHCode, bch_code, bch_parity_length
 
 
 @pytest.mark.parametrize(

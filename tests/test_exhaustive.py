@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from spex_api import Explainer
-from spex_api.exhaustive import Exhaustive, all_masks
-from spex_api.fourier import SparseFourier, fwht
-from spex_api.planner import minimum_budget, plan
+from spex_api.engine.exhaustive import Exhaustive, all_masks
+from spex_api.engine.fourier import SparseFourier, fwht
+from spex_api.engine.planner import minimum_budget, plan
 
 
 def brute_force_transform(values: np.ndarray, masks: np.ndarray) -> dict:

@@ -5,8 +5,8 @@ import pytest
 
 from benchmarks._planted import planted_additive, planted_hierarchical, random_masks
 from spex_api import Explainer, ValueFunctionError
-from spex_api.fourier import r2_score
-from spex_api.linear import LinearBaseline
+from spex_api.engine.fourier import r2_score
+from spex_api.engine.baseline import LinearBaseline
 
 
 class Recorder:

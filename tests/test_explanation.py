@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from spex_api.explanation import Explanation, Interaction
-from spex_api.fourier import SparseFourier
+from spex_api.engine.explanation import Explanation, Interaction
+from spex_api.engine.fourier import SparseFourier
 
 
 def make(**kwargs):
@@ -48,7 +48,7 @@ class FakePlan:
 
 
 def test_json_round_trip(tmp_path):
-    from spex_api.planner import plan
+    from spex_api.engine.planner import plan
 
     e = make(
         plan=plan(4, 200, method="proxyspex"),

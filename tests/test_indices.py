@@ -6,8 +6,8 @@ from math import comb, factorial
 import numpy as np
 import pytest
 
-from spex_api.fourier import SparseFourier
-from spex_api.indices import (
+from spex_api.engine.fourier import SparseFourier
+from spex_api.engine.indices import (
     SparseMobius,
     canonical_index,
     fourier_to_mobius,

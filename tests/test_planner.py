@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from spex_api import Explainer, Plan
-from spex_api.planner import CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, PROXYSPEX_MIN_SAMPLES, auto_min_b, minimum_budget, plan
-from spex_api.spex import SPEX
+from spex_api.engine.planner import CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, PROXYSPEX_MIN_SAMPLES, auto_min_b, minimum_budget, plan
+from spex_api.engine.spex import SPEX
 
 
 def _budgets(rng, n, method, holdout):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from benchmarks._planted import planted_hierarchical, random_masks
-from spex_api.fourier import SparseFourier, r2_score
-from spex_api.proxyspex import ProxySPEX, downward_closure, select_coefficients, tree_fourier, uniform_masks
-from spex_api.value_function import BudgetExceededError, Oracle, ValueFunctionError
+from spex_api.engine.fourier import SparseFourier, r2_score
+from spex_api.engine.proxyspex import ProxySPEX, downward_closure, select_coefficients, tree_fourier, uniform_masks
+from spex_api.engine.oracle import BudgetExceededError, Oracle, ValueFunctionError
 
 SMALL_GRID = {"max_depth": (3,), "n_estimators": (200,)}
 

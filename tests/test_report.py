@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from spex_api.explanation import Explanation
-from spex_api.fourier import SparseFourier
+from spex_api.engine.explanation import Explanation
+from spex_api.engine.fourier import SparseFourier
 from spex_api.report import interactions_table, print_report, render_html, save_plot, write_html
 
 TEXT = (

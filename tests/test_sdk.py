@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from spex_api import sdk
-from spex_api.explanation import Explanation
+from spex_api.engine.explanation import Explanation
 from test_cli import counting_server  # noqa: F401 - fixture
 
 FEW_SHOT = (

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy.linalg import hadamard
 
-from spex_api.bch import bch_parity_length
-from spex_api.fourier import SparseFourier, r2_score
-from spex_api.spex import SPEX
-from spex_api.value_function import BudgetExceededError, Oracle, ValueFunctionError
+from spex_api.engine.bch import bch_parity_length
+from spex_api.engine.fourier import SparseFourier, r2_score
+from spex_api.engine.spex import SPEX
+from spex_api.engine.oracle import BudgetExceededError, Oracle, ValueFunctionError
 
 
 def planted(n: int, n_top: int, max_degree: int, seed: int, decay: float = 0.5) -> SparseFourier:

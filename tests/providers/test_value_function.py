@@ -14,7 +14,7 @@ from providers.prompt import MaskedPrompt
 from providers.runner import Runner
 from providers.scorers import AnswerFrequency, AnswerLogprob, AnswerSimilarity, LabelMargin, ScorerError
 from providers.value_function import LLMValueFunction
-from spex_api.value_function import Oracle
+from spex_api.engine.oracle import Oracle
 
 TEXT = "The movie was long. The acting was superb. The plot made no sense. I would watch it again."
 TEMPLATE = "Review: {content}\nIs the review positive? Answer True or False."

@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import lightgbm as lgb
 import numpy as np
 
-from spex_api.explanation import Explanation
-from spex_api.fourier import Key, SparseFourier, fourier_basis
-from spex_api.indices import subset_patterns
-from spex_api.value_function import Oracle, ValueFunction
+from spex_api.engine.explanation import Explanation
+from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
+from spex_api.engine.indices import subset_patterns
+from spex_api.engine.oracle import Oracle, ValueFunction
 
 DEFAULT_GRID = {"max_depth": (3, 4, 5), "learning_rate": (0.1,), "n_estimators": (500,)}
 

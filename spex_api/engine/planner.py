@@ -8,13 +8,12 @@ maximum number of distinct queries the run can send; it never exceeds the budget
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from spex_api.exhaustive import MAX_N as EXHAUSTIVE_MAX_N
-from spex_api.spex import SPEX
+from spex_api.engine.design import EXHAUSTIVE_MAX_N, spex_largest_b, spex_queries
+from spex_api.engine.plan import Plan
 
 METHODS = ("auto", "spex", "proxyspex", "exhaustive")
 
@@ -41,57 +40,6 @@ def auto_min_b(n: int) -> int:
     return min(n, 6)
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What an explanation will spend, decided before any query.
-
-    method: "spex", "proxyspex" or "exhaustive" (resolved; `requested` keeps what the caller asked for).
-    b, t: SPEX subsampling dimension and BCH correction capacity (None for ProxySPEX).
-    n_queries: training queries (exact SPEX design size, or ProxySPEX's sample count).
-    n_holdout: uniform random masks held out to measure faithfulness (0 = no measurement).
-    total: n_queries + n_holdout, the most distinct masks the run can send (<= budget).
-    """
-
-    method: str
-    n: int
-    budget: int
-    max_order: int
-    n_queries: int
-    n_holdout: int
-    total: int
-    reason: str
-    requested: str = "auto"
-    b: int | None = None
-    t: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Plan":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-    def describe(self) -> str:
-        """Human-readable summary for the CLI."""
-        if self.method == "spex":
-            algo = f"SPEX, b={self.b} ({2 ** self.b} bins x 3 groups), BCH t={self.t}"
-        elif self.method == "exhaustive":
-            algo = f"exact transform of all {self.n_queries} masks"
-        else:
-            algo = f"ProxySPEX on {self.n_queries} uniform random masks"
-        holdout = f"{self.n_holdout} held-out masks" if self.n_holdout else "no held-out slice (faithfulness via CV)"
-        unspent = ""
-        if self.total < self.budget and self.method == "spex":
-            unspent = f" ({self.budget - self.total} left unspent: b={self.b + 1} would need {2 * self.n_queries})"
-        return (
-            f"{algo}\n"
-            f"queries: {self.n_queries} training + {holdout} = at most {self.total} of budget {self.budget}{unspent}\n"
-            f"features: {self.n}, max order {self.max_order}\n"
-            f"why: {self.reason}"
-        )
-
-
 def minimum_budget(n: int, method: str = "auto", max_order: int = 5, holdout: float = 0.05,
                    min_holdout: int = MIN_HOLDOUT) -> int:
     """Smallest budget `plan` accepts for this method (training minimum plus the held-out floor)."""
@@ -99,7 +47,7 @@ def minimum_budget(n: int, method: str = "auto", max_order: int = 5, holdout: fl
     if method == "exhaustive":
         return 2**n
     spex_only = method == "spex"  # auto at n < PROXYSPEX_MIN_N is exhaustive (see _with_exhaustive)
-    train = SPEX.n_queries(n, SPEX_MIN_B, max_order) if spex_only else PROXYSPEX_MIN_SAMPLES
+    train = spex_queries(n, SPEX_MIN_B, max_order) if spex_only else PROXYSPEX_MIN_SAMPLES
     if holdout <= 0:
         return _with_exhaustive(train, n, method)
     # n_holdout = max(min_holdout, ceil(holdout * budget)); find the least budget leaving `train`.
@@ -187,9 +135,9 @@ def plan(
         return Plan("exhaustive", n, budget, max_order, 2**n, 0, 2**n, reason, method)
     n_holdout = max(min_holdout, math.ceil(holdout * budget)) if holdout > 0 else 0
     train = budget - n_holdout
-    b = SPEX.largest_b(n, train, max_order)
+    b = spex_largest_b(n, train, max_order)
     b = b if b is not None and b >= SPEX_MIN_B else None
-    spex_queries = SPEX.n_queries(n, b, max_order) if b is not None else 0
+    spex_queries = spex_queries(n, b, max_order) if b is not None else 0
 
     if method == "auto":
         need = auto_min_b(n)
@@ -204,7 +152,7 @@ def plan(
             have = f"only b={b}" if b is not None else "not even b=2"
             reason = (
                 f"budget affords {have} for SPEX at n={n} (needs b >= {need}, i.e. "
-                f"{SPEX.n_queries(n, need, max_order)} training queries); ProxySPEX's tree proxy is "
+                f"{spex_queries(n, need, max_order)} training queries); ProxySPEX's tree proxy is "
                 f"more faithful per query at this budget"
             )
     else:

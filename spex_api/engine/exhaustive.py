@@ -10,12 +10,10 @@ import time
 
 import numpy as np
 
-from spex_api.explanation import Explanation
-from spex_api.fourier import SparseFourier, fwht, r2_score
-from spex_api.value_function import Oracle, ValueFunction
-
-# 2^20 queries is already far past any sensible API budget; larger cubes would not fit in memory.
-MAX_N = 20
+from spex_api.engine.design import EXHAUSTIVE_MAX_N as MAX_N
+from spex_api.engine.explanation import Explanation
+from spex_api.engine.fourier import SparseFourier, fwht, r2_score
+from spex_api.engine.oracle import Oracle, ValueFunction
 
 
 def all_masks(n: int) -> np.ndarray:

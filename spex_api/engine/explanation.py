@@ -7,7 +7,6 @@ never lost.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +14,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from spex_api.fourier import Key, SparseFourier
-from spex_api.indices import SparseMobius, canonical_index, fourier_to_mobius, interaction_index
+from spex_api.engine.fourier import Key, SparseFourier
+from spex_api.engine.indices import SparseMobius, canonical_index, fourier_to_mobius, interaction_index
+from spex_api.engine.plan import Plan
 
 FORMAT_VERSION = 1
 
@@ -74,18 +74,11 @@ def _unjsonable(obj: Any) -> Any:
 
 
 def _restore_plan(data: Any) -> Any:
-    """Rebuild a Plan with spex_api.planner.Plan.from_dict when that module exists; else keep the dict."""
-    if data is None:
-        return None
-    try:
-        planner = importlib.import_module("spex_api.planner")
-    except ImportError:
-        return data
-    plan_cls = getattr(planner, "Plan", None)
-    if plan_cls is None or not hasattr(plan_cls, "from_dict") or not isinstance(data, dict):
+    """Rebuild a Plan from its dict; a plan from another version keeps its fields as a dict."""
+    if not isinstance(data, dict):
         return data
     try:
-        return plan_cls.from_dict(data)
+        return Plan.from_dict(data)
     except (TypeError, ValueError, KeyError):
         return data  # a plan from another version: keep its fields rather than lose the result
 
@@ -148,7 +141,7 @@ class Explanation:
         """Interactions under `index` ranked by |value| (ties: lower order, then feature indices).
 
         `order` is the index's order for k-sii/fbii/fsii/stii and the largest order shown otherwise
-        (see spex_api.indices.interaction_index). The empty set (a baseline, not an interaction) is
+        (see spex_api.engine.indices.interaction_index). The empty set (a baseline, not an interaction) is
         left out unless include_empty.
         """
         table = self.values(index, order)

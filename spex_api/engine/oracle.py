@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable, Union
 
 import numpy as np
 
-from spex_api.fourier import as_masks
+from spex_api.engine.fourier import as_masks
 
 ValueFunction = Union[Callable[[np.ndarray], Any], Callable[[np.ndarray], Awaitable[Any]]]
 

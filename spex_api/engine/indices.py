@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from spex_api.fourier import Key, SparseFourier, as_masks, incidence
+from spex_api.engine.fourier import Key, SparseFourier, as_masks, incidence
 
 INDICES = ("fourier", "mobius", "banzhaf", "shapley", "bii", "sii", "k-sii", "fbii", "fsii", "stii")
 

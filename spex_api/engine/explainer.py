@@ -14,11 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.model_selection import KFold
 
-from spex_api.explanation import Explanation
-from spex_api.fourier import Key, fourier_basis, r2_score
-from spex_api.linear import LinearBaseline
-from spex_api.planner import CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, plan
-from spex_api.value_function import Oracle, ValueFunction
+from spex_api.engine.explanation import Explanation
+from spex_api.engine.fourier import Key, fourier_basis, r2_score
+from spex_api.engine.baseline import LinearBaseline
+from spex_api.engine.planner import CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, plan
+from spex_api.engine.oracle import Oracle, ValueFunction
 
 
 def _beats_linear(y: np.ndarray, pred: np.ndarray, pred_linear: np.ndarray) -> tuple[bool, float, float]:
@@ -83,7 +83,7 @@ class Explainer:
     value_fn: callable (sync or async) mapping a (N, n) bool mask array (True = kept) to N floats.
     n: number of features.
     budget: hard cap on distinct masks sent to value_fn.
-    method: "auto", "spex", "proxyspex" or "exhaustive" (see `spex_api.planner.plan`).
+    method: "auto", "spex", "proxyspex" or "exhaustive" (see `spex_api.engine.planner.plan`).
     max_order: largest interaction order sought (SPEX: BCH correction capacity t).
     random_state: seeds every random draw (algorithm, held-out masks, baseline folds).
     holdout: fraction of the budget spent on held-out uniform random masks (0 = none; the
@@ -126,14 +126,14 @@ class Explainer:
     def _algorithm(self) -> Any:
         p = self._plan
         if p.method == "exhaustive":
-            from spex_api.exhaustive import Exhaustive
+            from spex_api.engine.exhaustive import Exhaustive
 
             return Exhaustive(self.n)
         if p.method == "spex":
-            from spex_api.spex import SPEX
+            from spex_api.engine.spex import SPEX
 
             return SPEX(self.n, max_order=self.max_order, b=p.b, random_state=self.random_state)
-        from spex_api.proxyspex import ProxySPEX
+        from spex_api.engine.proxyspex import ProxySPEX
 
         return ProxySPEX(self.n, n_samples=p.n_queries, max_order=self.max_order, random_state=self.random_state)
 

@@ -10,8 +10,8 @@ import numpy as np
 from sklearn.linear_model import LassoCV
 from sklearn.model_selection import KFold
 
-from spex_api.explanation import Explanation
-from spex_api.fourier import SparseFourier, as_masks, r2_score
+from spex_api.engine.explanation import Explanation
+from spex_api.engine.fourier import SparseFourier, as_masks, r2_score
 
 
 class LinearBaseline:

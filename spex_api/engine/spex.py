@@ -20,13 +20,13 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import cg
 
-from spex_api.bch import BCHCode, bch_code, bch_parity_length
-from spex_api.explanation import Explanation
-from spex_api.fourier import Key, SparseFourier, fwht, incidence
-from spex_api.value_function import Oracle, ValueFunction
+from spex_api.engine.bch import BCHCode, bch_code
+from spex_api.engine.design import SPEX_B_MAX as _B_MAX
+from spex_api.engine.design import spex_largest_b, spex_queries
+from spex_api.engine.explanation import Explanation
+from spex_api.engine.fourier import Key, SparseFourier, fwht, incidence
+from spex_api.engine.oracle import Oracle, ValueFunction
 
-# Columns of M drawn per group whatever b is, so that designs for different b are nested.
-_B_MAX = 30
 # Default Chase work per peeling round (trial words), split over the bins being decoded.
 _CHASE_WORK = 1 << 18
 
@@ -104,15 +104,12 @@ class SPEX:
     @staticmethod
     def n_queries(n: int, b: int, max_order: int = 5, n_groups: int = 3) -> int:
         """Exact size of the design: C * (P + 1) * 2^b (before de-duplication)."""
-        return int(n_groups) * (bch_parity_length(n, max_order) + 1) * (1 << int(b))
+        return spex_queries(n, b, max_order, n_groups)
 
     @staticmethod
     def largest_b(n: int, budget: int, max_order: int = 5, n_groups: int = 3) -> int | None:
         """Largest b >= 1 whose design fits the budget (None if even b = 1 does not), by formula."""
-        per_bin = int(n_groups) * (bch_parity_length(n, max_order) + 1)
-        if budget < 2 * per_bin:
-            return None
-        return min(int(budget // per_bin).bit_length() - 1, _B_MAX)
+        return spex_largest_b(n, budget, max_order, n_groups)
 
     # ------------------------------------------------------------------ design
     @property

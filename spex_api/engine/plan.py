@@ -1,0 +1,61 @@
+"""The Plan record: what an explanation will spend, decided before any query (a leaf module).
+
+Kept apart from the planner so that explanations can carry and restore a Plan without importing the
+planner, which sizes designs for the algorithms that import explanations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an explanation will spend, decided before any query.
+
+    method: "spex", "proxyspex" or "exhaustive" (resolved; `requested` keeps what the caller asked for).
+    b, t: SPEX subsampling dimension and BCH correction capacity (None for ProxySPEX).
+    n_queries: training queries (exact SPEX design size, or ProxySPEX's sample count).
+    n_holdout: uniform random masks held out to measure faithfulness (0 = no measurement).
+    total: n_queries + n_holdout, the most distinct masks the run can send (<= budget).
+    """
+
+    method: str
+    n: int
+    budget: int
+    max_order: int
+    n_queries: int
+    n_holdout: int
+    total: int
+    reason: str
+    requested: str = "auto"
+    b: int | None = None
+    t: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def describe(self) -> str:
+        """Human-readable summary for the CLI."""
+        if self.method == "spex":
+            algo = f"SPEX, b={self.b} ({2 ** self.b} bins x 3 groups), BCH t={self.t}"
+        elif self.method == "exhaustive":
+            algo = f"exact transform of all {self.n_queries} masks"
+        else:
+            algo = f"ProxySPEX on {self.n_queries} uniform random masks"
+        holdout = f"{self.n_holdout} held-out masks" if self.n_holdout else "no held-out slice (faithfulness via CV)"
+        unspent = ""
+        if self.total < self.budget and self.method == "spex":
+            unspent = f" ({self.budget - self.total} left unspent: b={self.b + 1} would need {2 * self.n_queries})"
+        return (
+            f"{algo}\n"
+            f"queries: {self.n_queries} training + {holdout} = at most {self.total} of budget {self.budget}{unspent}\n"
+            f"features: {self.n}, max order {self.max_order}\n"
+            f"why: {self.reason}"
+        )

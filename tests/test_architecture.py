@@ -1,0 +1,65 @@
+"""The engine stays a leaf: it imports no providers, SDK, UI or network code, and has no import cycle."""
+
+from __future__ import annotations
+
+import ast
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import spex_api.engine
+
+FORBIDDEN = ("providers", "spex_api.sdk", "spex_api.cli", "spex_api.report", "rich", "typer", "jinja2",
+             "matplotlib", "openai", "anthropic", "httpx", "httpx2")
+ENGINE_DIR = Path(spex_api.engine.__file__).parent
+MODULES = sorted(m.name for m in pkgutil.iter_modules([str(ENGINE_DIR)]))
+
+
+def _imports(path: Path) -> list[tuple[str, bool]]:
+    """Every module a file imports, anywhere in it, with whether the import is at module top level."""
+    tree = ast.parse(path.read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, id(node) in top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.module, id(node) in top))
+    return found
+
+
+def _forbidden(name: str) -> bool:
+    return any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN)
+
+
+def test_engine_source_imports_nothing_forbidden():
+    bad = [(m, name) for m in MODULES for name, _ in _imports(ENGINE_DIR / f"{m}.py") if _forbidden(name)]
+    assert bad == []
+    assert "importlib" not in {name for m in MODULES for name, _ in _imports(ENGINE_DIR / f"{m}.py")}
+
+
+def test_engine_has_no_import_cycle():
+    graph = {m: {name.rsplit(".", 1)[-1] for name, _ in _imports(ENGINE_DIR / f"{m}.py")
+                 if name.startswith("spex_api.engine.")} for m in MODULES}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for dep in graph[m]:
+            assert state.get(dep) != 1, f"import cycle: {' -> '.join(path + [m, dep])}"
+            if dep not in state:
+                visit(dep, path + [m])
+        state[m] = 2
+
+    for m in MODULES:
+        if m not in state:
+            visit(m, [])
+
+
+def test_importing_every_engine_module_loads_nothing_forbidden():
+    code = ("import sys\n"
+            + "".join(f"import spex_api.engine.{m}\n" for m in MODULES)
+            + f"bad = [m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in {FORBIDDEN!r})]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
