@@ -91,3 +91,28 @@ def test_to_shapiq():
     assert e.to_shapiq("SV").index == "SV"
     with pytest.raises(ValueError, match="shapiq has no"):
         e.to_shapiq("fourier")
+
+
+def test_noise_and_removal_records_round_trip():
+    from spex_api.engine.explanation import NoiseEstimate, RemovalCheck
+
+    assert make().noise is None and make().removal is None
+    assert Explanation.from_json(make().to_json()).noise is None
+    rng = np.random.default_rng(1)
+    signal = rng.normal(0, 1, 400)
+    first, second = signal + rng.normal(0, 0.3, 400), signal + rng.normal(0, 0.3, 400)
+    noise = NoiseEstimate.from_pairs(first, second, first)
+    assert noise.n_pairs == 400
+    assert noise.noise_sd == pytest.approx(0.3, rel=0.15)
+    assert noise.r2_ceiling == pytest.approx(1 - 0.09 / 1.09, abs=0.05)
+    assert NoiseEstimate.from_pairs(signal, signal, signal).r2_ceiling == 1.0
+    with pytest.raises(ValueError):
+        NoiseEstimate.from_pairs(first[:3], second[:4], first)
+    removal = RemovalCheck("banzhaf", [{"removed": [1], "predicted": -1.0, "measured": -0.8},
+                                       {"removed": [1, 2], "predicted": -2.5, "measured": -2.1}])
+    e = make(faithfulness=0.8, noise=noise, removal=removal, feature_names=["the", "cat", "sat", "down"])
+    back = Explanation.from_json(e.to_json())
+    assert back.noise == noise and back.removal == removal
+    assert back.faithfulness_share == pytest.approx(0.8 / noise.r2_ceiling)
+    text = e.summary()
+    assert "R² ceiling" in text and "removal check" in text and "+sat" in text

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -85,6 +85,82 @@ def _restore_plan(data: Any) -> Any:
 
 _FAITHFULNESS_KINDS = {"holdout_r2": "held-out R²", "cv_r2": "cross-validated R²", "all_masks": "R² on all masks"}
 
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """Repeat noise of the value function, measured by asking the same masks twice.
+
+    noise_sd is the per-answer noise sd (sqrt of half the mean squared difference of the pairs);
+    score_sd the sd of the scores over the explanation's masks; r2_ceiling = 1 − noise_sd²/score_sd²
+    (clipped to [0, 1]) is the R² a perfect surrogate would reach against one noisy answer per mask.
+    """
+
+    n_pairs: int
+    noise_sd: float
+    score_sd: float
+    r2_ceiling: float
+
+    @classmethod
+    def from_pairs(cls, first: np.ndarray, second: np.ndarray, scores: np.ndarray) -> "NoiseEstimate":
+        """Estimate from two answers to the same masks and the scores the surrogate is judged on."""
+        first, second = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+        if first.shape != second.shape or first.ndim != 1 or first.size == 0:
+            raise ValueError(f"need two equal, non-empty 1-d answer arrays, got {first.shape} and {second.shape}")
+        noise_var = float(np.mean((first - second) ** 2) / 2.0)
+        score_var = float(np.var(np.asarray(scores, dtype=float)))
+        ceiling = 1.0 - noise_var / score_var if score_var > 0 else (1.0 if noise_var == 0 else 0.0)
+        return cls(int(first.size), float(np.sqrt(noise_var)), float(np.sqrt(score_var)),
+                   float(min(1.0, max(0.0, ceiling))))
+
+    def share(self, r2: float | None) -> float | None:
+        """A faithfulness R² as a share of the ceiling (None when either is unknown or the ceiling is 0)."""
+        if r2 is None or self.r2_ceiling <= 0:
+            return None
+        return float(r2) / self.r2_ceiling
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_pairs": self.n_pairs, "noise_sd": self.noise_sd, "score_sd": self.score_sd,
+                "r2_ceiling": self.r2_ceiling}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NoiseEstimate":
+        return cls(int(data["n_pairs"]), float(data["noise_sd"]), float(data["score_sd"]),
+                   float(data["r2_ceiling"]))
+
+
+class RemovalStep(TypedDict):
+    """One step of a removal check: the features masked so far, and the score change predicted and measured."""
+
+    removed: list[int]
+    predicted: float
+    measured: float
+
+
+@dataclass(frozen=True)
+class RemovalCheck:
+    """Verified removal (Rem(r)): the model re-asked with the top-1..r features masked.
+
+    Features are ranked by the explanation's own `ranking_index` (largest value first, i.e. the
+    features that raise the score most); step j masks the top j+1 of them, all others kept. predicted
+    and measured are changes of score relative to the full prompt (all features kept): surrogate vs
+    the model's actual answer.
+    """
+
+    ranking_index: str
+    steps: list[RemovalStep]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ranking_index": self.ranking_index,
+                "steps": [{"removed": [int(i) for i in s["removed"]], "predicted": float(s["predicted"]),
+                           "measured": float(s["measured"])} for s in self.steps]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RemovalCheck":
+        steps = [RemovalStep(removed=[int(i) for i in s["removed"]], predicted=float(s["predicted"]),
+                             measured=float(s["measured"])) for s in data["steps"]]
+        return cls(str(data["ranking_index"]), steps)
+
+
 @dataclass
 class Explanation:
     """Sparse Fourier explanation of a value function, with provenance and faithfulness."""
@@ -99,6 +175,8 @@ class Explanation:
     cost: float | None = None
     metadata: dict = field(default_factory=dict)
     diagnostics: dict = field(default_factory=dict)
+    noise: NoiseEstimate | None = None
+    removal: RemovalCheck | None = None
 
     def __post_init__(self) -> None:
         if self.feature_names is not None:
@@ -167,11 +245,29 @@ class Explanation:
             f"{self.method} explanation of {self.n} features: {len(self.fourier)} Fourier coefficients "
             f"(degree {self.fourier.degree}), {self.queries_used} queries, {self.faithfulness_kind} {faith}"
             + ("" if self.cost is None else f", cost ${self.cost:.4f}"),
-            f"top {k} by {canonical_index(index)}:",
         ]
+        if self.noise is not None:
+            share = self.faithfulness_share
+            lines.append(
+                f"repeat noise sd {self.noise.noise_sd:.3g} vs score sd {self.noise.score_sd:.3g} "
+                f"({self.noise.n_pairs} repeated masks): R² ceiling {self.noise.r2_ceiling:.3f}"
+                + ("" if share is None else f", faithfulness {share:.0%} of it")
+            )
+        lines.append(f"top {k} by {canonical_index(index)}:")
         for item in self.top(k, index):
             lines.append(f"  {item.value:+.4f}  {' × '.join(item.names)}")
+        if self.removal is not None:
+            lines.append(f"removal check (top features by {self.removal.ranking_index} masked):")
+            for step in self.removal.steps:
+                names = ", ".join(self._names(tuple(step["removed"][-1:])))
+                lines.append(f"  -{len(step['removed'])} (+{names}): predicted {step['predicted']:+.4f}, "
+                             f"measured {step['measured']:+.4f}")
         return "\n".join(lines)
+
+    @property
+    def faithfulness_share(self) -> float | None:
+        """Faithfulness as a share of the measured noise ceiling (None without a noise estimate)."""
+        return None if self.noise is None else self.noise.share(self.faithfulness)
 
     # -- serialisation -------------------------------------------------------------------------
 
@@ -196,6 +292,8 @@ class Explanation:
             "cost": None if self.cost is None else float(self.cost),
             "metadata": _jsonable(self.metadata),
             "diagnostics": _jsonable(self.diagnostics),
+            "noise": None if self.noise is None else self.noise.to_dict(),
+            "removal": None if self.removal is None else self.removal.to_dict(),
         }
 
     @classmethod
@@ -216,6 +314,8 @@ class Explanation:
             cost=data.get("cost"),
             metadata=_unjsonable(data.get("metadata") or {}),
             diagnostics=_unjsonable(data.get("diagnostics") or {}),
+            noise=None if data.get("noise") is None else NoiseEstimate.from_dict(data["noise"]),
+            removal=None if data.get("removal") is None else RemovalCheck.from_dict(data["removal"]),
         )
 
     def to_json(self, indent: int | None = None) -> str:
