@@ -119,3 +119,10 @@ def test_tiny_n_asks_every_mask_and_proxyspex_refuses():
         assert plan(n, 1000, method="spex").method == "spex"
         with pytest.raises(ValueError, match="ProxySPEX needs n >= 3"):
             plan(n, 1000, method="proxyspex")
+
+
+def test_auto_explains_its_proxyspex_choice_with_the_spex_query_count():
+    # the reason names SPEX's training queries at the b it would need; a local variable once shadowed the
+    # function computing them, so this branch raised TypeError whenever SPEX could afford some b >= 2
+    p = plan(10, 79, method="auto")
+    assert p.method == "proxyspex" and "training queries" in p.reason

@@ -137,7 +137,7 @@ def plan(
     train = budget - n_holdout
     b = spex_largest_b(n, train, max_order)
     b = b if b is not None and b >= SPEX_MIN_B else None
-    spex_queries = spex_queries(n, b, max_order) if b is not None else 0
+    n_spex = spex_queries(n, b, max_order) if b is not None else 0
 
     if method == "auto":
         need = auto_min_b(n)
@@ -159,7 +159,7 @@ def plan(
         chosen = method
         reason = f"method={method!r} requested"
     if chosen == "spex":
-        return Plan("spex", n, budget, max_order, spex_queries, n_holdout, spex_queries + n_holdout,
+        return Plan("spex", n, budget, max_order, n_spex, n_holdout, n_spex + n_holdout,
                     reason, method, b, max_order)
     if n_holdout and budget <= CROSSVAL_MAX_ANSWERS:
         n_holdout, train = 0, budget
