@@ -19,6 +19,9 @@ class Request:
     `top_logprobs` asks for that many alternatives per generated token (None = no logprobs);
     `prompt_logprobs` asks the server to score the prompt tokens (vLLM-style teacher forcing);
     `samples` asks for several independent completions of the same prompt.
+    `repeat` > 0 marks a genuine re-ask of the same request (to measure the model's repeat noise): it is part
+    of the cache key only, never sent, so the k-th repeat is answered by the provider once and then cached
+    like any other answer, but never served with the original (repeat 0) answer.
     """
 
     messages: tuple[Message, ...]
@@ -30,6 +33,7 @@ class Request:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     raw_completion: bool = False  # True: send the rendered text to a completions endpoint, no chat template
+    repeat: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Canonical, JSON-ready form (used for cache keys; holds no credentials)."""

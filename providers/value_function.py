@@ -9,6 +9,7 @@ whose estimated cost no longer fits the runner's `max_cost` or `max_queries`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -114,8 +115,14 @@ class LLMValueFunction:
             self._reference = completion
         return self._reference
 
-    async def __call__(self, masks: Any) -> np.ndarray:
-        """Scores of the masks ((N, n) bool, True = feature kept), one float per row."""
+    async def __call__(self, masks: Any, repeat: int = 0) -> np.ndarray:
+        """Scores of the masks ((N, n) bool, True = feature kept), one float per row.
+
+        repeat = k > 0 asks the same masks again as the k-th genuine re-ask (a separate cache entry, never
+        the cached first answer), for measuring repeat noise.
+        """
+        if not isinstance(repeat, (int, np.integer)) or isinstance(repeat, bool) or repeat < 0:
+            raise ConfigurationError(f"repeat must be an integer >= 0, got {repeat!r}")
         m = np.asarray(masks)
         if m.ndim == 1:
             m = m[None, :]
@@ -124,6 +131,8 @@ class LLMValueFunction:
         if getattr(self.scorer, "needs_reference", False):
             await self.reference()
         requests = [self.scorer.request(msgs) for msgs in self.prompt.render_many(m.astype(bool))]
+        if repeat:
+            requests = [dataclasses.replace(r, repeat=int(repeat)) for r in requests]
         self._check_budget(requests)
         completions = await self._run(requests)
         self.queries += len(requests)

@@ -93,14 +93,20 @@ class Adapter(ABC):
         """Completion from the provider's decoded JSON answer."""
 
     def cache_material(self, request: Request) -> dict[str, Any]:
-        """Everything that determines the answer: provider, endpoint, model, canonical body (never the key)."""
-        return {"provider": self.provider, "endpoint": self.endpoint(request), "model": self.model,
-                "body": self.body(request)}
+        """Everything that determines the answer: provider, endpoint, model, canonical body (never the key),
+        and the repeat index of a deliberate re-ask (absent for ordinary requests, so their keys never change)."""
+        material = {"provider": self.provider, "endpoint": self.endpoint(request), "model": self.model,
+                    "body": self.body(request)}
+        if request.repeat:
+            material["repeat"] = int(request.repeat)
+        return material
 
     def check(self, request: Request) -> None:
         """Raise ConfigurationError if this adapter cannot serve the request (before any spend)."""
         if request.samples < 1:
             raise ConfigurationError("samples must be >= 1")
+        if request.repeat < 0:
+            raise ConfigurationError("repeat must be >= 0")
         if request.max_tokens < 1:
             raise ConfigurationError("max_tokens must be >= 1")
         if not request.messages:

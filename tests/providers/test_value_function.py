@@ -148,3 +148,19 @@ def test_teacher_forcing_refused_before_spend_on_servers_without_prompt_logprobs
     with pytest.raises(ScorerError, match="needs prompt logprobs"):
         LLMValueFunction(prompt(), a, AnswerLogprob(mode="sequence"), Runner(a), progress=False)
     assert server.stats()["requests"] == 0
+
+
+async def test_repeats_are_genuine_re_asks_cached_under_their_own_key(server, tmp_path):
+    f = vf(server, tmp_path)
+    m = masks(8, f.n, seed=3)
+    await f(m)
+    first_calls = f.stats["api_calls"]
+    await f(m, repeat=1)  # not served from the first answers: asked again
+    assert f.stats["api_calls"] == 2 * first_calls
+    f2 = vf(server, tmp_path)
+    await f2(m, repeat=1)  # ...but a repeat already paid for is cached like any answer
+    assert f2.stats["api_calls"] == 0 and f2.stats["cache_hits"] == first_calls
+    body = f.adapter.body(f.scorer.request(f.prompt.render(m[0])))
+    assert "repeat" not in body  # the provider sees the identical request
+    with pytest.raises(ConfigurationError):
+        await f(m, repeat=-1)
