@@ -50,7 +50,8 @@ class Preview:
     cache_dir: str | None
     labels: tuple[str, ...] | None = None
     granularity: str | None = None
-    _api_key: str | None = field(default=None, repr=False)
+    # The API key and the base_url as given (it may hold user:password@): opaque, never in repr/vars/pickle.
+    credentials: Any = field(default=None, repr=False)  # providers.redact.Secret
     prices: Any = None  # providers.cost.PriceTable with the caller's overrides, or None for the built-in table
 
     @property
@@ -234,10 +235,14 @@ def preview(
         raise ValueError(f"budget must be an integer >= 2 queries, got {budget!r}")
     if max_cost is not None and max_cost < 0:
         raise ValueError(f"max_cost must be >= 0 dollars, got {max_cost}")
+    from providers.redact import Secret, public_url
+
+    credentials = Secret(api_key=api_key, base_url=base_url)
     provider, model, base_url = _resolve_provider(provider, model, base_url, api_key)
     masked = _as_prompt(prompt, features, template, system)
     prices = _price_table(prices)
     adapter = _make_adapter(provider, model, base_url, api_key, prices)
+    base_url = public_url(base_url)
     score = _make_scorer(scorer, labels, adapter)
     from providers.local import MODEL_NAME
 
@@ -257,7 +262,7 @@ def preview(
     return Preview(
         masked, provider, model, base_url, score, the_plan, int(budget), max_cost, estimate, method,
         max_order, random_state, cache_dir, tuple(labels) if labels else None,
-        None if not isinstance(prompt, str) else features, api_key, prices,
+        None if not isinstance(prompt, str) else features, credentials, prices,
     )
 
 
@@ -456,7 +461,10 @@ def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> 
 def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Any:
     """The adapter to query: for the local provider, start (or reuse via base_url) the llama-server."""
     if not pre.local or pre.base_url:
-        return _make_adapter(pre.provider, pre.model, pre.base_url, pre._api_key, pre.prices)
+        # an unpickled Preview carries no credentials: its public URL, and the key from the environment
+        secret = pre.credentials
+        return _make_adapter(pre.provider, pre.model, (secret and secret.get("base_url")) or pre.base_url,
+                             secret and secret.get("api_key"), pre.prices)
     from providers.local import LocalServer
 
     with console.status("starting the local model server (llama-server + Gemma-3-270M)..."):

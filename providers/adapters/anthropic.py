@@ -25,7 +25,8 @@ class AnthropicAdapter(Adapter):
 
     def _make_client(self, api_key: str | None) -> anthropic.AsyncAnthropic:
         return anthropic.AsyncAnthropic(api_key=api_key, base_url=self.base_url, max_retries=0,
-                                        timeout=self.timeout, http_client=self._http_for_loop())
+                                        timeout=self.timeout, http_client=self._http_for_loop(),
+                                        default_headers=self._auth_headers())
 
     def endpoint(self, request: Request) -> str:
         return "/v1/messages"

