@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import ipaddress
+import logging
 import re
 import time
 import weakref
@@ -36,6 +37,8 @@ from providers.cache import ResponseCache, cache_key
 from providers.cost import Price, PriceTable, worst_case_cost
 from providers.errors import CapExceededError, ConfigurationError, FatalAPIError, TransientError
 from providers.types import Completion, Request, Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -270,6 +273,8 @@ class Runner:
         results: list[Any] = [None] * len(unique)
         try:
             misses = self._look_up(unique, results)
+            log.debug("%s: %d requests, %d answered from the cache, %d to send", self.adapter, len(unique),
+                      len(unique) - len(misses), len(misses))
             todo = iter(misses)
 
             async def worker() -> None:
@@ -381,6 +386,10 @@ class Runner:
 
     def _before_sleep(self, rs: RetryCallState) -> None:
         self.stats.retries += 1
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        wait = rs.next_action.sleep if rs.next_action is not None else 0.0
+        log.warning("%s: attempt %d of %d failed (%s); retrying in %.2f s", self.adapter, rs.attempt_number,
+                    self.max_attempts, exc, wait)
 
     async def _with_retries(self, request: Request, key: str, state: _LoopState) -> Completion:
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(TransientError),
@@ -403,7 +412,7 @@ class Runner:
             if self._abort is not None:
                 raise _Aborted
             if self.max_queries is not None and self._queries_reserved + 1 > self.max_queries:
-                raise self._stop(CapExceededError(
+                raise self._refuse(CapExceededError(
                     f"max_queries={self.max_queries} reached ({self._queries_reserved} calls sent or in flight); "
                     "nothing more is sent. Cached answers are kept: raise the cap and rerun to continue."))
             committed = self.stats.spend + self._cost_reserved
@@ -413,7 +422,7 @@ class Runner:
                 self._open_reservations += 1
                 return
             if self._open_reservations == 0:  # nothing in flight can free room: waiting would never end
-                raise self._stop(CapExceededError(
+                raise self._refuse(CapExceededError(
                     f"max_cost=${self.max_cost:.6f}: spent ${self.stats.spend:.6f}, the next call may cost up to "
                     f"${cost:.6f}; nothing more is sent. Cached answers are kept: raise the cap and rerun."))
             await state.budget_changed.wait()
@@ -431,6 +440,12 @@ class Runner:
             self._abort = exc
         return exc
 
+    def _refuse(self, exc: CapExceededError) -> BaseException:
+        """Stop the run on a cap refusal, once logged (a cap is the user's setting: say which one held)."""
+        if self._abort is None:
+            log.warning("%s: %s", self.adapter, exc)
+        return self._stop(exc)
+
     async def _honour_pause(self) -> None:
         while (delay := self._pause_until - time.monotonic()) > 0:
             await asyncio.sleep(delay)
@@ -438,7 +453,10 @@ class Runner:
     def _pause(self, headers: Mapping[str, str]) -> None:
         wait = min(pause_from_headers(headers), self.max_pause)
         if wait > 0:
-            self._pause_until = max(self._pause_until, time.monotonic() + wait)
+            until = time.monotonic() + wait
+            if until > self._pause_until + 0.05:  # once per pause, not once per call that reports it
+                log.warning("%s: the provider asked for a pause; no call is sent for %.1f s", self.adapter, wait)
+            self._pause_until = max(self._pause_until, until)
 
     async def _claim_or_wait(self, key: str) -> tuple[Completion | None, bool]:
         """(None, True): this caller claimed the call and sends it. (answer, False): another caller sent it
@@ -457,6 +475,9 @@ class Runner:
             hit = self.cache.get(key)
             if hit is not None or time.monotonic() > deadline:
                 return hit, False
+            if delay == 0.02:
+                log.info("%s: another caller is sending call %s… (same cache); waiting for its answer",
+                         self.adapter, key[:12])
             await asyncio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
@@ -502,6 +523,8 @@ class Runner:
             raise self._stop(exc)
         except FatalAPIError as exc:
             self.stats.failures += 1
+            if self._abort is None:
+                log.error("%s: %s; not retried, the run stops", self.adapter, exc)
             if exc.billed_unknown:  # a 200 answer we cannot use: it was probably billed
                 self.stats.unknown_outcome_spend += charged
             else:

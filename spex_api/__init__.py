@@ -1,9 +1,13 @@
 """spex-api: explain closed-source LLM answers with sparse feature interactions (SPEX, ProxySPEX)."""
 
+import logging
+
 from spex_api.engine.fourier import SparseFourier, r2_score
 from spex_api.engine.oracle import BudgetExceededError, Oracle, ValueFunctionError
 
 __version__ = "0.1.0"
+
+logging.getLogger("spex_api").addHandler(logging.NullHandler())  # plan refusals; configure logging to see them
 
 # Names imported on first use: `import spex_api` stays light (no scikit-learn, no providers or their SDKs),
 # which keeps `spex-api explain --dry-run` fast. `from spex_api import Explainer` works as usual.

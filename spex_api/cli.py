@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 runtime failure (the model or network failed, a cap was
 
 from __future__ import annotations
 
+import logging
 import sys
 from enum import Enum
 from pathlib import Path
@@ -47,6 +48,25 @@ class Granularity(str, Enum):
 def _fail(message: str, code: int) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
+
+
+def _log_to_stderr(verbose: int) -> None:
+    """Show the `spex_api` and `providers` logs on stderr: warnings (retries, pauses, cap refusals) always,
+    -v adds info, -vv debug (cache hits and misses). Messages are data, never rich markup."""
+    from rich.logging import RichHandler
+
+    global _handler
+    if _handler is None:
+        _handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING
+    for name in ("spex_api", "providers"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if _handler not in logger.handlers:
+            logger.addHandler(_handler)
+
+
+_handler: Any = None
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
@@ -123,9 +143,12 @@ def explain(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation before spending."),
     out_paths: list[Path] = typer.Option([], "--out", "-o", help="Write the explanation: .json, .html or .png (repeatable)."),
     top: int = typer.Option(10, min=1, help="Interactions shown."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug)."),
 ) -> None:
     """Explain one prompt: plan, show the cost, query the model, print the top interactions."""
     from spex_api import sdk
+
+    _log_to_stderr(verbose)
 
     def prepare() -> Any:
         if (prompt is None) == (file is None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import sys
 import threading
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "~/.cache/spex-api"
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "openai-responses": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
@@ -255,6 +258,7 @@ def preview(
     the_plan = _plan(masked.n_features, int(budget), method, max_order)
     estimate = _estimate_cost(masked, adapter, score, the_plan.total + (not score.needs_reference), prices, max_cost)
     if max_cost is not None and estimate > max_cost:
+        log.warning("refused before spend: estimated $%.4f exceeds max_cost $%.4f", estimate, max_cost)
         raise ValueError(
             f"the estimated cost ${estimate:.4f} of {the_plan.total + 1} queries exceeds max_cost ${max_cost:.4f}; "
             "lower the budget or raise max_cost"

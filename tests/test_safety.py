@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import pickle
 import sys
 from pathlib import Path
@@ -19,7 +20,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
 from fakeserver import FakeServer  # noqa: E402
 
-from providers.errors import AuthenticationError  # noqa: E402
+from providers.adapters import make_adapter  # noqa: E402
+from providers.cost import Price, PriceTable  # noqa: E402
+from providers.errors import AuthenticationError, CapExceededError  # noqa: E402
+from providers.runner import Runner  # noqa: E402
+from providers.types import Message, Request  # noqa: E402
 from spex_api import sdk  # noqa: E402
 
 USER, PASSWORD = "alice", "s3cret-Passw0rd"
@@ -87,3 +92,44 @@ def test_unpickled_preview_has_no_credentials_and_uses_the_public_url(server):
     copy = pickle.loads(pickle.dumps(pre))
     assert copy.credentials.get("api_key") is None and copy.base_url == pre.base_url
     assert pre.credentials.get("api_key") == KEY  # the original still holds them (in a closure)
+
+
+# ------------------------------------------------------------------------------------------ item 17
+async def test_retries_pauses_fatal_errors_and_cap_refusals_are_logged_without_secrets(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    a = make_adapter("openai", "gpt-4o-mini", base_url=secret_url(server), api_key=KEY, timeout=2.0)
+    prices = PriceTable({"openai-compatible": {"gpt-4o-mini": Price(0.0, 0.0, 1e6)}})  # $1 per output token
+    r = Runner(a, prices=prices, backoff_initial=0.01, backoff_max=0.05)
+    server.script([{"kind": "429", "retry_after": 0.3}, "500"])
+    req = Request(messages=(Message("user", "Is it true?"),), max_tokens=3)
+    await r.send(req)
+    with pytest.raises(AuthenticationError):  # the fake echoes the Authorization header it got
+        server.script(["401"])
+        await r.send(Request(messages=(Message("user", "Another question?"),), max_tokens=3))
+    capped = Runner(a, max_cost=2.0, prices=prices)  # each call may cost $3
+    with pytest.raises(CapExceededError):
+        await capped.send(Request(messages=(Message("user", "A third?"),), max_tokens=3))
+    records = [rec for rec in caplog.records if rec.name.startswith(("providers", "spex_api"))]
+    text = "\n".join(rec.getMessage() for rec in records)
+    assert "retrying in" in text and text.count("attempt") >= 2  # the 429 and the 500
+    assert "asked for a pause" in text and "0.3 s" in text
+    assert "HTTP 401" in text and "not retried" in text
+    assert "max_cost=$2" in text
+    assert "1 answered from the cache" not in text and "0 answered from the cache, 1 to send" in text
+    assert leaks(text) == [] and server.state.headers_seen[-1]["authorization"] == f"Basic {B64}"
+
+
+def test_cli_shows_warnings_on_stderr_and_more_with_verbose(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from spex_api.cli import app
+
+    server.script(["500"])
+    args = ["explain", "--base-url", secret_url(server), "--model", "m", "--labels", "True,False", "--template",
+            TEMPLATE, "--budget", "9", "--yes", "--cache-dir", str(tmp_path / "c"), SHORT]
+    res = CliRunner().invoke(app, args)
+    out = " ".join(res.output.split())  # rich wraps long log lines
+    assert res.exit_code == 0, res.output
+    assert "retrying in" in out and "answered from the cache" not in out and leaks(out) == []
+    res = CliRunner().invoke(app, [*args[:1], "-vv", *args[1:]])
+    assert res.exit_code == 0 and "8 answered from the cache" in " ".join(res.output.split())
