@@ -94,13 +94,45 @@ if hasattr(os, "register_at_fork"):  # a forked child holds none of its parent's
     os.register_at_fork(after_in_child=_Claims._open.clear)
 
 
+def _private_dirs(directory: str) -> None:
+    """Create the cache folder and any missing parents as 0700: they hold prompts and answers."""
+    missing = []
+    path = os.path.abspath(directory)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # made meanwhile by another process
+            continue
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
+
+
+def _private_files(directory: str) -> None:
+    """The database files diskcache made (with the umask's modes) become 0600; SQLite gives the WAL and
+    shared-memory files it creates later the database's mode, and value files live under the 0700 folder."""
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+        path = os.path.join(directory, name)
+        try:
+            if os.stat(path).st_mode & 0o077 and os.stat(path).st_uid == os.getuid():
+                os.chmod(path, 0o600)
+        except (FileNotFoundError, AttributeError):  # not made (yet); os.getuid: POSIX only
+            pass
+
+
 class ResponseCache:
     """Completions on disk by key; each `put` is committed before it returns (durable across kill -9)."""
 
     def __init__(self, directory: str | os.PathLike[str], size_limit: int = 2**32) -> None:
         self.directory = os.fspath(directory)
+        _private_dirs(self.directory)
         # No eviction of paid answers: 'none' policy; size_limit only matters for diskcache's culling.
         self._cache = diskcache.Cache(self.directory, size_limit=size_limit, eviction_policy="none")
+        _private_files(self.directory)
         self._claims = _Claims.of(self.directory)
 
     def get(self, key: str) -> Completion | None:

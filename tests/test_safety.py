@@ -133,3 +133,21 @@ def test_cli_shows_warnings_on_stderr_and_more_with_verbose(server, tmp_path):
     assert "retrying in" in out and "answered from the cache" not in out and leaks(out) == []
     res = CliRunner().invoke(app, [*args[:1], "-vv", *args[1:]])
     assert res.exit_code == 0 and "8 answered from the cache" in " ".join(res.output.split())
+
+
+# ------------------------------------------------------------------------------------------ item 12
+def test_cache_folders_and_files_are_private_whatever_the_umask(server, tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        root = tmp_path / "home" / "cache"  # the parent is missing too
+        sdk.explain(SHORT, base_url=server.url + "/v1", model="m", template=TEMPLATE, labels=["True", "False"],
+                    budget=9, cache_dir=str(root), progress=False, confirm=False)
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [tmp_path / "home", *(tmp_path / "home").rglob("*")]}
+    assert {"home/cache/cache.db", "home/cache/claims.lock"} <= set(modes)
+    assert {p: m for p, m in modes.items() if m & 0o077} == {}, modes
