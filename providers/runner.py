@@ -193,8 +193,9 @@ class Runner:
         for name, v in (("rpm", rpm), ("tpm", tpm)):
             if v is not None and v <= 0:
                 raise ConfigurationError(f"{name} must be positive (or None for no limit)")
-        if max_cost is not None and max_cost < 0:
-            raise ConfigurationError("max_cost must be >= 0 dollars (0: only free or cached answers)")
+        if max_cost is not None and not 0 <= max_cost < float("inf"):
+            raise ConfigurationError(f"max_cost must be a finite number of dollars >= 0 (0: only free or cached "
+                                     f"answers), got {max_cost!r}")
         if max_queries is not None and max_queries < 0:
             raise ConfigurationError("max_queries must be >= 0")
         if max_attempts < 1:

@@ -91,6 +91,21 @@ def _guard(stage: str, fn: Callable[[], Any]) -> Any:
         raise _fail(str(exc) or type(exc).__name__, code)
 
 
+def _check_utf8(**args: Any) -> None:
+    """Refuse command-line text that was not valid UTF-8 (Python keeps such bytes as lone surrogates, which
+    cannot be sent to a model nor printed): exit 2 before the plan, naming the argument and the byte."""
+    for name, value in args.items():
+        for v in value if isinstance(value, list) else [value]:
+            if v is None:
+                continue
+            try:
+                str(v).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                byte = ord(exc.object[exc.start]) - 0xDC00  # surrogateescape keeps byte b as U+DC00 + b
+                shown = f"byte 0x{byte:02x}" if 0x80 <= byte <= 0xFF else f"{exc.object[exc.start]!a}"
+                raise ValueError(f"{name.replace('_', '-')} is not valid UTF-8 ({shown} at character {exc.start})") from None
+
+
 def _labels(labels: Optional[str]) -> Optional[list[str]]:
     if labels is None:
         return None
@@ -151,9 +166,15 @@ def explain(
     _log_to_stderr(verbose)
 
     def prepare() -> Any:
+        _check_utf8(prompt=prompt, __file=file, __provider=provider, __model=model, __base_url=base_url,
+                    __template=template, __scorer=scorer, __labels=labels, __method=method, __cache_dir=cache_dir,
+                    __out=out_paths)
         if (prompt is None) == (file is None):
             raise ValueError("give the prompt text or --file, not both and not neither")
-        text = file.read_text(encoding="utf-8") if file is not None else prompt
+        try:
+            text = file.read_text(encoding="utf-8") if file is not None else prompt
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"--file {file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})") from None
         _check_out(out_paths)
         return sdk.preview(
             text, provider=provider, model=model, base_url=base_url, features=features.value, template=template,
@@ -210,6 +231,7 @@ def report(
     from spex_api.report import print_report, save_plot, write_html
 
     def load() -> Any:
+        _check_utf8(path=path, __html=html, __png=png, __index=index)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
         from spex_api.engine.indices import canonical_index

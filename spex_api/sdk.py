@@ -198,10 +198,41 @@ class _RawCompletion:
 
 
 def _plan(n: int, budget: int, method: str, max_order: int) -> Any:
-    from spex_api.engine.planner import plan
+    from spex_api.engine.planner import minimum_budget, plan
 
     # One query is kept back for the original (unmasked) answer.
-    return plan(n, budget - 1, method=method, max_order=max_order)
+    try:
+        return plan(n, budget - 1, method=method, max_order=max_order)
+    except ValueError as exc:
+        if "below the minimum" not in str(exc):
+            raise
+        # the planner saw budget - 1: quote the budget the user passed and the minimum they must pass
+        need = minimum_budget(n, method, max_order) + 1
+        detail = str(exc).split(f"at n={n}: ", 1)[-1]
+        raise ValueError(f"budget {budget} is below the minimum of {need} queries for method={method!r} at n={n}: "
+                         f"the original answer plus {detail}") from None
+
+
+def _check_labels(labels: Any) -> tuple[str, ...] | None:
+    """Labels as a tuple of strings; a bare string ("TF") is an error, not one label per letter."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+        raise TypeError(f"labels must be a list of strings such as ['True', 'False'], got {labels!r}")
+    labels = tuple(labels)
+    if not all(isinstance(x, str) for x in labels):
+        raise TypeError(f"labels must be strings, got {labels!r}")
+    return labels
+
+
+def _check_text(messages: Any) -> None:
+    """Refuse text that cannot be sent: lone surrogates (e.g. invalid UTF-8 decoded with surrogateescape)."""
+    for m in messages:
+        try:
+            m.content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"the {m.role} message is not valid UTF-8 text: a lone surrogate "
+                             f"{exc.object[exc.start]!a} at character {exc.start}") from None
 
 
 def preview(
@@ -236,13 +267,16 @@ def preview(
     """
     if not isinstance(budget, (int, np.integer)) or budget < 2:
         raise ValueError(f"budget must be an integer >= 2 queries, got {budget!r}")
-    if max_cost is not None and max_cost < 0:
-        raise ValueError(f"max_cost must be >= 0 dollars, got {max_cost}")
+    if max_cost is not None and (isinstance(max_cost, bool) or not isinstance(max_cost, (int, float, np.number))
+                                 or not 0 <= max_cost < float("inf")):
+        raise ValueError(f"max_cost must be a finite number of dollars >= 0 (None for no cap), got {max_cost!r}")
+    labels = _check_labels(labels)
     from providers.redact import Secret, public_url
 
     credentials = Secret(api_key=api_key, base_url=base_url)
     provider, model, base_url = _resolve_provider(provider, model, base_url, api_key)
     masked = _as_prompt(prompt, features, template, system)
+    _check_text(masked.render(masked.full_mask()))
     prices = _price_table(prices)
     adapter = _make_adapter(provider, model, base_url, api_key, prices)
     base_url = public_url(base_url)

@@ -151,3 +151,61 @@ def test_cache_folders_and_files_are_private_whatever_the_umask(server, tmp_path
              for p in [tmp_path / "home", *(tmp_path / "home").rglob("*")]}
     assert {"home/cache/cache.db", "home/cache/claims.lock"} <= set(modes)
     assert {p: m for p, m in modes.items() if m & 0o077} == {}, modes
+
+
+# ------------------------------------------------------------------------------------------ item 16
+COUNTED = dict(model="m", template=TEMPLATE, cache_dir=None, progress=False, confirm=False)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(max_cost=float("nan")), ValueError, "max_cost must be a finite number"),
+    (dict(max_cost=float("inf")), ValueError, "max_cost must be a finite number"),
+    (dict(max_cost="3"), ValueError, "max_cost must be a finite number"),
+    (dict(labels="TF"), TypeError, "labels must be a list of strings"),
+    (dict(labels=["True", 1]), TypeError, "labels must be strings"),
+    (dict(budget=20, labels=["True", "False"]), ValueError, "budget 20 is below the minimum of"),
+])
+def test_small_input_gaps_are_refused_before_any_request(server, kwargs, error, message):
+    text = "The pasta was excellent but the waiter forgot our order twice."
+    with pytest.raises(error, match=message):
+        sdk.explain(text, base_url=server.url + "/v1", **{**COUNTED, **kwargs})
+    assert server.stats()["requests"] == 0
+
+
+def test_below_the_minimum_quotes_the_passed_budget_and_a_minimum_that_works(server):
+    text = "The pasta was excellent but the waiter forgot our order twice."
+    with pytest.raises(ValueError) as info:
+        sdk.preview(text, base_url=server.url + "/v1", model="m", budget=20, labels=["True", "False"])
+    need = int(str(info.value).split("minimum of ")[1].split()[0])
+    assert "budget 20 " in str(info.value)
+    sdk.preview(text, base_url=server.url + "/v1", model="m", budget=need, labels=["True", "False"])
+    with pytest.raises(ValueError, match=f"budget {need - 1} is below the minimum of {need} "):
+        sdk.preview(text, base_url=server.url + "/v1", model="m", budget=need - 1, labels=["True", "False"])
+
+
+def test_lone_surrogates_in_a_prompt_are_refused_before_any_request(server):
+    for kw in (dict(prompt="caf\udce9 was good"), dict(prompt="ok text", template="Review: {content} \ud800?")):
+        with pytest.raises(ValueError, match="not valid UTF-8"):
+            sdk.explain(kw.pop("prompt"), base_url=server.url + "/v1", **{**COUNTED, **kw})
+    assert server.stats()["requests"] == 0
+
+
+def test_invalid_utf8_on_the_command_line_exits_2_before_the_plan(server, tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for extra in ([b"caf\xe9 was good"], [b"--template", b"Review: {content}\xff", b"fine words here"]):
+        res = subprocess.run([sys.executable, "-m", "spex_api.cli", "explain", "--base-url",
+                              (server.url + "/v1").encode(), "--model", b"m", "--yes", "--cache-dir", b"", *extra],
+                             capture_output=True, env=env, timeout=120)
+        err = " ".join(res.stderr.decode().split())
+        assert res.returncode == 2, err
+        assert "not valid UTF-8" in err and "plan" not in err and "Traceback" not in err
+    bad = tmp_path / "p.txt"
+    bad.write_bytes(b"caf\xe9 ok")
+    res = subprocess.run([sys.executable, "-m", "spex_api.cli", "explain", "--dry-run", "--base-url",
+                          server.url + "/v1", "--model", "m", "--file", str(bad)], capture_output=True, env=env,
+                         timeout=120)
+    assert res.returncode == 2 and "not UTF-8 text (byte 0xe9" in " ".join(res.stderr.decode().split())
+    assert server.stats()["requests"] == 0
