@@ -613,10 +613,19 @@ class AnswerSimilarity(Scorer):
             stop=self.stop,
         )
 
+    def similarities(self, texts: Sequence[str], reference: str) -> np.ndarray:
+        """Similarity of each text to the reference (subclasses batch this, e.g. one embedding pass)."""
+        return np.array([self._sim(t, reference) for t in texts], dtype=float)
+
     def score(self, completion: Completion) -> float:
+        return float(self.score_many([completion])[0])
+
+    def score_many(self, completions: Sequence[Completion]) -> np.ndarray:
+        """Mean similarity over each completion's samples, all texts compared in one `similarities` call."""
         if self.reference is None:
             raise ScorerError("call set_reference(original completion) before scoring")
-        if not completion.texts:
+        if any(not c.texts for c in completions):
             raise ScoringError("the completion has no answer text")
-        ref = self.reference.text
-        return float(np.mean([self._sim(t, ref) for t in completion.texts]))
+        sims = self.similarities([t for c in completions for t in c.texts], self.reference.text)
+        ends = np.cumsum([len(c.texts) for c in completions])
+        return np.array([sims[e - len(c.texts) : e].mean() for c, e in zip(completions, ends)], dtype=float)

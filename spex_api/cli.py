@@ -148,7 +148,7 @@ def explain(
     max_cost: Optional[float] = typer.Option(None, min=0.0, help="Hard cap in dollars."),
     features: Granularity = typer.Option(Granularity.words, help="What a feature is."),
     template: Optional[str] = typer.Option(None, help="Fixed text around the prompt with one {content} slot."),
-    scorer: str = typer.Option("auto", help="auto, label-margin, answer-logprob, frequency or similarity (auto: label-margin when --labels are given)."),
+    scorer: str = typer.Option("auto", help="auto, label-margin, answer-logprob, frequency, semantic (meaning, needs the semantic extra) or similarity (strings) (auto: label-margin when --labels are given)."),
     labels: Optional[str] = typer.Option(None, help="Comma-separated answer labels for label-margin, e.g. True,False."),
     method: str = typer.Option("auto", help="auto, spex or proxyspex."),
     max_order: int = typer.Option(5, min=1, help="Largest interaction order SPEX decodes."),

@@ -27,7 +27,7 @@ DEFAULT_CACHE_DIR = "~/.cache/spex-api"
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "openai-responses": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
 LOCAL = "local"
 _NOT_STARTED = "http://127.0.0.1:0/v1"
-SCORERS = ("auto", "label-margin", "answer-logprob", "frequency", "similarity")
+SCORERS = ("auto", "label-margin", "answer-logprob", "frequency", "semantic", "similarity")
 
 
 class SpendRefused(RuntimeError):
@@ -153,7 +153,8 @@ def _make_scorer(scorer: Any, labels: Sequence[str] | None, adapter: Any) -> Any
     """A scorer object from its name; "auto" picks the best the provider supports.
 
     auto: with labels, the logprob margin between them (or, without logprobs, their answer frequency over
-    samples); without labels, the logprob of the original answer's first token (or answer similarity).
+    samples); without labels, the logprob of the original answer's first token, or without logprobs the
+    semantic similarity to the original answer (string similarity when the semantic extra is not installed).
     """
     from providers import scorers
 
@@ -162,14 +163,14 @@ def _make_scorer(scorer: Any, labels: Sequence[str] | None, adapter: Any) -> Any
     name = scorer.lower().replace("_", "-")
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {scorer!r}; use one of {', '.join(SCORERS)} or pass a Scorer object")
-    if name in ("answer-logprob", "similarity") and labels:
+    if name in ("answer-logprob", "similarity", "semantic") and labels:
         raise ValueError(f"scorer {name} takes no labels")
     if name == "auto":
         has_logprobs = getattr(adapter, "max_top_logprobs", None) is not None
         if labels:
             name = "label-margin" if has_logprobs else "frequency"
         else:
-            name = "answer-logprob" if has_logprobs else "similarity"
+            name = "answer-logprob" if has_logprobs else "semantic" if _semantic_available() else "similarity"
     labels = tuple(labels) if labels else ("True", "False")
     if name == "label-margin":
         return scorers.LabelMargin(labels)
@@ -177,7 +178,17 @@ def _make_scorer(scorer: Any, labels: Sequence[str] | None, adapter: Any) -> Any
         return scorers.AnswerFrequency(labels)
     if name == "answer-logprob":
         return scorers.AnswerLogprob()
+    if name == "semantic":
+        from providers.semantic import SemanticSimilarity
+
+        return SemanticSimilarity()
     return scorers.AnswerSimilarity()
+
+
+def _semantic_available() -> bool:
+    from providers.semantic import available
+
+    return available()
 
 
 class _RawCompletion:
