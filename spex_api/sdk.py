@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -185,7 +186,9 @@ def _make_scorer(scorer: Any, labels: Sequence[str] | None, adapter: Any) -> Any
     return scorers.AnswerSimilarity()
 
 
+@functools.lru_cache(maxsize=1)
 def _semantic_available() -> bool:
+    """Whether the semantic extra is installed (checked once: explain_many previews every prompt)."""
     from providers.semantic import available
 
     return available()

@@ -44,7 +44,16 @@ def test_auto_scorer_follows_provider_capabilities(monkeypatch):
     assert sdk.preview(TEXT, budget=300).scorer.name == "answer_logprob"
     claude = sdk.preview(TEXT, provider="anthropic", labels=["True", "False"], budget=300)
     assert claude.scorer.name == "answer_frequency" and claude.model == sdk.DEFAULT_MODELS["anthropic"]
+    # free text without logprobs: meaning (semantic extra) when installed, else string similarity
+    from providers.semantic import available
+
+    sdk._semantic_available.cache_clear()
+    expected = "semantic_similarity" if available() else "answer_similarity"
+    assert sdk.preview(TEXT, provider="anthropic", budget=300).scorer.name == expected
+    monkeypatch.setattr("providers.semantic.available", lambda: False)
+    sdk._semantic_available.cache_clear()
     assert sdk.preview(TEXT, provider="anthropic", budget=300).scorer.name == "answer_similarity"
+    sdk._semantic_available.cache_clear()
 
 
 def test_cost_estimate_and_cap_checked_before_spend(monkeypatch):
