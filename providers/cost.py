@@ -18,28 +18,52 @@ from providers.errors import ConfigurationError
 from providers.types import Usage
 
 PRICES_AS_OF = "2026-11-21 (table written from the providers' published list prices known to the author; verify before relying on it)"
+# Source: the providers' published list prices (OpenAI's pricing page, Anthropic's pricing docs). The Batch
+# API halves every token price at both providers, and their discounts stack with prompt caching: a batched
+# cached input token costs half the cached-input price. Anthropic bills a prompt-cache write (5-minute TTL)
+# at 1.25x the input price; OpenAI caches automatically and charges nothing extra for writes.
+ANTHROPIC_CACHE_WRITE = 1.25
 
 
 @dataclass(frozen=True)
 class Price:
-    """US dollars per 1M tokens. `batch_*` are Batch-API prices (half the list price at both providers)."""
+    """US dollars per 1M tokens. `batch_*` are Batch-API prices (half the list price at both providers);
+    `cache_write` is the price of an input token written to the prompt cache (None: the input price)."""
 
     input: float
     cached_input: float
     output: float
     batch_input: float | None = None
     batch_output: float | None = None
+    batch_cached_input: float | None = None
+    cache_write: float | None = None
+    batch_cache_write: float | None = None
 
     def cost(self, usage: Usage, batch: bool = False) -> float:
-        """Dollars for a call that used `usage` (cached input tokens are a subset of input tokens)."""
+        """Dollars for a call that used `usage` (cached and cache-write tokens are subsets of input tokens)."""
         cached = min(usage.cached_input_tokens, usage.input_tokens)
-        inp = self.batch_input if batch and self.batch_input is not None else self.input
-        out = self.batch_output if batch and self.batch_output is not None else self.output
-        return ((usage.input_tokens - cached) * inp + cached * self.cached_input + usage.output_tokens * out) / 1e6
+        written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+        p = self.batch() if batch else self
+        write = p.input if p.cache_write is None else p.cache_write
+        return ((usage.input_tokens - cached - written) * p.input + cached * p.cached_input + written * write
+                + usage.output_tokens * p.output) / 1e6
+
+    def batch(self) -> "Price":
+        """The Batch-API prices as a price of their own; ConfigurationError if this entry has none."""
+        if self.batch_input is None or self.batch_output is None:
+            raise ConfigurationError("this model has no Batch-API price; give Price(batch_input=..., batch_output=...)")
+        return Price(self.batch_input, self.cached_input if self.batch_cached_input is None else self.batch_cached_input,
+                     self.batch_output, self.batch_input, self.batch_output, self.batch_cached_input,
+                     self.cache_write if self.batch_cache_write is None else self.batch_cache_write, self.batch_cache_write)
 
 
-def _p(inp: float, cached: float, out: float) -> Price:
-    return Price(inp, cached, out, inp / 2, out / 2)
+def _p(inp: float, cached: float, out: float, write: float | None = None) -> Price:
+    return Price(inp, cached, out, inp / 2, out / 2, cached / 2, write, None if write is None else write / 2)
+
+
+def _a(inp: float, cached: float, out: float) -> Price:
+    """An Anthropic price: cache writes at 1.25x input."""
+    return _p(inp, cached, out, inp * ANTHROPIC_CACHE_WRITE)
 
 
 FREE = Price(0.0, 0.0, 0.0, 0.0, 0.0)
@@ -71,17 +95,17 @@ DEFAULT_PRICES: dict[str, dict[str, Price]] = {
         "o4-mini-deep-research": _p(2.00, 0.50, 8.00),
     },
     "anthropic": {  # cached_input = prompt-cache read price
-        "claude-3-haiku": _p(0.25, 0.03, 1.25),
-        "claude-3-5-haiku": _p(0.80, 0.08, 4.00),
-        "claude-haiku-4-5": _p(1.00, 0.10, 5.00),
-        "claude-3-5-sonnet": _p(3.00, 0.30, 15.00),
-        "claude-3-7-sonnet": _p(3.00, 0.30, 15.00),
-        "claude-sonnet-4": _p(3.00, 0.30, 15.00),
-        "claude-sonnet-4-5": _p(3.00, 0.30, 15.00),
-        "claude-3-opus": _p(15.00, 1.50, 75.00),
-        "claude-opus-4": _p(15.00, 1.50, 75.00),
-        "claude-opus-4-1": _p(15.00, 1.50, 75.00),
-        "claude-opus-4-5": _p(5.00, 0.50, 25.00),
+        "claude-3-haiku": _p(0.25, 0.03, 1.25, 0.30),  # its published cache-write price is 1.2x
+        "claude-3-5-haiku": _a(0.80, 0.08, 4.00),
+        "claude-haiku-4-5": _a(1.00, 0.10, 5.00),
+        "claude-3-5-sonnet": _a(3.00, 0.30, 15.00),
+        "claude-3-7-sonnet": _a(3.00, 0.30, 15.00),
+        "claude-sonnet-4": _a(3.00, 0.30, 15.00),
+        "claude-sonnet-4-5": _a(3.00, 0.30, 15.00),
+        "claude-3-opus": _a(15.00, 1.50, 75.00),
+        "claude-opus-4": _a(15.00, 1.50, 75.00),
+        "claude-opus-4-1": _a(15.00, 1.50, 75.00),
+        "claude-opus-4-5": _a(5.00, 0.50, 25.00),
     },
 }
 

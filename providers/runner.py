@@ -251,7 +251,8 @@ class Runner:
         calls = 1 if self.adapter.multi_sample else request.samples
         out = (self.adapter.output_token_bound(request) if output_tokens is None else output_tokens) * request.samples
         inp = self.adapter.estimate_input_tokens(request) * calls
-        return self.price.cost(Usage(inp, out))
+        # a fixed prefix the provider caches is read at the cached-input price on every call after the first
+        return self.price.cost(Usage(inp, out, min(self.adapter.cached_prefix_tokens(request), inp) * calls))
 
     def is_cached(self, request: Request) -> bool:
         """True if every call of this request is in the cache (it would cost nothing)."""

@@ -52,12 +52,14 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    cache_write_tokens: int = 0  # input tokens written to the provider's prompt cache (Anthropic bills them extra)
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.cached_input_tokens + other.cached_input_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
         )
 
 
@@ -86,7 +88,7 @@ class Completion:
                 "logprobs": None if self.logprobs is None else [[tl(t) for t in s] for s in self.logprobs],
                 "prompt_logprobs": None if self.prompt_logprobs is None else [tl(t) for t in self.prompt_logprobs],
                 "usage": {"input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
-                          "cached_input_tokens": u.cached_input_tokens},
+                          "cached_input_tokens": u.cached_input_tokens, "cache_write_tokens": u.cache_write_tokens},
                 "model": self.model, "finish_reasons": list(self.finish_reasons)}
 
     @classmethod

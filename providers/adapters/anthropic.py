@@ -2,6 +2,9 @@
 
 System messages become the `system` field; `stop` becomes `stop_sequences`. There is no `seed`, so
 several samples of one request are identical bodies sent as separate calls (the runner keys them apart).
+Prompt caching: a system prompt long enough for Anthropic to cache (`cache_min_tokens` of the model, by the
+chars/4 estimate) goes as one text block with `cache_control` (ephemeral), so every masked prompt of a run
+reads it from the cache at a tenth of the input price after the first writes it (1.25x).
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ import anthropic
 from providers.adapters.base import Adapter
 from providers.errors import ConfigurationError
 from providers.types import Completion, Request, Usage
+
+# Shortest prefix Anthropic caches, by model family (its prompt-caching docs); other models: 1024 tokens.
+CACHE_MIN_TOKENS = {"claude-3-haiku": 2048, "claude-3-5-haiku": 2048, "claude-haiku-4-5": 4096,
+                    "claude-opus-4-5": 4096}
+
+
+def cache_min_tokens(model: str) -> int:
+    """Fewest prefix tokens Anthropic will cache for this model."""
+    return next((n for k, n in sorted(CACHE_MIN_TOKENS.items(), key=lambda kv: -len(kv[0])) if model.startswith(k)),
+                1024)
 
 
 class AnthropicAdapter(Adapter):
@@ -40,7 +53,9 @@ class AnthropicAdapter(Adapter):
             "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
             "temperature": request.temperature,
         }
-        if system:
+        if system and self.count_tokens(system) >= cache_min_tokens(self.model):
+            b["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+        elif system:
             b["system"] = system
         if request.stop:
             b["stop_sequences"] = list(request.stop)
@@ -58,13 +73,21 @@ class AnthropicAdapter(Adapter):
                                      "placeholder (mask_style='placeholder')")
 
 
+    def cached_prefix_tokens(self, request: Request) -> int:
+        """The system prompt's tokens when it is sent with cache_control (read from the cache on repeats)."""
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        n = self.count_tokens(system) if system else 0
+        return n if n >= cache_min_tokens(self.model) else 0
+
     def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
         if payload.get("type") == "error" or "content" not in payload:
             raise ValueError(f"not a message: {str(payload)[:200]}")
         text = "".join(b.get("text", "") for b in payload["content"] if b.get("type") == "text")
         u = payload.get("usage") or {}
         cached = int(u.get("cache_read_input_tokens") or 0)
-        total_in = int(u.get("input_tokens") or 0) + cached + int(u.get("cache_creation_input_tokens") or 0)
-        return Completion(texts=(text,), logprobs=None, usage=Usage(total_in, int(u.get("output_tokens") or 0), cached),
+        written = int(u.get("cache_creation_input_tokens") or 0)
+        total_in = int(u.get("input_tokens") or 0) + cached + written
+        return Completion(texts=(text,), logprobs=None,
+                          usage=Usage(total_in, int(u.get("output_tokens") or 0), cached, written),
                           model=str(payload.get("model") or self.model),
                           finish_reasons=(str(payload.get("stop_reason") or ""),))

@@ -246,6 +246,11 @@ class Adapter(ABC):
         """Typical prompt size of a request (for estimates and the tokens-per-minute limiter)."""
         return sum(self.count_tokens(m.content) + 4 for m in request.messages) + 3
 
+    def cached_prefix_tokens(self, request: Request) -> int:
+        """Prompt tokens the provider serves from its prompt cache when this prompt's fixed prefix repeats
+        (0: no prompt caching, or the prefix is too short to cache)."""
+        return 0
+
     def input_token_bound(self, request: Request) -> int:
         """Upper bound on billed prompt tokens: byte-level BPE never makes more tokens than UTF-8 bytes."""
         return (sum(len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)

@@ -13,6 +13,7 @@ least 16 output tokens per call and has no stop sequences or `n`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Mapping
 
@@ -29,6 +30,7 @@ _REASONING = re.compile(r"^(o\d|gpt-5)(?!-chat)")
 REASONING_MIN_TOKENS = 1024
 # Models the legacy /completions endpoint serves on api.openai.com.
 _LEGACY_COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
+OPENAI_CACHE_MIN = 1024  # shortest prompt OpenAI's prompt caching applies to (tokens)
 
 
 class OpenAIAdapter(Adapter):
@@ -99,7 +101,23 @@ class OpenAIAdapter(Adapter):
             b["stop"] = list(request.stop)
         if request.prompt_logprobs is not None:
             b["prompt_logprobs"] = request.prompt_logprobs
+        if self.prompt_cache_key and self.cached_prefix_tokens(request):
+            b["prompt_cache_key"] = self._cache_routing_key(request)
         return b
+
+    prompt_cache_key = True  # OpenAI's routing hint for prompts sharing a cached prefix (not on other servers)
+
+    def cached_prefix_tokens(self, request: Request) -> int:
+        """OpenAI caches prompts of >= 1024 tokens automatically, in 128-token steps of the repeated prefix: the
+        fixed system message (rendered first) is that prefix."""
+        if request.raw_completion or not request.messages or request.messages[0].role != "system":
+            return 0
+        n = self.count_tokens(request.messages[0].content) + 4
+        return 0 if n < OPENAI_CACHE_MIN else OPENAI_CACHE_MIN + (n - OPENAI_CACHE_MIN) // 128 * 128
+
+    def _cache_routing_key(self, request: Request) -> str:
+        """The same key for every prompt that starts with this system message (no user text in it)."""
+        return hashlib.sha256(f"{self.model}\n{request.messages[0].content}".encode()).hexdigest()[:32]
 
 
     def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
@@ -146,6 +164,7 @@ class CompatibleAdapter(OpenAIAdapter):
     provider = "compatible"
     prompt_logprobs = False
     multi_sample = False
+    prompt_cache_key = False
     max_tokens_param = "max_tokens"
 
     def __init__(self, model: str, base_url: str | None, api_key: str | None, http_client: Any = None,
