@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from typing import Any, Mapping
@@ -24,6 +25,8 @@ from typing import Any, Mapping
 import diskcache
 
 from providers.types import Completion
+
+logger = logging.getLogger("providers.cache")
 
 
 def cache_key(material: Mapping[str, Any]) -> str:
@@ -136,8 +139,24 @@ class ResponseCache:
         self._claims = _Claims.of(self.directory)
 
     def get(self, key: str) -> Completion | None:
-        raw = self._cache.get(key)
-        return None if raw is None else Completion.from_dict(json.loads(raw))
+        """The cached answer, or None on a miss. An entry that cannot be read back (truncated, corrupted, not an
+        answer) is a miss too, logged with its key and file, so the caller asks again and `put` overwrites it."""
+        try:
+            raw = self._cache.get(key)
+            return None if raw is None else Completion.from_dict(json.loads(raw))
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
+            logger.warning("cache entry %s in %s is unreadable (%s: %s); treated as a miss, it will be asked again and "
+                           "overwritten", self._where(key), self.directory, type(exc).__name__, str(exc)[:120])
+            return None
+
+    def _where(self, key: str) -> str:
+        """The entry's key, plus its value file when diskcache stored the value outside SQLite (large answers)."""
+        try:
+            rows = self._cache._sql("SELECT filename FROM Cache WHERE key = ?", (key,)).fetchall()
+        except Exception:  # noqa: BLE001 - only used to name the entry in a log line
+            rows = []
+        files = [os.path.join(self.directory, f) for (f,) in rows if f]
+        return key + (f" (file {files[0]})" if files else "")
 
     def put(self, key: str, completion: Completion) -> None:
         """Store an answer; committed before it returns."""

@@ -88,6 +88,20 @@ class UnexpectedAnswerError(FatalAPIError):
     billed_unknown = True
 
 
+class UnusableAnswerError(APICallError):
+    """A 200 answer that parses but cannot be scored (NaN logprob, empty or missing logprobs, a score that is not
+    finite). Never cached: the runner asks once more, then stops the run rather than pay for more of them.
+    `cost` is what the answer was billed (its reported usage)."""
+
+    def __init__(self, message: str, cost: float = 0.0) -> None:
+        super().__init__(message)
+        self.cost = cost
+
+
+class RequestTimeoutError(TransportError):
+    """No answer within the caller's `timeout` for one request, retries included (e.g. a hung server)."""
+
+
 class CapExceededError(ProviderError, RuntimeError):
     """The runner refused to send a request because it would break `max_queries` or `max_cost` (nothing sent).
 

@@ -19,12 +19,15 @@ it is sent, so two processes asking the same question at the same moment pay for
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import ipaddress
 import logging
+import math
 import re
 import time
 import weakref
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -32,13 +35,21 @@ from urllib.parse import urlsplit
 from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from providers.adapters.base import Adapter, merge_completions, split_samples
+from providers.adapters.base import Adapter, endpoint_identity, merge_completions, split_samples
 from providers.cache import ResponseCache, cache_key
 from providers.cost import Price, PriceTable, worst_case_cost
-from providers.errors import CapExceededError, ConfigurationError, FatalAPIError, TransientError
+from providers.errors import (
+    CapExceededError,
+    ConfigurationError,
+    FatalAPIError,
+    RequestTimeoutError,
+    TransientError,
+    UnusableAnswerError,
+)
 from providers.types import Completion, Request, Usage
 
 log = logging.getLogger(__name__)
+Validator = Callable[[Request, Completion], None]
 
 
 @dataclass
@@ -75,26 +86,50 @@ class RunnerStats:
         return d
 
 
+@dataclass
+class Ledger:
+    """What one caller of a shared runner paid: `paid` dollars and `sent` calls it sent itself, `cached` calls
+    answered from the disk cache (or by another process), `shared` calls another caller of this runner was
+    already sending (paid once, by that caller). Across the callers of one runner the `paid` add up to its spend."""
+
+    paid: float = 0.0
+    sent: int = 0
+    cached: int = 0
+    shared: int = 0
+
+
+_LEDGER: "contextvars.ContextVar[Ledger | None]" = contextvars.ContextVar("providers_runner_ledger", default=None)
+
+
+def _count(field_name: str, amount: float = 1) -> None:
+    ledger = _LEDGER.get()
+    if ledger is not None:
+        setattr(ledger, field_name, getattr(ledger, field_name) + amount)
+
+
 def _seconds(value: str) -> float | None:
     """Seconds from '1.5', '20ms', '6m0s', '1h2m3.5s' or an HTTP/RFC 3339 date; None if unreadable."""
     v = value.strip()
     try:
-        return float(v)
+        seconds = float(v)
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     except ValueError:
         pass
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", v)
     if parts and "".join(a + b for a, b in parts) == v:
         scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
         return sum(float(a) * scale[b] for a, b in parts)
-    try:
-        from datetime import datetime, timezone
-
-        when = datetime.fromisoformat(v.replace("Z", "+00:00")) if "T" in v else email.utils.parsedate_to_datetime(v)
+    try:  # an RFC 3339 timestamp ("2026-12-02T01:23:23Z") or an HTTP date (RFC 9110: "Wed, 02 Dec 2026 01:23:23 GMT")
+        iso = _ISO_DATE.match(v) is not None
+        when = datetime.fromisoformat(v.replace("Z", "+00:00")) if iso else email.utils.parsedate_to_datetime(v)
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 _BUDGET_HEADERS = (
@@ -113,9 +148,11 @@ def pause_from_headers(headers: Mapping[str, str]) -> float:
     h = {k.lower(): v for k, v in headers.items()}
     if "retry-after-ms" in h:
         try:
-            return max(0.0, float(h["retry-after-ms"]) / 1000)
+            ms = float(h["retry-after-ms"])
         except ValueError:
-            pass
+            ms = math.nan
+        if math.isfinite(ms):
+            return max(0.0, ms / 1000)
     if "retry-after" in h:
         s = _seconds(h["retry-after"])
         if s is not None:
@@ -146,6 +183,33 @@ def own_host(base_url: str | None) -> bool:
     return ip.is_loopback or ip.is_private or ip.is_link_local
 
 
+class _Clock:
+    """One request's deadline across its attempts: `timeout` seconds after its first send (None: no deadline)."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.at: float | None = None
+
+    def start(self) -> None:
+        if self.timeout is not None and self.at is None:
+            self.at = time.monotonic() + self.timeout
+
+    def left(self) -> float | None:
+        return None if self.at is None else self.at - time.monotonic()
+
+    def expired(self, wait: float = 0.0) -> bool:
+        """True if an attempt after `wait` more seconds would start at or past the deadline."""
+        left = self.left()
+        return left is not None and left - wait <= _MIN_ATTEMPT
+
+    def cap(self, wait: float) -> float:
+        left = self.left()
+        return wait if left is None else max(0.0, min(wait, left))
+
+
+_MIN_ATTEMPT = 0.05  # seconds: an attempt with less time than this left is not sent
+
+
 class _Aborted(Exception):
     """Internal: the run is stopping (fatal error or cap); this call was not sent."""
 
@@ -169,7 +233,9 @@ class Runner:
     calls sent (every attempt counts, retries included); `max_cost` hard cap in dollars (worst case reserved
     before each call); `prices` a PriceTable; `max_attempts` per request; `backoff_initial`/`backoff_max`
     seconds of the jittered exponential backoff; `max_pause` longest wait honoured from a provider's
-    Retry-After/reset headers; `on_progress(stats)` is called after every request resolves.
+    Retry-After/reset headers; `timeout` longest wait in seconds for one request's answer from its first send,
+    retries and pauses included (each attempt gets what is left; None = only the adapter's per-attempt timeout):
+    past it the run stops with RequestTimeoutError; `on_progress(stats)` is called after every request resolves.
     """
 
     def __init__(
@@ -186,6 +252,7 @@ class Runner:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         max_pause: float = 120.0,
+        timeout: float | None = None,
         on_progress: Callable[[RunnerStats], None] | None = None,
     ) -> None:
         if concurrency < 1:
@@ -200,6 +267,8 @@ class Runner:
             raise ConfigurationError("max_queries must be >= 0")
         if max_attempts < 1:
             raise ConfigurationError("max_attempts must be >= 1")
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigurationError(f"timeout must be a positive number of seconds (or None), got {timeout}")
         self.adapter = adapter
         self.cache = ResponseCache(cache) if isinstance(cache, str) or hasattr(cache, "__fspath__") else cache
         self.concurrency = concurrency
@@ -218,6 +287,7 @@ class Runner:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.max_pause = max_pause
+        self.timeout = timeout
         self.on_progress = on_progress
         self.stats = RunnerStats()
         self._queries_reserved = 0  # calls sent or about to be sent (never released once sent)
@@ -258,12 +328,18 @@ class Runner:
         """True if every call of this request is in the cache (it would cost nothing)."""
         return self.cache is not None and all(k in self.cache for _, k in self._calls(request))
 
-    async def run(self, requests: Sequence[Request]) -> list[Completion]:
+    async def run(self, requests: Sequence[Request], validate: Validator | None = None,
+                  ledger: Ledger | None = None) -> list[Completion]:
         """Completions for the requests, in order. Raises the first fatal error (or cap refusal) after letting
-        calls already in flight finish and reach the cache; requests not yet sent are not sent."""
+        calls already in flight finish and reach the cache; requests not yet sent are not sent.
+
+        `validate(request, completion)` raises when an answer is unusable to the caller (e.g. its scorer cannot
+        score it): such an answer is never cached, a cached one is asked again, and a fresh one is asked once
+        more before the run stops (UnusableAnswerError). `ledger` adds up what this call paid and sent."""
         for r in requests:
             self.adapter.check(r)
         state = self._state()
+        token = _LEDGER.set(ledger) if ledger is not None else None
         if self._active_runs == 0:  # a stop from an earlier run does not block this one
             self._abort = None
             self.stats._started = time.monotonic()
@@ -274,7 +350,7 @@ class Runner:
         unique = list(dict.fromkeys(requests))  # identical requests in one batch are asked once
         results: list[Any] = [None] * len(unique)
         try:
-            misses = self._look_up(unique, results)
+            misses = self._look_up(unique, results, validate)
             log.debug("%s: %d requests, %d answered from the cache, %d to send", self.adapter, len(unique),
                       len(unique) - len(misses), len(misses))
             todo = iter(misses)
@@ -282,12 +358,14 @@ class Runner:
             async def worker() -> None:
                 for i, calls in todo:
                     try:
-                        results[i] = await self._request(calls, state)
+                        results[i] = await self._request(calls, state, validate)
                     except Exception as exc:  # kept in place; the first fatal one is raised below
                         results[i] = exc
 
             await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(misses)))))
         finally:
+            if token is not None:
+                _LEDGER.reset(token)
             self._active_runs -= 1
             if self._active_runs == 0 and self.stats._started is not None:
                 self.stats.busy_seconds += time.monotonic() - self.stats._started
@@ -300,24 +378,62 @@ class Runner:
         answer = dict(zip(unique, results))
         return [answer[r] for r in requests]
 
-    async def send(self, request: Request) -> Completion:
-        return (await self.run([request]))[0]
+    async def send(self, request: Request, validate: Validator | None = None, ledger: Ledger | None = None
+                   ) -> Completion:
+        return (await self.run([request], validate, ledger))[0]
+
+    def stop(self, reason: BaseException) -> None:
+        """Stop the runs in progress (call it on the runner's event loop): nothing more is sent, calls in flight
+        finish and reach the cache, and each run raises `reason`. The next run starts afresh."""
+        self._stop(reason)
+        for st in list(self._states.values()):
+            st.budget_changed.set()  # wake callers waiting for room under max_cost: they stop now
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait until no call of this loop is in flight (at most `timeout` seconds): after `stop`, the answers
+        already on their way are then in the cache."""
+        pending = list(self._state().inflight.values())
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     # ---- internals ----------------------------------------------------------------------------------
-    def _look_up(self, requests: list[Request], results: list[Any]
+    def _look_up(self, requests: list[Request], results: list[Any], validate: Validator | None = None
                  ) -> list[tuple[int, list[tuple[Request, str, Completion | None]]]]:
         """Look every call up in the cache in one pass: fully cached requests get their answer in `results`; the
         others come back with their calls and any partial hits. Reads back to back cost 7-15 µs of CPU each; one
         alone, between network waits in an otherwise idle process, cost ~180 µs (measured here)."""
         misses = []
         for i, r in enumerate(requests):
-            calls = [(sub, key, None if self.cache is None else self.cache.get(key)) for sub, key in self._calls(r)]
+            calls = [(sub, key, None if self.cache is None else self._cached(sub, key, validate))
+                     for sub, key in self._calls(r)]
             if all(hit is not None for _, _, hit in calls):
                 self.stats.cache_hits += len(calls)
+                _count("cached", len(calls))
                 results[i] = self._done([hit for _, _, hit in calls])  # type: ignore[misc]
             else:
                 misses.append((i, calls))
         return misses
+
+    def _cached(self, request: Request, key: str, validate: Validator | None) -> Completion | None:
+        """A cache hit the caller can use; an unusable one (cached before answers were checked) is a miss."""
+        hit = self.cache.get(key)
+        if hit is not None and validate is not None:
+            try:
+                validate(request, hit)
+            except Exception as exc:  # noqa: BLE001 - whatever the caller's check raises means "unusable"
+                log.warning("cached answer %s in %s is unusable (%s); asking again", key, self.cache.directory, exc)
+                return None
+        return hit
+
+    def _usable(self, request: Request, completion: Completion, validate: Validator | None) -> None:
+        """Raise UnusableAnswerError (carrying what the answer cost) when the caller cannot use it."""
+        if validate is None:
+            return
+        try:
+            validate(request, completion)
+        except Exception as exc:  # noqa: BLE001 - whatever the caller's check raises means "unusable"
+            why = exc if isinstance(exc, UnusableAnswerError) else f"{type(exc).__name__}: {exc}"
+            raise UnusableAnswerError(f"{why}", cost=self.price.cost(completion.usage)) from None
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -347,11 +463,12 @@ class Runner:
             self.on_progress(self.stats)
         return parts[0] if len(parts) == 1 else merge_completions(parts)
 
-    async def _request(self, calls: list[tuple[Request, str, Completion | None]], state: _LoopState) -> Completion:
+    async def _request(self, calls: list[tuple[Request, str, Completion | None]], state: _LoopState,
+                       validate: Validator | None = None) -> Completion:
         if len(calls) == 1:  # a one-call request is a miss here: its hit was served by _look_up
             sub, key, _ = calls[0]
-            return self._done([await self._call(sub, key, state)])
-        parts = await asyncio.gather(*(self._hit(hit) if hit is not None else self._call(sub, key, state)
+            return self._done([await self._call(sub, key, state, validate)])
+        parts = await asyncio.gather(*(self._hit(hit) if hit is not None else self._call(sub, key, state, validate)
                                        for sub, key, hit in calls), return_exceptions=True)
         for p in parts:
             if isinstance(p, BaseException):
@@ -360,16 +477,19 @@ class Runner:
 
     async def _hit(self, hit: Completion) -> Completion:
         self.stats.cache_hits += 1
+        _count("cached")
         return hit
 
-    async def _call(self, request: Request, key: str, state: _LoopState) -> Completion:
+    async def _call(self, request: Request, key: str, state: _LoopState, validate: Validator | None = None
+                    ) -> Completion:
         """Send one call the cache did not have (once per run: later askers wait for the same answer)."""
         if key in state.inflight:  # the same call is already on its way (another run on this runner)
+            _count("shared")
             return await asyncio.shield(state.inflight[key])
         fut: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
         state.inflight[key] = fut
         try:
-            result = await self._with_retries(request, key, state)
+            result = await self._with_retries(request, key, state, validate)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it, nobody else must
@@ -381,6 +501,8 @@ class Runner:
             del state.inflight[key]
 
     def _wait(self, rs: RetryCallState) -> float:
+        if self._abort is not None:
+            return 0.0  # the run is stopping: the next attempt ends at once, unsent
         exc = rs.outcome.exception() if rs.outcome is not None else None
         hint = pause_from_headers(exc.headers) if isinstance(exc, TransientError) else 0.0
         backoff = wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max)(rs)
@@ -393,18 +515,47 @@ class Runner:
         log.warning("%s: attempt %d of %d failed (%s); retrying in %.2f s", self.adapter, rs.attempt_number,
                     self.max_attempts, exc, wait)
 
-    async def _with_retries(self, request: Request, key: str, state: _LoopState) -> Completion:
+    async def _with_retries(self, request: Request, key: str, state: _LoopState,
+                            validate: Validator | None = None) -> Completion:
+        """Transient failures are retried up to max_attempts within `timeout`; an unusable answer is asked once
+        more (a glitch), then the run stops rather than paying for more of them."""
+        clock = _Clock(self.timeout)
+        for ask in (1, 2):
+            try:
+                return await self._retrying(request, key, state, validate, clock)
+            except UnusableAnswerError as exc:
+                if ask == 2 or self.max_attempts == 1 or self._abort is not None:
+                    log.error("unusable answer again for %s (%s); stopping the run: nothing more is sent", key, exc)
+                    raise self._stop(exc)
+                self.stats.retries += 1
+                log.warning("unusable answer for %s, not cached (%s); asking once more", key, exc)
+        raise AssertionError("unreachable")
+
+    async def _retrying(self, request: Request, key: str, state: _LoopState, validate: Validator | None,
+                        clock: "_Clock") -> Completion:
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(TransientError),
-                                           stop=stop_after_attempt(self.max_attempts), wait=self._wait,
-                                           before_sleep=self._before_sleep, reraise=True):
+                                           stop=stop_after_attempt(self.max_attempts),
+                                           wait=lambda rs: clock.cap(self._wait(rs)), before_sleep=self._before_sleep,
+                                           reraise=True):
             with attempt:
                 try:
-                    return await self._attempt(request, key, state)
+                    return await self._attempt(request, key, state, validate, clock)
                 except TransientError as exc:
-                    if attempt.retry_state.attempt_number >= self.max_attempts:
+                    n = attempt.retry_state.attempt_number
+                    if clock.expired(self._wait_hint(exc)):
+                        raise self._stop(RequestTimeoutError(
+                            f"no answer from {endpoint_identity(self.adapter.base_url)} within timeout={self.timeout:g} s "
+                            f"({n} attempt{'s' * (n > 1)}; last: {exc}); the server may be hung or overloaded. "
+                            "Answers received so far are cached: raise timeout and rerun to continue",
+                            exc.status, exc.headers)) from None
+                    if n >= self.max_attempts:
                         raise self._stop(exc)  # retries exhausted: do not start further calls
                     raise
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _wait_hint(self, exc: TransientError) -> float:
+        """The shortest wait before a retry of this failure (a pause the provider asked for)."""
+        return min(pause_from_headers(exc.headers), self.max_pause)
 
     async def _reserve(self, cost: float, state: _LoopState) -> None:
         """Take one query and `cost` dollars from the caps, waiting for in-flight calls to settle if that could
@@ -450,7 +601,9 @@ class Runner:
 
     async def _honour_pause(self) -> None:
         while (delay := self._pause_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+            if self._abort is not None:
+                raise _Aborted
+            await asyncio.sleep(min(delay, 0.25))  # short naps: a stop ends the wait
 
     def _pause(self, headers: Mapping[str, str]) -> None:
         wait = min(pause_from_headers(headers), self.max_pause)
@@ -460,7 +613,8 @@ class Runner:
                 log.warning("%s: the provider asked for a pause; no call is sent for %.1f s", self.adapter, wait)
             self._pause_until = max(self._pause_until, until)
 
-    async def _claim_or_wait(self, key: str) -> tuple[Completion | None, bool]:
+    async def _claim_or_wait(self, request: Request, key: str, validate: Validator | None
+                             ) -> tuple[Completion | None, bool]:
         """(None, True): this caller claimed the call and sends it. (answer, False): another caller sent it
         meanwhile. While another holds the claim, wait for its answer; if it fails or dies, its claim goes and
         this one takes over. A holder that neither answers nor goes within the call timeout + 30 s (a stopped
@@ -470,11 +624,11 @@ class Runner:
             if self.cache.claim(key):
                 # Look (again): a holder caches its answer before releasing, so a claim won after a release
                 # must find that answer here rather than pay for it a second time.
-                hit = self.cache.get(key)
+                hit = self._cached(request, key, validate)
                 if hit is not None:
                     self.cache.release(key)
                 return hit, hit is None
-            hit = self.cache.get(key)
+            hit = self._cached(request, key, validate)
             if hit is not None or time.monotonic() > deadline:
                 return hit, False
             if delay == 0.02:
@@ -483,7 +637,10 @@ class Runner:
             await asyncio.sleep(delay)
             delay = min(2 * delay, 0.5)
 
-    async def _attempt(self, request: Request, key: str, state: _LoopState) -> Completion:
+    async def _attempt(self, request: Request, key: str, state: _LoopState, validate: Validator | None = None,
+                       clock: _Clock | None = None) -> Completion:
+        if self._abort is not None:
+            raise _Aborted
         await self._honour_pause()
         reserved = self.worst_case_cost(request)
         await self._reserve(reserved, state)
@@ -501,14 +658,30 @@ class Runner:
                 if self._abort is not None:
                     raise _Aborted
                 if self.cache is not None:
-                    hit, claimed = await self._claim_or_wait(key)
+                    hit, claimed = await self._claim_or_wait(request, key, validate)
                     if hit is not None:  # another caller answered it meanwhile: nothing to send or pay
                         charged = 0.0
                         self.stats.cache_hits += 1
+                        _count("cached")
                         return hit
+                per_attempt = None
+                if clock is not None:
+                    clock.start()
+                    left = clock.left()
+                    if left is not None:
+                        if left <= _MIN_ATTEMPT:
+                            raise RequestTimeoutError("no time left for another attempt", billed_unknown=False)
+                        per_attempt = min(self.adapter.timeout, left)
                 self.stats.api_calls += 1
                 sent = True
-                completion, headers = await self.adapter.exchange(request)
+                completion, headers = await (self.adapter.exchange(request) if per_attempt is None
+                                             else self.adapter.exchange(request, timeout=per_attempt))
+                self._usable(request, completion, validate)
+        except UnusableAnswerError as exc:  # billed (its usage is known) but never cached
+            self.stats.failures += 1
+            charged = exc.cost
+            self._add_usage(completion.usage)
+            raise
         except TransientError as exc:
             self.stats.failures += 1
             self._pause(exc.headers)
@@ -546,10 +719,7 @@ class Runner:
             if self.cache is not None:  # durable before anyone uses the answer (the claim goes in `finally`)
                 self.cache.put(key, completion)
             charged = self.price.cost(completion.usage)
-            u = completion.usage
-            self.stats.input_tokens += u.input_tokens
-            self.stats.output_tokens += u.output_tokens
-            self.stats.cached_input_tokens += u.cached_input_tokens
+            self._add_usage(completion.usage)
             self._pause(headers)
             return completion
         finally:
@@ -557,4 +727,12 @@ class Runner:
                 self.cache.release(key)  # after the answer is cached: a waiting process finds it
             if not sent:  # a call never sent does not count against max_queries
                 self._queries_reserved -= 1
+            else:
+                _count("sent")
+            _count("paid", charged)
             self._settle(reserved, charged, state)
+
+    def _add_usage(self, u: Usage) -> None:
+        self.stats.input_tokens += u.input_tokens
+        self.stats.output_tokens += u.output_tokens
+        self.stats.cached_input_tokens += u.cached_input_tokens

@@ -168,6 +168,21 @@ class Scorer:
     def score_many(self, completions: Sequence[Completion]) -> np.ndarray:
         return np.array([self.score(c) for c in completions], dtype=float)
 
+    def check(self, completion: Completion) -> None:
+        """Raise ScoringError unless `completion` scores to a finite float (no side effects: `bound_hits` is
+        kept). The runner calls it before caching an answer, so an unscorable answer is never cached."""
+        hits = self.bound_hits
+        try:
+            value = float(self.score(completion))
+        finally:
+            self.bound_hits = hits
+        if not math.isfinite(value):
+            raise ScoringError(f"{self.name} scores this answer as {value}, not a finite number")
+
+    def check_reference(self, completion: Completion) -> None:
+        """Raise ScoringError when a reference answer lacks what scoring against it needs (checked before it
+        is cached); settings problems (a cut-off reference) are left to `set_reference`."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
 
@@ -374,6 +389,12 @@ class AnswerLogprob(Scorer):
         return Request(
             tuple(messages), max_tokens=self.reference_max_tokens, temperature=0.0, top_logprobs=self._k
         )
+
+    def check_reference(self, completion: Completion) -> None:
+        if self.mode == "first_token":
+            first = _first_logprobs(completion)[0]
+            if not math.isfinite(first.logprob):
+                raise ScoringError(f"the reference's first-token logprob is {first.logprob}, not finite")
 
     def set_reference(self, completion: Completion) -> None:
         """Keep the unmasked answer; refuse it (before any masked query) when it is empty or, for teacher

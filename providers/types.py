@@ -96,6 +96,8 @@ class Completion:
         def tl(x: Any) -> TokenLogprob:
             return TokenLogprob(x["token"], float(x["logprob"]), tuple((t, float(lp)) for t, lp in x["top"]))
 
+        if not isinstance(d["texts"], list) or not all(isinstance(t, str) for t in d["texts"]):
+            raise TypeError("texts must be a list of strings")
         return cls(
             texts=tuple(d["texts"]),
             logprobs=None if d.get("logprobs") is None else tuple(tuple(tl(t) for t in s) for s in d["logprobs"]),

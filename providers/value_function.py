@@ -109,7 +109,8 @@ class LLMValueFunction:
             needs = getattr(self.scorer, "needs_reference", False)
             req = self.scorer.reference_request(full) if needs else self.scorer.request(full)
             self._check_budget([req])
-            completion = await self.runner.send(req)
+            check = self._check_reference if needs else self._check_answer
+            completion = (await self.runner.run([req], validate=check))[0]
             if needs:
                 self.scorer.set_reference(completion)
             self._reference = completion
@@ -138,9 +139,18 @@ class LLMValueFunction:
         self.queries += len(requests)
         return np.asarray(self.scorer.score_many(completions), dtype=float)
 
+    def _check_answer(self, request: Request, completion: Completion) -> None:
+        """Raise unless this answer can be scored (the runner then never caches it): what the adapter promises
+        for the request (finite logprobs, one text per sample) and a finite score."""
+        self.adapter.check_answer(request, completion)
+        self.scorer.check(completion)
+
+    def _check_reference(self, request: Request, completion: Completion) -> None:
+        self.scorer.check_reference(completion)
+
     async def _run(self, requests: list[Request]) -> list[Completion]:
         if not self.progress or not requests:
-            return await self.runner.run(requests)
+            return await self.runner.run(requests, validate=self._check_answer)
         start = self.runner.stats.cache_hits
         # Two redraws a second: one takes ~1.3 ms of CPU, so rich's default 10 a second cost 1.3-1.4 ms per query
         # at 10 queries/s in a terminal (0.3-0.4 ms now).
@@ -155,7 +165,7 @@ class LLMValueFunction:
 
             previous, self.runner.on_progress = self.runner.on_progress, tick
             try:
-                return await self.runner.run(requests)
+                return await self.runner.run(requests, validate=self._check_answer)
             finally:
                 self.runner.on_progress = previous
 

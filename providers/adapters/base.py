@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -37,6 +38,7 @@ from providers.errors import (
     ServerError,
     TransportError,
     UnexpectedAnswerError,
+    UnusableAnswerError,
 )
 from providers.redact import basic_auth_header, redact, split_userinfo
 from providers.types import Completion, Request
@@ -71,7 +73,8 @@ class Adapter(ABC):
         self.timeout = timeout
         self._http_client = http_client
         self._http_client_used = False
-        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+        # per loop: (SDK client, the async generator that closes it when the loop shuts down)
+        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]" = weakref.WeakKeyDictionary()
         # The key is kept in a closure, not an attribute: repr/vars/pickle of the adapter never show it.
         self._key = (lambda k: (lambda: k))(api_key)
         self._userinfo = (lambda u: (lambda: u))(userinfo)
@@ -96,13 +99,44 @@ class Adapter(ABC):
         """Completion from the provider's decoded JSON answer."""
 
     def cache_material(self, request: Request) -> dict[str, Any]:
-        """Everything that determines the answer: provider, endpoint, model, canonical body (never the key),
-        and the repeat index of a deliberate re-ask (absent for ordinary requests, so their keys never change)."""
+        """Everything that determines the answer: provider, server, endpoint, model, canonical body (never the key)
+        and the repeat index of a deliberate re-ask.
+
+        The server is `endpoint_identity(base_url)` (scheme, host, port, path; no credentials), so two servers
+        serving the same model name never share answers. The official APIs (no base_url) keep their old keys."""
         material = {"provider": self.provider, "endpoint": self.endpoint(request), "model": self.model,
                     "body": self.body(request)}
-        if request.repeat:
+        if self.base_url is not None:
+            material["server"] = endpoint_identity(self.base_url)
+        if request.repeat:  # a deliberate re-ask (absent for ordinary requests, so their keys never change)
             material["repeat"] = int(request.repeat)
         return material
+
+    def check_answer(self, request: Request, completion: Completion) -> None:
+        """Raise UnusableAnswerError when a parsed answer lacks what any scorer of this request needs: one text
+        per sample, and when logprobs were asked, finite logprobs for at least one token per sample, each with
+        its listed alternatives. Checked before the answer is cached (and on every cache hit)."""
+        def bad(why: str) -> UnusableAnswerError:
+            return UnusableAnswerError(f"{self.provider}: unusable answer from {endpoint_identity(self.base_url)}: "
+                                       f"{why}")
+
+        if len(completion.texts) != request.samples:
+            raise bad(f"{len(completion.texts)} answers for {request.samples} samples")
+        if request.top_logprobs is not None:
+            if completion.logprobs is None or len(completion.logprobs) != request.samples:
+                raise bad("logprobs were asked for but are missing")
+            for sample in completion.logprobs:
+                if not sample:
+                    raise bad("logprobs.content is empty or null")
+                for pos in sample:
+                    if not math.isfinite(pos.logprob) or not all(math.isfinite(lp) for _, lp in pos.top):
+                        raise bad(f"a logprob is not finite at token {pos.token!r}")
+                    if request.top_logprobs >= 1 and not pos.top:
+                        raise bad(f"top_logprobs missing at token {pos.token!r}")
+        if request.prompt_logprobs is not None:
+            lps = completion.prompt_logprobs
+            if not lps or not all(math.isfinite(t.logprob) for t in lps):
+                raise bad("prompt logprobs are missing or not finite")
 
     def check(self, request: Request) -> None:
         """Raise ConfigurationError if this adapter cannot serve the request (before any spend)."""
@@ -126,13 +160,33 @@ class Adapter(ABC):
 
     # ---- sending ------------------------------------------------------------------------------------
     def client(self) -> Any:
-        """The SDK client for the running event loop (connection pools cannot cross loops)."""
+        """The SDK client for the running event loop (connection pools cannot cross loops). It is closed when the
+        loop shuts down its async generators (asyncio.run does, so does spex_api's BackgroundLoop), so a loop's
+        sockets never outlive it; a client instance the caller injected is left to the caller to close."""
         loop = asyncio.get_running_loop()
-        c = self._clients.get(loop)
-        if c is None:
-            c = self._make_client(self._key())
-            self._clients[loop] = c
-        return c
+        entry = self._clients.get(loop)
+        if entry is None:
+            client = self._make_client(self._key())
+            owned = self._http_client is None or callable(self._http_client)
+            closer = self._close_with_loop(weakref.ref(loop), client, owned)
+            entry = self._clients[loop] = (client, closer)
+            try:  # run it to its first yield: from now on the loop tracks it, and closes it on shutdown
+                closer.asend(None).send(None)
+            except StopIteration:
+                pass
+        return entry[0]
+
+    async def _close_with_loop(self, loop: "weakref.ref[asyncio.AbstractEventLoop]", client: Any, owned: bool) -> Any:
+        """An async generator parked at its first yield: the loop's shutdown_asyncgens() closes it, closing the
+        client and its connection pool with the loop."""
+        try:
+            yield
+        finally:
+            key = loop()
+            if key is not None and self._clients.get(key, (None,))[0] is client:
+                del self._clients[key]
+            if owned:
+                await client.close()
 
     def _http_for_loop(self) -> Any:
         """The injected HTTP client for a new loop's SDK client: a factory is called once per loop; a client
@@ -157,20 +211,21 @@ class Adapter(ABC):
         userinfo = self._userinfo()
         return {"Authorization": basic_auth_header(userinfo)} if userinfo else None
 
-    async def _post(self, request: Request, content: bytes) -> Any:
+    async def _post(self, request: Request, content: bytes, timeout: float | None = None) -> Any:
         """POST the encoded body through the SDK client (its auth, headers, base_url, transport and status
         errors) and return the read httpx2.Response; JSON decoding is ours so a malformed answer is caught, not
         crashed on. The body goes as `content` bytes: both SDKs send them as they are, skipping their per-call
         copy and re-encoding of a body that is already canonical (their Content-Type stays application/json)."""
         return await self.client().post(self.endpoint(request), cast_to=httpx2.Response, content=content,
-                                        options={"timeout": self.timeout})
+                                        options={"timeout": self.timeout if timeout is None else timeout})
 
-    async def exchange(self, request: Request) -> tuple[Completion, dict[str, str]]:
-        """One HTTP call: (completion, response headers). SDK errors become providers.errors classes."""
+    async def exchange(self, request: Request, timeout: float | None = None) -> tuple[Completion, dict[str, str]]:
+        """One HTTP call: (completion, response headers). SDK errors become providers.errors classes. `timeout`
+        (seconds) replaces the adapter's own for this call (the runner passes what is left of a request's)."""
         content = encode_body(self.body(request))
         translated = None
         try:
-            raw = await self._post(request, content)
+            raw = await self._post(request, content, timeout)
         except Exception as exc:
             translated = self._translate(exc)
             if translated is exc:  # not an SDK API error: propagate unchanged
@@ -255,6 +310,35 @@ class Adapter(ABC):
         """Upper bound on billed prompt tokens: byte-level BPE never makes more tokens than UTF-8 bytes."""
         return (sum(len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
                 + REQUEST_OVERHEAD_TOKENS)
+
+
+def endpoint_identity(base_url: str | None) -> str:
+    """What tells one server from another: scheme://host:port/path of its base_url, never user, password, query
+    or fragment (they may hold credentials). A LocalServer running in this process is named by its model file
+    (its model name carries a content tag), not its random port, so reruns find their answers."""
+    if base_url is None:
+        return "official"
+    from providers.local import _running
+
+    root = base_url.rstrip("/")
+    server = _running.get(root[: -len("/v1")] if root.endswith("/v1") else root)
+    if server is not None and server.running:
+        return "local-llama-server" + ("/v1" if root.endswith("/v1") else "")
+    return _url_identity(base_url)
+
+
+@functools.lru_cache(maxsize=64)
+def _url_identity(base_url: str) -> str:
+    parts = urlsplit(base_url.strip())
+    scheme = (parts.scheme or "http").lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}{'' if port is None else f':{port}'}{parts.path.rstrip('/')}"
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:

@@ -9,7 +9,8 @@ Misbehaviour is scripted: `script([...])` queues faults for the next requests in
 `fail_first([...])` makes every distinct body go through the listed faults before it is answered. Fault kinds:
 "429" (Retry-After), "429ms" (retry-after-ms), "quota" (429 insufficient_quota), "500", "503", "529"
 (Anthropic overloaded), "401", "403", "400", "timeout" (hold the request, then drop it), "malformed"
-(200 with broken JSON), "reset" (TCP RST). Only well-formed 200 answers count as paid: `stats()["paid"]`
+(200 with broken JSON), "reset" (TCP RST), and billed 200 answers no scorer can use: "nanlogprob",
+"emptylogprobs" (logprobs.content []), "nulllogprobs" (content null), "notop" (no top_logprobs). Only well-formed 200 answers count as paid: `stats()["paid"]`
 maps a body hash to how many times it was answered. A request whose client hung up while it was being
 worked on (e.g. the client process was killed) is counted under "abandoned" instead: a real provider would
 bill it, but nobody received the answer. `max_concurrent` is the most requests handled at once.
@@ -220,8 +221,9 @@ class Handler(BaseHTTPRequestHandler):
         if fault is not None:
             with state.lock:
                 state.faults_served[fault["kind"]] += 1
-            self._misbehave(fault, anthropic)
-            return
+            if fault["kind"] not in _UNUSABLE:
+                self._misbehave(fault, anthropic)
+                return
         if self.path.endswith("/chat/completions"):
             payload = self._chat(body)
         elif self.path.endswith("/responses"):
@@ -233,6 +235,8 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error"}})
             return
+        if fault is not None:  # a well-formed, billed 200 that no scorer can use
+            _UNUSABLE[fault["kind"]](payload)
         with state.lock:
             if self._client_gone():
                 state.abandoned += 1
@@ -378,6 +382,39 @@ class Handler(BaseHTTPRequestHandler):
                 "stop_sequence": None,
                 "usage": {"input_tokens": _n_tokens(_prompt_text(body)), "output_tokens": len(tokens),
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}
+
+
+def _chat_positions(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for c in payload["choices"] for t in ((c.get("logprobs") or {}).get("content") or ())]
+
+
+def _nan_logprob(payload: dict[str, Any]) -> None:
+    for t in _chat_positions(payload):
+        t["logprob"] = math.nan  # json.dumps writes NaN, which json.loads (and the SDKs) accept
+        if t["top_logprobs"]:
+            t["top_logprobs"][0]["logprob"] = math.nan
+
+
+def _empty_content(payload: dict[str, Any]) -> None:
+    for c in payload["choices"]:
+        if c.get("logprobs"):
+            c["logprobs"]["content"] = []
+
+
+def _null_content(payload: dict[str, Any]) -> None:
+    for c in payload["choices"]:
+        if c.get("logprobs"):
+            c["logprobs"]["content"] = None
+
+
+def _no_top(payload: dict[str, Any]) -> None:
+    for t in _chat_positions(payload):
+        t.pop("top_logprobs", None)
+
+
+# 200 answers that parse but cannot be scored (chat completions): billed like any answer
+_UNUSABLE = {"nanlogprob": _nan_logprob, "emptylogprobs": _empty_content, "nulllogprobs": _null_content,
+             "notop": _no_top}
 
 
 class _Server(ThreadingHTTPServer):
