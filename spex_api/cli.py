@@ -129,6 +129,22 @@ def _write_outputs(expl: Any, paths: list[Path], top: int) -> None:
         err.print(f"wrote {path}")
 
 
+def _open_in_browser(path: Path) -> None:
+    """Open a written report in the user's browser (only when asked with --open)."""
+    import webbrowser
+
+    if not webbrowser.open(path.resolve().as_uri()):
+        err.print(f"could not open a browser; the report is at {path.resolve()}", highlight=False)
+
+
+def _html_out(paths: list[Path], open_report: bool) -> Optional[Path]:
+    """The HTML report --open will show; --open without an .html --out is refused before any spend."""
+    html = next((p for p in paths if p.suffix.lower() in (".html", ".htm")), None)
+    if open_report and html is None:
+        raise ValueError("--open needs an HTML report to open: add --out report.html")
+    return html if open_report else None
+
+
 def _check_out(paths: list[Path]) -> None:
     for path in paths:
         if path.suffix.lower() not in (".json", ".html", ".htm", ".png", ".pdf", ".svg"):
@@ -158,6 +174,7 @@ def explain(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation before spending."),
     out_paths: list[Path] = typer.Option([], "--out", "-o", help="Write the explanation: .json, .html or .png (repeatable)."),
     top: int = typer.Option(10, min=1, help="Interactions shown."),
+    open_report: bool = typer.Option(False, "--open", help="Open the HTML report (--out x.html) in the browser when written."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug)."),
 ) -> None:
     """Explain one prompt: plan, show the cost, query the model, print the top interactions."""
@@ -176,6 +193,7 @@ def explain(
         except UnicodeDecodeError as exc:
             raise ValueError(f"--file {file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})") from None
         _check_out(out_paths)
+        _html_out(out_paths, open_report)
         return sdk.preview(
             text, provider=provider, model=model, base_url=base_url, features=features.value, template=template,
             scorer=scorer, labels=_labels(labels), budget=budget, max_cost=max_cost, method=method,
@@ -192,6 +210,9 @@ def explain(
 
     print_report(expl, k=top, console=out)
     _guard("run", lambda: _write_outputs(expl, out_paths, top))
+    to_open = _html_out(out_paths, open_report)
+    if to_open is not None:
+        _open_in_browser(to_open)
 
 
 @app.command("serve-local")
@@ -225,6 +246,7 @@ def report(
     png: Optional[Path] = typer.Option(None, help="Write a figure here (.png, .pdf, .svg)."),
     index: str = typer.Option("mobius", help="Index shown: mobius, fourier, shapley, banzhaf, k-sii, fsii, ..."),
     top: int = typer.Option(10, min=1, help="Interactions shown."),
+    open_report: bool = typer.Option(False, "--open", help="Open the HTML report (--html) in the browser when written."),
 ) -> None:
     """Render a saved explanation to the terminal, and optionally to HTML and a figure."""
     from spex_api.engine.explanation import Explanation
@@ -237,6 +259,8 @@ def report(
         from spex_api.engine.indices import canonical_index
 
         canonical_index(index)
+        if open_report and html is None:
+            raise ValueError("--open needs an HTML report to open: add --html report.html")
         try:
             return Explanation.load(path)
         except (KeyError, ValueError) as exc:
@@ -247,6 +271,8 @@ def report(
     if html is not None:
         _guard("run", lambda: write_html(expl, html, k=max(top, 15), index=index))
         err.print(f"wrote {html}")
+        if open_report:
+            _open_in_browser(html)
     if png is not None:
         _guard("run", lambda: save_plot(expl, png, k=top, index=index))
         err.print(f"wrote {png}")

@@ -110,6 +110,34 @@ def test_report_renders_saved_explanation(tmp_path):
     assert html.read_text().count('class="f"') > 10 and png.stat().st_size > 1000
 
 
+@pytest.fixture
+def browser(monkeypatch) -> list[str]:
+    """Every URL the CLI asks the web browser to open (none is really opened)."""
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url, *a, **k: opened.append(url) or True)
+    return opened
+
+
+def test_report_opens_the_browser_only_with_open(tmp_path, browser):
+    path = sample_explanation().save(tmp_path / "expl.json")
+    html = tmp_path / "r.html"
+    assert runner.invoke(app, ["report", str(path), "--html", str(html)]).exit_code == 0
+    assert html.exists() and browser == []
+    res = runner.invoke(app, ["report", str(path), "--html", str(html), "--open"])
+    assert res.exit_code == 0, res.output
+    assert browser == [html.resolve().as_uri()]
+    res = runner.invoke(app, ["report", str(path), "--open"])
+    assert res.exit_code == 2 and "--open needs an HTML report" in res.output
+
+
+def test_explain_open_without_html_out_exits_2_before_spend(counting_server, tmp_path, browser):
+    base_url, hits = counting_server
+    res = _explain("--base-url", base_url, "--model", "m", "--labels", "True,False", "--template", TEMPLATE,
+                   "--budget", "300", "--yes", "--open", "--out", str(tmp_path / "e.json"), TEXT)
+    assert res.exit_code == 2 and "--open needs an HTML report" in res.output
+    assert hits == [] and browser == []
+
+
 def test_report_bad_file_exits_2(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text(json.dumps({"hello": 1}))
@@ -121,9 +149,9 @@ def test_report_bad_file_exits_2(tmp_path):
 
 
 @pytest.mark.live
-def test_explain_on_local_server_writes_reports(local_server, tmp_path):
+def test_explain_on_local_server_writes_reports(local_server, tmp_path, browser):
     js, html = tmp_path / "e.json", tmp_path / "e.html"
-    res = _explain("--base-url", local_server.base_url, "--model", local_server.model, "--labels", "True,False",
+    res = _explain("--open", "--base-url", local_server.base_url, "--model", local_server.model, "--labels", "True,False",
                    "--template", TEMPLATE, "--budget", "120", "--yes", "--cache-dir", str(tmp_path / "cache"),
                    "--out", str(js), "--out", str(html), TEXT)
     assert res.exit_code == 0, res.output
@@ -131,3 +159,4 @@ def test_explain_on_local_server_writes_reports(local_server, tmp_path):
     data = json.loads(js.read_text())
     assert data["queries_used"] <= 120 and data["metadata"]["original_answer"]
     assert 'id="f0"' in html.read_text()
+    assert browser == [html.resolve().as_uri()]  # --open: the written report, once

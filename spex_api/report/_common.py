@@ -35,9 +35,18 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 1)].rstrip() + "…"
 
 
+def meta(expl: Any, key: str, default: Any = None) -> Any:
+    """One run fact from the explanation's metadata, whether a plain dict (saved JSON) or a typed record."""
+    data = getattr(expl, "metadata", None)
+    if data is None:
+        return default
+    value = data.get(key, default) if isinstance(data, dict) else getattr(data, key, default)
+    return default if value is None else value
+
+
 def feature_texts(expl: Any) -> list[str]:
     """Readable text of each feature: the prompt's own words/sentences when recorded, else names."""
-    texts = expl.metadata.get("feature_texts") if expl.metadata else None
+    texts = meta(expl, "feature_texts")
     if texts and len(texts) == expl.n:
         return [str(t) for t in texts]
     if expl.feature_names and len(expl.feature_names) == expl.n:
@@ -76,17 +85,16 @@ def attributions(expl: Any) -> np.ndarray:
 
 def summary(expl: Any) -> dict[str, Any]:
     """Plan, spend and fit figures shown at the top of every report."""
-    meta = expl.metadata or {}
     plan = expl.plan
     return {
-        "provider": meta.get("provider"),
-        "model": meta.get("model"),
-        "scorer": meta.get("scorer"),
-        "answer": meta.get("original_answer"),
-        "original_score": meta.get("original_score"),
+        "provider": meta(expl, "provider"),
+        "model": meta(expl, "model"),
+        "scorer": meta(expl, "scorer"),
+        "answer": meta(expl, "original_answer"),
+        "original_score": meta(expl, "original_score"),
         "method": expl.method,
         "queries_used": expl.queries_used,
-        "budget": meta.get("budget"),
+        "budget": meta(expl, "budget"),
         "cost": expl.cost,
         "faithfulness": expl.faithfulness,
         "faithfulness_kind": expl.faithfulness_kind,
@@ -106,3 +114,99 @@ def fmt_cost(cost: float | None) -> str:
 
 def fmt_r2(r2: float | None) -> str:
     return "not measured (no held-out masks)" if r2 is None else f"{r2:.3f}"
+
+
+def _plan_field(plan: Any, name: str) -> Any:
+    return plan.get(name) if isinstance(plan, dict) else getattr(plan, name, None)
+
+
+def plan_in_words(expl: Any) -> str | None:
+    """What the run did and why, in a user's words (the planner's own reason is the technical detail)."""
+    plan = expl.plan
+    method = _plan_field(plan, "method") if plan is not None else None
+    n, budget = _plan_field(plan, "n") or expl.n, _plan_field(plan, "budget")
+    train, held = _plan_field(plan, "n_queries"), _plan_field(plan, "n_holdout") or 0
+    if method is None or train is None:
+        return None
+    parts = "part" if n == 1 else "parts"
+    check = (f" {held} further random versions were kept aside to check the result." if held else
+             " The fit was checked by cross-validation, so no query was set aside for checking.")
+    if method == "exhaustive":
+        return (f"The prompt has {n} {parts}, few enough to ask the model every one of the {train} ways of hiding "
+                "some of them, so the explanation is exact: nothing is estimated.")
+    if method == "spex":
+        return (f"The model was asked {train} versions of the prompt with some of its {n} {parts} hidden, in a "
+                "coded pattern (SPEX) that pins down the few combinations that matter exactly, as long as only "
+                f"a few do.{check}")
+    why = ""
+    if _plan_field(plan, "requested") == "auto" and n is not None:
+        from spex_api.engine.design import spex_queries
+        from spex_api.engine.planner import auto_min_b
+
+        need = spex_queries(n, auto_min_b(n), _plan_field(plan, "max_order") or 5)
+        if budget is not None and need > train:
+            why = (f" The coded SPEX pattern would have needed about {need} versions for {n} {parts}; the budget "
+                   f"allowed {budget}, so the learned model was the better use of it.")
+    return (f"The model was asked {train} randomly masked versions of the prompt ({n} {parts}); a tree model "
+            f"learned how its answer depends on which parts are kept (ProxySPEX), and the interactions were read "
+            f"off that model.{why}{check}")
+
+
+def _quality(r2: float) -> str:
+    if r2 >= 0.9:
+        return "excellent: the explanation reproduces the model's behaviour almost exactly"
+    if r2 >= 0.7:
+        return "good: the ranking can be trusted, small effects less so"
+    if r2 >= 0.4:
+        return "partial: the strongest effects are real, the rest is uncertain"
+    return "weak: treat the ranking with caution (more queries, coarser features or a steadier scorer may help)"
+
+
+def faithfulness_in_words(expl: Any) -> list[str]:
+    """Sentences a user can read: how well the explanation predicts the model, against what is reachable."""
+    r2 = expl.faithfulness
+    kind = expl.faithfulness_detail.get("criterion") if expl.faithfulness_detail else None
+    on = {"cv_r2": "answers it was not fitted on (cross-validation)", "all_masks": "every possible masking"}.get(
+        kind, "held-out masked prompts it was not fitted on")
+    if r2 is None:
+        lines = ["Faithfulness was not measured: no query was set aside to check the explanation."]
+    else:
+        share = max(0.0, min(1.0, float(r2)))
+        lines = [f"On {on}, the explanation predicts the model's score with R² = {r2:.2f}: it accounts for "
+                 f"{share:.0%} of how the score varies when parts of the prompt are hidden. That is "
+                 f"{_quality(float(r2))}."]
+    noise = getattr(expl, "noise", None)
+    if noise is not None:
+        text = (f"The model itself is not perfectly repeatable: asking {noise.n_pairs} masked prompts twice gave "
+                f"answers that differ by sd {noise.noise_sd:.3g}, against a score spread of sd {noise.score_sd:.3g}. "
+                f"So no explanation could exceed R² ≈ {noise.r2_ceiling:.2f} (the noise ceiling)")
+        share = noise.share(r2) if r2 is not None else None
+        lines.append(text + (f"; this one reaches {share:.0%} of it." if share is not None else "."))
+    return lines
+
+
+def removal_rows(expl: Any) -> list[dict[str, Any]]:
+    """The verified-removal steps as rows: features masked so far (texts), predicted and measured change."""
+    removal = getattr(expl, "removal", None)
+    if removal is None:
+        return []
+    texts = feature_texts(expl)
+    return [{"removed": [int(i) for i in step["removed"]], "last": texts[int(step["removed"][-1])]
+             if step["removed"] else "", "predicted": float(step["predicted"]), "measured": float(step["measured"])}
+            for step in removal.steps]
+
+
+def removal_in_words(expl: Any) -> str | None:
+    """One sentence on whether masking the top features changed the model's answer as the explanation said."""
+    rows = removal_rows(expl)
+    if not rows:
+        return None
+    gaps = np.array([abs(r["predicted"] - r["measured"]) for r in rows])
+    biggest = max(max(abs(r["measured"]) for r in rows), 1e-12)
+    last = rows[-1]
+    verdict = ("closely" if gaps.mean() <= 0.2 * biggest else "roughly" if gaps.mean() <= 0.5 * biggest
+               else "poorly")
+    return (f"Checked on the model: hiding the top {len(last['removed'])} features (ranked by "
+            f"{expl.removal.ranking_index}) one after another changed its score by {last['measured']:+.3f}, where the "
+            f"explanation predicted {last['predicted']:+.3f}; over the {len(rows)} steps prediction and measurement "
+            f"agree {verdict} (mean gap {gaps.mean():.3f}, largest measured change {biggest:.3f}).")
