@@ -58,6 +58,7 @@ except ImportError:  # Windows: the journal lock only orders the callers of one 
 log = logging.getLogger(__name__)
 
 BATCH_WINDOW_HOURS = 24  # both providers finish a batch within 24 h or expire what is left
+POLL_INITIAL, POLL_MAX = 5.0, 60.0  # seconds between status polls: first wait, longest wait
 
 
 class BatchCancelledError(FatalAPIError):
@@ -294,13 +295,13 @@ class BatchRunner(Runner):
     """A Runner that sends each run's uncached requests as provider batches at batch prices (see module doc).
 
     Parameters beyond Runner's: `poll_initial` / `poll_max` seconds between status polls (the wait grows by
-    half each poll up to poll_max); `max_rounds` batches per run for requests that keep failing transiently;
+    half each poll up to poll_max; defaults POLL_INITIAL, POLL_MAX); `max_rounds` batches per run for requests that keep failing transiently;
     `max_batch_requests` / `max_batch_bytes` lower the provider's limits (None: the provider's own). A cache
     directory is required: answers land there and the journal of running batches lives there. `price` is the
     Batch-API price (what estimates, caps and reported cost use); `list_price` is the interactive one.
     """
 
-    def __init__(self, adapter: Adapter, cache: Any, *, poll_initial: float = 5.0, poll_max: float = 60.0,
+    def __init__(self, adapter: Adapter, cache: Any, *, poll_initial: float | None = None, poll_max: float | None = None,
                  max_rounds: int = 3, max_batch_requests: int | None = None, max_batch_bytes: int | None = None,
                  **kwargs: Any) -> None:
         if cache is None:
@@ -310,6 +311,8 @@ class BatchRunner(Runner):
         super().__init__(adapter, cache=cache, **kwargs)
         self.list_price = self.price
         self.price = self.price.batch()
+        poll_initial = POLL_INITIAL if poll_initial is None else poll_initial
+        poll_max = max(POLL_MAX, poll_initial) if poll_max is None else poll_max
         if poll_initial <= 0 or poll_max < poll_initial:
             raise ConfigurationError("need 0 < poll_initial <= poll_max")
         if max_rounds < 1:

@@ -21,6 +21,9 @@ from providers.runner import Runner, RunnerStats
 from providers.types import Completion, Request
 
 
+ESTIMATE_MASKS = 32  # random masks whose prompts price a typical query
+
+
 class LLMValueFunction:
     """Scores of masked prompts from a model, for the engine.
 
@@ -74,11 +77,15 @@ class LLMValueFunction:
             return self.scorer.reference_request(messages)
 
     def estimate_cost(self, n_queries: int) -> float:
-        """Dollars for n_queries masked prompts (plus the reference answer when the scorer needs one), priced
-        with the unmasked prompt's tokens and max_tokens per sample; cached answers would make it cheaper."""
+        """Dollars for n_queries masked prompts (plus the reference answer when the scorer needs one): each priced
+        as the mean of ESTIMATE_MASKS random masks keeping each feature with probability 1/2, as SPEX, ProxySPEX
+        and the held-out slice do (placeholders make masked prompts longer than the original, removal shorter),
+        with max_tokens per sample; cached answers would make it cheaper."""
         if n_queries < 0:
             raise ConfigurationError("n_queries must be >= 0")
-        per_query = self.runner.estimate_cost(self._full_request())
+        masks = np.random.default_rng(0).random((ESTIMATE_MASKS, self.n)) < 0.5
+        per_query = float(np.mean([self.runner.estimate_cost(self._request_for(msgs))
+                                   for msgs in self.prompt.render_many(masks)]))
         ref = 0.0
         if getattr(self.scorer, "needs_reference", False) and self._reference is None:
             ref = self.runner.estimate_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())))

@@ -171,6 +171,7 @@ def explain(
     cache_dir: str = typer.Option("~/.cache/spex-api", help="Disk cache of paid answers ('' disables it)."),
     seed: int = typer.Option(0, help="random_state for the masking design."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and estimated cost; send nothing."),
+    batch: bool = typer.Option(False, "--batch", help="Use the provider's Batch API: half price, results within 24 h per round (OpenAI, Anthropic)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation before spending."),
     out_paths: list[Path] = typer.Option([], "--out", "-o", help="Write the explanation: .json, .html or .png (repeatable)."),
     top: int = typer.Option(10, min=1, help="Interactions shown."),
@@ -198,6 +199,7 @@ def explain(
             text, provider=provider, model=model, base_url=base_url, features=features.value, template=template,
             scorer=scorer, labels=_labels(labels), budget=budget, max_cost=max_cost, method=method,
             max_order=max_order, cache_dir=cache_dir or None, random_state=seed,
+            mode="batch" if batch else "interactive",
         )
 
     pre = _guard("input", prepare)

@@ -28,6 +28,7 @@ DEFAULT_CACHE_DIR = "~/.cache/spex-api"
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "openai-responses": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
 LOCAL = "local"
 _NOT_STARTED = "http://127.0.0.1:0/v1"
+MODES = ("interactive", "batch")
 SCORERS = ("auto", "label-margin", "answer-logprob", "frequency", "semantic", "similarity")
 
 
@@ -57,6 +58,14 @@ class Preview:
     # The API key and the base_url as given (it may hold user:password@): opaque, never in repr/vars/pickle.
     credentials: Any = field(default=None, repr=False)  # providers.redact.Secret
     prices: Any = None  # providers.cost.PriceTable with the caller's overrides, or None for the built-in table
+    mode: str = "interactive"  # or "batch": provider Batch APIs at batch prices, one batch per round
+    interactive_cost: float | None = None  # the same run at interactive prices (shown next to a batch estimate)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds of queries, each waiting for the one before: the original answer, the design, and the
+        held-out slice when there is one. In batch mode each round is one batch (split only by the limits)."""
+        return 2 + bool(self.plan.n_holdout and self.plan.method != "exhaustive")
 
     @property
     def local(self) -> bool:
@@ -87,7 +96,15 @@ class Preview:
             price = "$0 (local model)" if self.local else "$0 (no price set for this server)"
         else:
             price = f"about ${self.estimated_cost:.4f} before cache hits"
+        if self.mode == "batch" and self.interactive_cost:
+            price += (f" at batch prices (interactive ${self.interactive_cost:.4f}: saves "
+                      f"{1 - self.estimated_cost / self.interactive_cost:.0%})")
         t.add_row("est. cost", price + cap)
+        if self.mode == "batch":
+            rounds = "original answer, design" + (", held-out slice" if self.rounds == 3 else "")
+            t.add_row("latency", f"batch mode: {self.rounds} batches, one per round ({rounds}); each ends within "
+                                 f"24 h (often minutes), so up to {24 * self.rounds} h in all. A stopped run resumes "
+                                 "its batches on rerun")
         t.add_row("cache", os.path.expanduser(self.cache_dir) if self.cache_dir else "off")
         return t
 
@@ -269,6 +286,7 @@ def preview(
     random_state: int = 0,
     raw_completion: bool | None = None,
     prices: Any = None,
+    mode: str = "interactive",
 ) -> Preview:
     """Validate everything and plan the run without sending a single query (what `--dry-run` shows).
 
@@ -278,7 +296,15 @@ def preview(
     endpoint instead of as a chat turn (default: on for the local Gemma base model, which continues text
     rather than following chat turns; off elsewhere). `prices` overrides or adds price-table entries
     ({provider: {model: providers.cost.Price}} or a PriceTable), e.g. for a paid server reached by base_url.
+    `mode="batch"` sends each round through the provider's Batch API (OpenAI, Anthropic) at half price, results
+    within 24 h per round; it needs a cache directory (running batches are journaled there) and is estimated
+    and capped at batch prices.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "batch" and not cache_dir:
+        raise ValueError("batch mode needs a cache_dir: answers land there and running batches are journaled "
+                         "there, so a stopped run resumes them instead of paying twice")
     if not isinstance(budget, (int, np.integer)) or budget < 2:
         raise ValueError(f"budget must be an integer >= 2 queries, got {budget!r}")
     if max_cost is not None and (isinstance(max_cost, bool) or not isinstance(max_cost, (int, float, np.number))
@@ -304,7 +330,9 @@ def preview(
         score = _RawCompletion(score)
     score.validate(adapter)
     the_plan = _plan(masked.n_features, int(budget), method, max_order)
-    estimate = _estimate_cost(masked, adapter, score, the_plan.total + (not score.needs_reference), prices, max_cost)
+    n_est = the_plan.total + (not score.needs_reference)
+    interactive = _estimate_cost(masked, adapter, score, n_est, prices, max_cost)
+    estimate = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, batch=True) if mode == "batch" else interactive
     if max_cost is not None and estimate > max_cost:
         log.warning("refused before spend: estimated $%.4f exceeds max_cost $%.4f", estimate, max_cost)
         raise ValueError(
@@ -314,20 +342,26 @@ def preview(
     return Preview(
         masked, provider, model, base_url, score, the_plan, int(budget), max_cost, estimate, method,
         max_order, random_state, cache_dir, tuple(labels) if labels else None,
-        None if not isinstance(prompt, str) else features, credentials, prices,
+        None if not isinstance(prompt, str) else features, credentials, prices, mode, interactive,
     )
 
 
 def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int, prices: Any = None,
-                   max_cost: float | None = None) -> float:
+                   max_cost: float | None = None, batch: bool = False) -> float:
     """Dollars for the run before any cache hit, from the value function's own estimate (the unmasked
     prompt's tokens and max_tokens per answer: an upper-side figure, as masked prompts are shorter; the
     original answer is added by the estimate when the scorer asks for it separately). The runner built here
-    also refuses a max_cost it could not enforce (an unpriced remote server)."""
+    also refuses a max_cost it could not enforce (an unpriced remote server). `batch`: at Batch-API prices
+    (refused here when the provider has no batch API)."""
+    from providers.batch import batch_api
     from providers.runner import Runner
     from providers.value_function import LLMValueFunction
 
-    vf = LLMValueFunction(prompt, adapter, scorer, Runner(adapter, max_cost=max_cost, prices=prices), progress=False)
+    runner = Runner(adapter, max_cost=max_cost, prices=prices)
+    if batch:
+        batch_api(adapter)
+        runner.price = runner.price.batch()
+    vf = LLMValueFunction(prompt, adapter, scorer, runner, progress=False)
     return float(vf.estimate_cost(n_queries))
 
 
@@ -387,10 +421,12 @@ def _make_runner(pre: Preview, adapter: Any, max_cost: float | None) -> Any:
     The query budget is enforced per explanation by the engine's Oracle (distinct masks); the runner's own
     call cap is left open because one query may be several HTTP calls (sampling scorers, retries).
     """
+    from providers.batch import BatchRunner
     from providers.runner import Runner
 
     cache = os.path.expanduser(pre.cache_dir) if pre.cache_dir else None
-    return Runner(adapter, cache=cache, max_cost=max_cost, prices=pre.prices)
+    kind = BatchRunner if pre.mode == "batch" else Runner
+    return kind(adapter, cache=cache, max_cost=max_cost, prices=pre.prices)
 
 
 def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
@@ -416,6 +452,7 @@ def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
         "labels": list(pre.labels) if pre.labels else None,
         "budget": pre.budget,
         "estimated_cost": pre.estimated_cost,
+        "mode": pre.mode,
     }
 
 
@@ -474,6 +511,7 @@ def explain(
     random_state: int = 0,
     raw_completion: bool | None = None,
     prices: Any = None,
+    mode: str = "interactive",
     confirm: bool | None = None,
     progress: bool = True,
 ) -> Any:
@@ -484,13 +522,14 @@ def explain(
     Before any spend the plan and estimated cost are shown (and confirmed when interactive or
     `confirm=True`); then the run shows a progress bar. Returns a `spex_api.engine.explanation.Explanation`
     with faithfulness, queries_used, cost (dollars) and metadata (original answer, feature texts, prompt,
-    provider, model, scorer). `raw_completion`, `prices`: see `preview`.
+    provider, model, scorer). `raw_completion`, `prices`, `mode` ("batch": provider Batch APIs at half price,
+    up to 24 h per round): see `preview`.
     """
     pre = preview(
         prompt, provider=provider, model=model, base_url=base_url, api_key=api_key, features=features,
         template=template, system=system, scorer=scorer, labels=labels, budget=budget, max_cost=max_cost,
         method=method, max_order=max_order, cache_dir=cache_dir, random_state=random_state,
-        raw_completion=raw_completion, prices=prices,
+        raw_completion=raw_completion, prices=prices, mode=mode,
     )
     return run(pre, confirm=confirm, progress=progress)
 

@@ -69,6 +69,18 @@ def test_dry_run_prices_openai_without_network(monkeypatch):
     assert "sk-test" not in res.output
 
 
+def test_batch_dry_run_shows_the_batch_price_saving_and_latency(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-0000")
+    args = ("--dry-run", "--provider", "openai", "--labels", "True,False", "--template", TEMPLATE, "--budget", "500",
+            "--cache-dir", str(tmp_path))
+    res = _explain(*args, "--batch", TEXT)
+    assert res.exit_code == 0, res.output
+    assert "at batch prices" in res.output and "saves 50%" in res.output and "24 h" in res.output
+    assert "batches, one per round" in res.output
+    refused = _explain("--dry-run", "--batch", "--base-url", "http://127.0.0.1:9/v1", "--model", "m", TEXT)
+    assert refused.exit_code != 0 and "no batch API" in refused.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

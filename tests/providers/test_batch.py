@@ -242,3 +242,33 @@ def test_official_sdk_batch_shapes(emulator) -> None:
         assert item.custom_id == "q1" and item.result.type == "succeeded" and item.result.message.content
 
     asyncio.run(go())
+
+
+def test_explain_in_batch_mode_plans_at_batch_prices_sends_one_batch_per_round_and_reruns_free(emulator, tmp_path,
+                                                                                                monkeypatch):
+    from rich.console import Console
+
+    from spex_api import sdk
+
+    monkeypatch.setattr("providers.batch.POLL_INITIAL", 0.02)
+    monkeypatch.setattr("providers.batch.POLL_MAX", 0.1)
+    kw = dict(provider="openai", model="gpt-4o-mini", base_url=emulator.base_url, api_key="sk-test-batch",
+              template="Is this review positive? Answer True or False.\nReview: {content}\nAnswer:",
+              labels=["True", "False"], budget=60, cache_dir=str(tmp_path), prices=PRICES)
+    text = "the food was cold but the staff were lovely and quick"
+    pre = sdk.preview(text, mode="batch", **kw)
+    assert pre.estimated_cost == pytest.approx(pre.interactive_cost / 2) and pre.estimated_cost > 0
+    console = Console(record=True, width=200)
+    console.print(pre.renderable())
+    shown = console.export_text()
+    assert "saves 50%" in shown and f"{pre.rounds} batches, one per round" in shown and "24 h" in shown
+    expl = sdk.run(pre, confirm=False, progress=False)
+    assert emulator.created == pre.rounds and expl.metadata["mode"] == "batch"
+    assert sorted(set(emulator.forwarded.values())) == [1]  # every request paid once
+    assert 0 < expl.cost <= pre.estimated_cost * 1.5
+    again = sdk.explain(text, mode="batch", confirm=False, progress=False, **kw)
+    assert emulator.created == pre.rounds and again.cost == 0
+    with pytest.raises(ValueError, match="no batch API"):
+        sdk.preview(text, mode="batch", **{**kw, "provider": "openai-compatible"})
+    with pytest.raises(ValueError, match="needs a cache_dir"):
+        sdk.preview(text, mode="batch", **{**kw, "cache_dir": None})
