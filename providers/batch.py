@@ -47,7 +47,7 @@ from providers.errors import (
     TransientError,
     UnexpectedAnswerError,
 )
-from providers.runner import Runner
+from providers.runner import _LEDGER, Ledger, Runner, Validator, _count
 from providers.types import Completion, Message, Request
 
 try:
@@ -325,21 +325,32 @@ class BatchRunner(Runner):
         self.batches_resumed = 0
         self._locks: dict[Any, asyncio.Lock] = {}
 
-    async def run(self, requests: Sequence[Request]) -> list[Completion]:
-        """Completions in order: cached ones at once, the rest through batches (see the module doc)."""
+    async def run(self, requests: Sequence[Request], validate: Validator | None = None,
+                  ledger: Ledger | None = None) -> list[Completion]:
+        """Completions in order: cached ones at once, the rest through batches (see the module doc). An answer
+        `validate` rejects is never cached; its request goes into the follow-up batch."""
         for r in requests:
             self.adapter.check(r)
+        if getattr(self, "_halted", None) is not None:  # stop() refuses later runs until resume()
+            raise self._halted  # type: ignore[misc]
         self._state()
+        if self._active_runs == 0:  # a stop from an earlier run does not block this one
+            self._abort = None
+        self._active_runs += 1
+        token = _LEDGER.set(ledger) if ledger is not None else None
         unique = list(dict.fromkeys(requests))
         results: list[Any] = [None] * len(unique)
         started = time.monotonic()
         try:
-            misses = self._look_up(unique, results)
+            misses = self._look_up(unique, results, validate)
             todo = {key: sub for _, calls in misses for sub, key, hit in calls if hit is None}
-            answers = await self._collect(todo) if todo else {}
+            answers = await self._collect(todo, validate) if todo else {}
             for i, calls in misses:
                 results[i] = self._done([hit if hit is not None else answers[key] for _, key, hit in calls])
         finally:
+            if token is not None:
+                _LEDGER.reset(token)
+            self._active_runs -= 1
             self.stats.busy_seconds += time.monotonic() - started
         if len(unique) == len(requests):
             return results
@@ -347,7 +358,7 @@ class BatchRunner(Runner):
         return [answer[r] for r in requests]
 
     # ---- one run: attach, submit what fits, wait, repeat for what failed -------------------------------
-    async def _collect(self, todo: dict[str, Request]) -> dict[str, Completion]:
+    async def _collect(self, todo: dict[str, Request], validate: Validator | None) -> dict[str, Completion]:
         answers: dict[str, Completion] = {}
         rounds = 0
         while todo:
@@ -371,7 +382,7 @@ class BatchRunner(Runner):
             if not mine:  # nothing fits the cap right now; waiting for concurrent runs on this runner
                 await self._state().budget_changed.wait()
                 continue
-            tasks = [asyncio.ensure_future(self._finish(rec, todo)) for rec in mine]
+            tasks = [asyncio.ensure_future(self._finish(rec, todo, validate)) for rec in mine]
             try:
                 done = await asyncio.gather(*tasks)
             except BaseException:  # the others stay journaled: a rerun collects them
@@ -521,7 +532,8 @@ class BatchRunner(Runner):
                     raise
                 await asyncio.sleep(min(self.backoff_initial * 2 ** attempt, self.backoff_max))
 
-    async def _finish(self, rec: dict[str, Any], todo: dict[str, Request]) -> dict[str, Completion]:
+    async def _finish(self, rec: dict[str, Any], todo: dict[str, Request], validate: Validator | None
+                      ) -> dict[str, Completion]:
         """Wait for a batch to end; cache every answer in it; return those this run asked for. Failures that a
         follow-up batch may fix are left out (the caller resubmits them); others stop the run."""
         batch_id, delay = rec["batch_id"], self.poll_initial
@@ -533,6 +545,10 @@ class BatchRunner(Runner):
                 state = st.state
             if st.ended:
                 break
+            if self._abort is not None:  # stop(): the batch stays journaled, a rerun collects it
+                log.info("batch %s left running (journaled in %s): rerun to collect it", batch_id,
+                         self.journal.directory)
+                raise self._abort
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, self.poll_max)
         if st.failure:
@@ -555,9 +571,10 @@ class BatchRunner(Runner):
                     fatal = InvalidRequestError(f"batch {batch_id}: {out.code or out.status}: {out.message}",
                                                 out.status)
                 continue
-            hit = self.cache.get(out.key)  # another process collected this batch first: already counted there
+            hit = self._cached(request, out.key, validate)  # another process collected it first: paid there
             if hit is not None:
                 got[out.key] = hit
+                _count("cached")
                 continue
             try:
                 completion = self.adapter.parse(out.payload, request)
@@ -568,13 +585,20 @@ class BatchRunner(Runner):
                 fatal = fatal or UnexpectedAnswerError(f"batch {batch_id}: an answer is not a {rec['endpoint']} "
                                                        f"answer ({type(exc).__name__}: {str(exc)[:200]})")
                 continue
-            self.cache.put(out.key, completion)  # durable before anyone uses it
             cost = self.price.cost(completion.usage)
             spent += cost
-            u = completion.usage
-            self.stats.input_tokens += u.input_tokens
-            self.stats.output_tokens += u.output_tokens
-            self.stats.cached_input_tokens += u.cached_input_tokens
+            self._add_usage(completion.usage)
+            _count("sent")
+            _count("paid", cost)
+            if validate is not None and out.key in todo:
+                try:
+                    validate(request, completion)
+                except Exception as exc:  # noqa: BLE001 - whatever the caller's check raises means "unusable"
+                    log.warning("batch %s: answer %s is unusable (%s): never cached, asked again", batch_id,
+                                out.key, exc)
+                    retry += 1
+                    continue
+            self.cache.put(out.key, completion)  # durable before anyone uses it
             got[out.key] = completion
         missing = len(requests) - len(seen)
         self._release(rec, spent)
