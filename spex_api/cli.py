@@ -217,6 +217,98 @@ def explain(
         _open_in_browser(to_open)
 
 
+def _read_prompts(path: Path) -> list[str]:
+    """Prompts from a file: one per line (.txt), or one JSON object per line with a "prompt" string (.jsonl)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at {exc.start})") from None
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix.lower() == ".jsonl":
+            import json
+
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path} line {number} is not JSON ({exc.msg})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                raise ValueError(f'{path} line {number}: expected an object with a "prompt" string')
+            prompts.append(item["prompt"])
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise ValueError(f"{path} has no prompts")
+    return prompts
+
+
+@app.command("explain-many")
+def explain_many(
+    prompts_file: Path = typer.Argument(..., help="Prompts, one per line (.txt) or JSON lines with a \"prompt\" key (.jsonl)."),
+    provider: Optional[str] = typer.Option(None, help="As for explain."),
+    model: Optional[str] = typer.Option(None, help="As for explain."),
+    base_url: Optional[str] = typer.Option(None, help="As for explain."),
+    budget: int = typer.Option(1000, min=2, help="Maximum queries per prompt, its original answer included."),
+    max_cost: Optional[float] = typer.Option(None, min=0.0, help="Hard cap in dollars for the whole batch."),
+    features: Granularity = typer.Option(Granularity.words, help="What a feature is."),
+    template: Optional[str] = typer.Option(None, help="Fixed text around each prompt with one {content} slot."),
+    scorer: str = typer.Option("auto", help="As for explain."),
+    labels: Optional[str] = typer.Option(None, help="Comma-separated answer labels, e.g. True,False."),
+    method: str = typer.Option("auto", help="auto, spex or proxyspex."),
+    max_order: int = typer.Option(5, min=1, help="Largest interaction order SPEX decodes."),
+    cache_dir: str = typer.Option("~/.cache/spex-api", help="Disk cache of paid answers ('' disables it)."),
+    seed: int = typer.Option(0, help="random_state for the masking design."),
+    concurrency: int = typer.Option(4, min=1, help="Prompts explained at once."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write <n>.json (and with --html <n>.html) per prompt here."),
+    html: bool = typer.Option(False, "--html", help="Also write an HTML report per prompt (needs --out-dir)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation before spending."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No plan, live table or summary (for scripts); errors still go to stderr."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug)."),
+) -> None:
+    """Explain every prompt of a file through one runner (one cache, one rate limit, one dollar cap): a live
+    table while it runs, a summary table at the end. Exit 1 if any prompt failed (the others are kept)."""
+    from spex_api import sdk
+
+    _log_to_stderr(verbose)
+
+    def prepare() -> list[str]:
+        _check_utf8(prompts_file=prompts_file, __provider=provider, __model=model, __base_url=base_url,
+                    __template=template, __scorer=scorer, __labels=labels, __method=method, __cache_dir=cache_dir)
+        if html and out_dir is None:
+            raise ValueError("--html writes into --out-dir; give --out-dir")
+        if out_dir is not None and not out_dir.is_dir():
+            raise FileNotFoundError(f"--out-dir {out_dir} is not a folder")
+        return _read_prompts(prompts_file)
+
+    prompts = _guard("input", prepare)
+    kw = dict(provider=provider, model=model, base_url=base_url, features=features.value, template=template,
+              scorer=scorer, labels=_guard("input", lambda: _labels(labels)), budget=budget, max_cost=max_cost,
+              method=method, max_order=max_order, cache_dir=cache_dir or None, random_state=seed)
+    results = _guard("input", lambda: sdk.explain_many(
+        prompts, concurrency=concurrency, return_exceptions=True, confirm=False if yes else None,
+        progress=not quiet, **kw))
+    failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
+    if out_dir is not None:
+        from spex_api.report import write_html
+
+        width = len(str(len(results) - 1))
+        for i, expl in enumerate(results):
+            if i not in failed:
+                stem = out_dir / f"{i:0{width}d}"
+                _guard("run", lambda e=expl, p=stem: e.save(p.with_suffix(".json")))
+                if html:
+                    _guard("run", lambda e=expl, p=stem: write_html(e, p.with_suffix(".html")))
+        if not quiet:
+            err.print(f"wrote {len(results) - len(failed)} explanations to {out_dir}", highlight=False)
+    if failed:
+        raise _fail(f"{len(failed)} of {len(results)} prompts failed (their paid answers are cached; rerun to "
+                    f"resume): " + "; ".join(f"{i}: {results[i]}" for i in failed[:3]), 1)
+
+
 @app.command("serve-local")
 def serve_local(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: any free port).")) -> None:
     """Start the local model server (llama-server + Gemma-3-270M), print its base_url, run until Ctrl-C."""

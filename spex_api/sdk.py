@@ -376,12 +376,26 @@ class BackgroundLoop:
         self.thread.start()
 
     def run(self, coro: Any) -> Any:
+        """Run coro on the loop and wait; which prompt of a batch the calling thread works for goes along."""
+        from spex_api.progress import PROMPT
+
+        tag = PROMPT.get()
+        if tag is not None:
+            coro = _tagged(tag, coro)
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+async def _tagged(tag: int, coro: Any) -> Any:
+    """Await coro with the batch's prompt tag set, so the runner's progress callbacks credit that prompt."""
+    from spex_api.progress import PROMPT
+
+    PROMPT.set(tag)
+    return await coro
 
 
 class _Meter:
@@ -403,16 +417,16 @@ class _Meter:
         else:
             setattr(self._runner, name, value)
 
-    async def run(self, requests: Sequence[Any]) -> list[Any]:
+    async def run(self, requests: Sequence[Any], validate: Any = None) -> list[Any]:
         fresh = [not self._runner.is_cached(r) for r in requests]
-        out = await self._runner.run(requests)
+        out = await self._runner.run(requests, validate)
         self.paid += sum(self._runner.price.cost(c.usage) for c, f in zip(out, fresh) if f)
         self.sent += sum(fresh)
         self.cached += len(fresh) - sum(fresh)
         return out
 
-    async def send(self, request: Any) -> Any:
-        return (await self.run([request]))[0]
+    async def send(self, request: Any, validate: Any = None) -> Any:
+        return (await self.run([request], validate))[0]
 
 
 def _make_runner(pre: Preview, adapter: Any, max_cost: float | None) -> Any:
@@ -583,7 +597,8 @@ def explain_many(
     stopping the batch; its paid answers stay cached, so rerunning the batch pays only for what is missing.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from spex_api.progress import PROMPT, BatchProgress, label_for
 
     if isinstance(prompts, str):
         raise TypeError("explain_many takes a list of prompts; use explain for one")
@@ -605,21 +620,22 @@ def explain_many(
         runner = _make_runner(pres[0], adapter, max_cost)
         io = BackgroundLoop()
         stack.callback(io.close)
-        bar = stack.enter_context(Progress(
-            TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[hits]} cached · ${task.fields[spend]:.4f}"), TimeElapsedColumn(),
-            console=console, transient=True, disable=not progress,
-        ))
-        task = bar.add_task("batch", total=total_q, hits=0, spend=0.0)
-        runner.on_progress = lambda st: bar.update(task, advance=1, hits=st.cache_hits, spend=st.spend)
+        tracker = stack.enter_context(BatchProgress(
+            [label_for(p) for p in prompts], [p.n_queries for p in pres], console, enabled=progress))
+        runner.on_progress = tracker.on_progress
 
-        def one(pre: Preview) -> Any:
+        def one(i: int) -> Any:
+            PROMPT.set(i)
+            tracker.start(i)
             try:
-                return _run_one(pre, adapter, runner, io, progress=False)
+                expl = _run_one(pres[i], adapter, runner, io, progress=False)
             except Exception as exc:  # noqa: BLE001 - handed back to the caller on request
+                tracker.failed(i, exc)
                 if not return_exceptions:
                     raise
                 return exc
+            tracker.done(i, expl)
+            return expl
 
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pres)))) as pool:
-            return list(pool.map(one, pres))
+            return list(pool.map(one, range(len(pres))))

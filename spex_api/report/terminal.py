@@ -9,7 +9,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from spex_api.report._common import DEFAULT_INDEX, fmt_cost, fmt_r2, shorten, summary, top_rows
+from rich.markup import escape
+
+from spex_api.report._common import (
+    DEFAULT_INDEX, faithfulness_in_words, fmt_cost, fmt_r2, plan_in_words, removal_in_words, shorten, summary, top_rows,
+)
 
 _BAR = 20  # width of the magnitude bar, in characters
 
@@ -50,9 +54,12 @@ def header(expl: Any) -> Panel:
     lines.append(f"[bold]faithful[/] {s['faithfulness_kind']} {fmt_r2(s['faithfulness'])}   features: {s['n']}")
     measured = f"model {s['original_score']:+.3f}   " if s["original_score"] is not None else ""
     lines.append(f"[bold]score[/]    {measured}fit: all kept {s['full']:+.3f}, all masked {s['baseline']:+.3f}")
-    if s["plan_reason"]:
-        lines.append(f"[dim]plan: {s['plan_reason']}[/]")
-    return Panel("\n".join(lines), title="spex-api explanation", title_align="left", expand=False)
+    words = plan_in_words(expl)
+    if words or s["plan_reason"]:
+        lines.append(f"[dim]{escape(words or 'plan: ' + s['plan_reason'])}[/]")
+    trust = faithfulness_in_words(expl)[1:] + [removal_in_words(expl) or ""]
+    lines.extend(f"[dim]{escape(line)}[/]" for line in trust if line)
+    return Panel("\n".join(lines), title="spex-api explanation", title_align="left", expand=False, width=120)
 
 
 def print_report(expl: Any, k: int = 10, index: str = DEFAULT_INDEX, console: Console | None = None) -> None:
