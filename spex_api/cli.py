@@ -1,4 +1,4 @@
-"""The `spex-api` command line: explain, serve-local, report, demo.
+"""The `spex-api` command line: explain, explain-many, serve-local, report, demo.
 
 Exit codes: 0 success, 1 runtime failure (the model or network failed, a cap was hit), 2 bad usage or input
 (caught before any query is spent). Heavy modules are imported inside the commands so that
@@ -376,6 +376,7 @@ def report(
 def demo(
     out_dir: Path = typer.Option(Path("spex-demo"), "--out-dir", help="Where the reports go."),
     budget: int = typer.Option(300, min=2, help="Queries to spend on the local model."),
+    open_report: bool = typer.Option(False, "--open", help="Open the HTML report in the browser when written."),
 ) -> None:
     """Explain a built-in review on the local Gemma model (no key needed); print the table, write reports."""
     from spex_api import sdk
@@ -394,6 +395,8 @@ def demo(
     html, png, js = out_dir / "report.html", out_dir / "interactions.png", out_dir / "explanation.json"
     _guard("run", lambda: (write_html(expl, html), save_plot(expl, png), expl.save(js)))
     out.print(f"HTML report: {html.resolve()}\nfigure: {png.resolve()}\nexplanation: {js.resolve()}")
+    if open_report:
+        _open_in_browser(html)
 
 
 def main() -> None:  # pragma: no cover - `python -m spex_api.cli`
