@@ -11,7 +11,7 @@ import logging
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -43,6 +43,21 @@ class Granularity(str, Enum):
     words = "words"
     sentences = "sentences"
     paragraphs = "paragraphs"
+
+
+# Options that explain and explain-many share (one definition, one help text).
+ProviderOpt = Annotated[Optional[str], typer.Option(help="openai, openai-responses, anthropic, openai-compatible or local (default: openai if OPENAI_API_KEY is set, else local).")]
+ModelOpt = Annotated[Optional[str], typer.Option(help="Model name (default: gpt-4o-mini / claude-3-5-haiku-latest / the local Gemma).")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option(help="Base URL of an OpenAI-compatible server (or a running local server).")]
+FeaturesOpt = Annotated[Granularity, typer.Option(help="What a feature is.")]
+ScorerOpt = Annotated[str, typer.Option(help="auto, label-margin, answer-logprob, frequency, semantic (meaning, needs the semantic extra) or similarity (strings) (auto: label-margin when --labels are given).")]
+LabelsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated answer labels for label-margin, e.g. True,False.")]
+MethodOpt = Annotated[str, typer.Option(help="auto, spex or proxyspex.")]
+MaxOrderOpt = Annotated[int, typer.Option(min=1, help="Largest interaction order SPEX decodes.")]
+CacheDirOpt = Annotated[str, typer.Option(help="Disk cache of paid answers ('' disables it).")]
+SeedOpt = Annotated[int, typer.Option(help="random_state for the masking design.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation before spending.")]
+VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug).")]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -157,26 +172,26 @@ def _check_out(paths: list[Path]) -> None:
 def explain(
     prompt: Optional[str] = typer.Argument(None, help="The prompt text (or use --file)."),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the prompt from this file."),
-    provider: Optional[str] = typer.Option(None, help="openai, openai-responses, anthropic, openai-compatible or local (default: openai if OPENAI_API_KEY is set, else local)."),
-    model: Optional[str] = typer.Option(None, help="Model name (default: gpt-4o-mini / claude-3-5-haiku-latest / the local Gemma)."),
-    base_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server (or a running local server)."),
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
     budget: int = typer.Option(1000, min=2, help="Maximum number of queries, the original answer included."),
     max_cost: Optional[float] = typer.Option(None, min=0.0, help="Hard cap in dollars."),
-    features: Granularity = typer.Option(Granularity.words, help="What a feature is."),
+    features: FeaturesOpt = Granularity.words,
     template: Optional[str] = typer.Option(None, help="Fixed text around the prompt with one {content} slot."),
-    scorer: str = typer.Option("auto", help="auto, label-margin, answer-logprob, frequency, semantic (meaning, needs the semantic extra) or similarity (strings) (auto: label-margin when --labels are given)."),
-    labels: Optional[str] = typer.Option(None, help="Comma-separated answer labels for label-margin, e.g. True,False."),
-    method: str = typer.Option("auto", help="auto, spex or proxyspex."),
-    max_order: int = typer.Option(5, min=1, help="Largest interaction order SPEX decodes."),
-    cache_dir: str = typer.Option("~/.cache/spex-api", help="Disk cache of paid answers ('' disables it)."),
-    seed: int = typer.Option(0, help="random_state for the masking design."),
+    scorer: ScorerOpt = "auto",
+    labels: LabelsOpt = None,
+    method: MethodOpt = "auto",
+    max_order: MaxOrderOpt = 5,
+    cache_dir: CacheDirOpt = "~/.cache/spex-api",
+    seed: SeedOpt = 0,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and estimated cost; send nothing."),
     batch: bool = typer.Option(False, "--batch", help="Use the provider's Batch API: half price, results within 24 h per round (OpenAI, Anthropic)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation before spending."),
+    yes: YesOpt = False,
     out_paths: list[Path] = typer.Option([], "--out", "-o", help="Write the explanation: .json, .html or .png (repeatable)."),
     top: int = typer.Option(10, min=1, help="Interactions shown."),
     open_report: bool = typer.Option(False, "--open", help="Open the HTML report (--out x.html) in the browser when written."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug)."),
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Explain one prompt: plan, show the cost, query the model, print the top interactions."""
     from spex_api import sdk
@@ -249,25 +264,25 @@ def _read_prompts(path: Path) -> list[str]:
 @app.command("explain-many")
 def explain_many(
     prompts_file: Path = typer.Argument(..., help="Prompts, one per line (.txt) or JSON lines with a \"prompt\" key (.jsonl)."),
-    provider: Optional[str] = typer.Option(None, help="As for explain."),
-    model: Optional[str] = typer.Option(None, help="As for explain."),
-    base_url: Optional[str] = typer.Option(None, help="As for explain."),
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
     budget: int = typer.Option(1000, min=2, help="Maximum queries per prompt, its original answer included."),
     max_cost: Optional[float] = typer.Option(None, min=0.0, help="Hard cap in dollars for the whole batch."),
-    features: Granularity = typer.Option(Granularity.words, help="What a feature is."),
+    features: FeaturesOpt = Granularity.words,
     template: Optional[str] = typer.Option(None, help="Fixed text around each prompt with one {content} slot."),
-    scorer: str = typer.Option("auto", help="As for explain."),
-    labels: Optional[str] = typer.Option(None, help="Comma-separated answer labels, e.g. True,False."),
-    method: str = typer.Option("auto", help="auto, spex or proxyspex."),
-    max_order: int = typer.Option(5, min=1, help="Largest interaction order SPEX decodes."),
-    cache_dir: str = typer.Option("~/.cache/spex-api", help="Disk cache of paid answers ('' disables it)."),
-    seed: int = typer.Option(0, help="random_state for the masking design."),
+    scorer: ScorerOpt = "auto",
+    labels: LabelsOpt = None,
+    method: MethodOpt = "auto",
+    max_order: MaxOrderOpt = 5,
+    cache_dir: CacheDirOpt = "~/.cache/spex-api",
+    seed: SeedOpt = 0,
     concurrency: int = typer.Option(4, min=1, help="Prompts explained at once."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write <n>.json (and with --html <n>.html) per prompt here."),
     html: bool = typer.Option(False, "--html", help="Also write an HTML report per prompt (needs --out-dir)."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation before spending."),
+    yes: YesOpt = False,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No plan, live table or summary (for scripts); errors still go to stderr."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug)."),
+    verbose: VerboseOpt = 0,
 ) -> None:
     """Explain every prompt of a file through one runner (one cache, one rate limit, one dollar cap): a live
     table while it runs, a summary table at the end. Exit 1 if any prompt failed (the others are kept)."""
