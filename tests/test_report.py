@@ -123,6 +123,9 @@ def test_html_says_faithfulness_noise_ceiling_removal_and_plan_in_plain_words():
     assert "Checked on the model: hiding the top 2 features" in html and 'id="removal"' in html
     assert "ProxySPEX" in html and "tree model" in html and "<details><summary>Technical detail" in html
     assert "Faithfulness was not measured" not in html
+    assert "how much more likely the model makes" in html  # what the score means
+    short = _data(html)["short"]
+    assert len(set(short)) == len(short) and "the #11" in short  # repeated words say which one they are
     bare = sample_explanation()
     bare.faithfulness, bare.noise = None, None
     assert "Faithfulness was not measured" in render_html(bare)

@@ -210,3 +210,21 @@ def removal_in_words(expl: Any) -> str | None:
             f"{expl.removal.ranking_index}) one after another changed its score by {last['measured']:+.3f}, where the "
             f"explanation predicted {last['predicted']:+.3f}; over the {len(rows)} steps prediction and measurement "
             f"agree {verdict} (mean gap {gaps.mean():.3f}, largest measured change {biggest:.3f}).")
+
+
+_SCORERS = {
+    "label_margin": "how much more likely the model makes {a} than {b} as its answer (log-probability margin)",
+    "answer_logprob": "how likely the model finds the first token of its original answer (log-probability)",
+    "answer_frequency": "how often sampled answers say {a} rather than {b} (log-odds of the counts)",
+    "answer_similarity": "how much each answer shares the original answer's words (token F1, 0 to 1)",
+    "semantic_similarity": "how close each answer's meaning is to the original answer's (cosine of sentence "
+                           "embeddings, 1 = same meaning)",
+}
+
+
+def scorer_in_words(expl: Any) -> str:
+    """What the explained score measures, in a user's words."""
+    name = str(meta(expl, "scorer", ""))
+    labels = meta(expl, "labels") or ["the first label", "the second"]
+    words = _SCORERS.get(name.replace("-", "_"), "the scorer's value of each answer")
+    return words.format(a=f"“{labels[0]}”", b=f"“{labels[1]}”" if len(labels) > 1 else "the other labels")

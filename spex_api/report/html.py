@@ -16,7 +16,7 @@ from jinja2 import Environment, select_autoescape
 
 from spex_api.report._common import (
     DEFAULT_INDEX, faithfulness_in_words, feature_texts, fmt_cost, fmt_r2, meta, plan_in_words, removal_in_words,
-    removal_rows, summary,
+    removal_rows, scorer_in_words, summary,
 )
 
 POSITIVE = (26, 152, 80)  # keeps the score up
@@ -92,7 +92,8 @@ _TEMPLATE = """<!DOCTYPE html>
 <h1>Why did the model answer that?</h1>
 <dl class="facts">
  {% if s.answer is not none %}<dt>Answer</dt><dd>{{ s.answer }}</dd>{% endif %}
- {% if s.model %}<dt>Model</dt><dd>{{ s.provider }} / {{ s.model }}{% if s.scorer %} · scored by {{ s.scorer }}{% endif %}</dd>{% endif %}
+ {% if s.model %}<dt>Model</dt><dd>{{ s.provider }} / {{ s.model }}</dd>{% endif %}
+ {% if s.scorer %}<dt>Score means</dt><dd>{{ scorer_words }} <span class="muted">({{ s.scorer }})</span></dd>{% endif %}
  <dt>What was done</dt><dd id="plan">{{ plan_words or s.method }}
   <details><summary>Technical detail</summary><pre class="tech">method: {{ s.method }}{% if tech %}
 {{ tech }}{% endif %}</pre></details></dd>
@@ -316,7 +317,9 @@ def _labels(expl: Any, texts: list[str], blocks: bool) -> tuple[list[str], list[
         return t if len(t) <= width else t[: width - 1].rstrip() + "…"
 
     if not blocks:
-        return [squash(t, 30) for t in texts], [squash(t, 18) for t in texts]
+        short = [squash(t, 18) for t in texts]
+        repeated = {t for t in short if short.count(t) > 1}  # "the" twice: say which (its word number)
+        return [squash(t, 30) for t in texts], [f"{t} #{i + 1}" if t in repeated else t for i, t in enumerate(short)]
     letter = "P" if meta(expl, "granularity") == "paragraphs" else "S"
     badges = [f"{letter}{i + 1}" for i in range(len(texts))]
     return badges, [f"{b} {squash(t, 22)}" for b, t in zip(badges, texts)]
@@ -373,7 +376,7 @@ def render_html(expl: Any, k: int = 15, index: str = DEFAULT_INDEX) -> str:
     return _env.from_string(_TEMPLATE).render(
         s=s, cost=fmt_cost(s["cost"]), r2=fmt_r2(s["faithfulness"]), index=index, blocks=blocks, labels=labels,
         choices=[{"id": c[0], "label": c[3]} for c in INDEX_CHOICES], pieces=_pieces(expl, texts),
-        plan_words=plan_in_words(expl), tech=_technical(expl), faith=faithfulness_in_words(expl),
+        plan_words=plan_in_words(expl), scorer_words=scorer_in_words(expl), tech=_technical(expl), faith=faithfulness_in_words(expl),
         removal_words=removal_in_words(expl), removal=removal_rows(expl),
         pos=str(POSITIVE), neg=str(NEGATIVE), pos_a=str((*POSITIVE, 0.6)), neg_a=str((*NEGATIVE, 0.6)),
         data=Markup(_script_json(data)),
