@@ -296,6 +296,7 @@ class Runner:
         self._pause_until = 0.0
         self._states: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]" = weakref.WeakKeyDictionary()
         self._abort: BaseException | None = None
+        self._halted: BaseException | None = None  # set by stop(): later runs refuse too, until resume()
         self._active_runs = 0
 
     # ---- public -------------------------------------------------------------------------------------
@@ -338,6 +339,8 @@ class Runner:
         more before the run stops (UnusableAnswerError). `ledger` adds up what this call paid and sent."""
         for r in requests:
             self.adapter.check(r)
+        if self._halted is not None:
+            raise self._halted
         state = self._state()
         token = _LEDGER.set(ledger) if ledger is not None else None
         if self._active_runs == 0:  # a stop from an earlier run does not block this one
@@ -383,11 +386,16 @@ class Runner:
         return (await self.run([request], validate, ledger))[0]
 
     def stop(self, reason: BaseException) -> None:
-        """Stop the runs in progress (call it on the runner's event loop): nothing more is sent, calls in flight
-        finish and reach the cache, and each run raises `reason`. The next run starts afresh."""
+        """Stop sending (call it on the runner's event loop): runs in progress and later runs raise `reason`,
+        calls already in flight finish and reach the cache. `resume()` lets runs send again."""
+        self._halted = reason
         self._stop(reason)
         for st in list(self._states.values()):
             st.budget_changed.set()  # wake callers waiting for room under max_cost: they stop now
+
+    def resume(self) -> None:
+        """Undo `stop` for later runs."""
+        self._halted = None
 
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until no call of this loop is in flight (at most `timeout` seconds): after `stop`, the answers

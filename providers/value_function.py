@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from providers.adapters.base import Adapter
 from providers.errors import CapExceededError, ConfigurationError
 from providers.runner import Runner, RunnerStats
-from providers.types import Completion, Request
+from providers.types import Completion, Message, Request
 
 
 ESTIMATE_MASKS = 32  # random masks whose prompts price a typical query
@@ -90,6 +90,21 @@ class LLMValueFunction:
         if getattr(self.scorer, "needs_reference", False) and self._reference is None:
             ref = self.runner.estimate_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())))
         return n_queries * per_query + ref
+
+    def worst_case_cost(self, n_queries: int) -> float:
+        """Most dollars n_queries masked prompts (plus the reference answer when the scorer needs one) can cost
+        on a cold cache: every prompt token billed uncached (masked prompts bounded by the unmasked one plus a
+        placeholder per feature), every answer running to max_tokens. Used to admit prompts under one cap."""
+        if n_queries < 0:
+            raise ConfigurationError("n_queries must be >= 0")
+        full = self._full_request()
+        pad = len(getattr(self.prompt, "placeholder", "").encode()) * self.n
+        longest = dataclasses.replace(full, messages=full.messages[:-1] + (Message(full.messages[-1].role,
+                                                                        full.messages[-1].content + "x" * pad),))
+        ref = 0.0
+        if getattr(self.scorer, "needs_reference", False) and self._reference is None:
+            ref = self.runner.worst_case_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())))
+        return n_queries * self.runner.worst_case_cost(longest) + ref
 
     def _check_budget(self, requests: list[Request]) -> None:
         """Refuse a batch, before sending any of it, when its uncached part cannot fit the runner's caps."""

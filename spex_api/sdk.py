@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -29,6 +29,7 @@ DEFAULT_MODELS = {"openai": "gpt-4o-mini", "openai-responses": "gpt-4o-mini", "a
 LOCAL = "local"
 _NOT_STARTED = "http://127.0.0.1:0/v1"
 MODES = ("interactive", "batch")
+DEFAULT_TIMEOUT = 120.0  # seconds for one answer, retries included
 SCORERS = ("auto", "label-margin", "answer-logprob", "frequency", "semantic", "similarity")
 
 
@@ -66,6 +67,9 @@ class Preview:
         """Rounds of queries, each waiting for the one before: the original answer, the design, and the
         held-out slice when there is one. In batch mode each round is one batch (split only by the limits)."""
         return 2 + bool(self.plan.n_holdout and self.plan.method != "exhaustive")
+    # timeout, max_attempts, concurrency, rpm, tpm for the runner (and the adapter's timeout)
+    limits: dict[str, Any] = field(default_factory=dict)
+    worst_case_cost: float = 0.0  # most the run can cost on a cold cache (admission under a batch's max_cost)
 
     @property
     def local(self) -> bool:
@@ -157,14 +161,16 @@ def _price_table(prices: Any) -> Any:
     return prices if isinstance(prices, PriceTable) else PriceTable(prices)
 
 
-def _make_adapter(provider: str, model: str, base_url: str | None, api_key: str | None, prices: Any = None) -> Any:
+def _make_adapter(provider: str, model: str, base_url: str | None, api_key: str | None, prices: Any = None,
+                  timeout: float = DEFAULT_TIMEOUT) -> Any:
     from providers.adapters import make_adapter
 
     if provider == LOCAL:
         # Before the server runs (preview) the adapter gets an unreachable placeholder URL: nothing is sent
         # from a preview, and run() builds a fresh adapter on the live server's port.
-        return make_adapter("openai-compatible", model, base_url=base_url or _NOT_STARTED)
-    return make_adapter(provider, model, base_url=base_url, api_key=api_key, prices=_price_table(prices))
+        return make_adapter("openai-compatible", model, base_url=base_url or _NOT_STARTED, timeout=timeout)
+    return make_adapter(provider, model, base_url=base_url, api_key=api_key, prices=_price_table(prices),
+                        timeout=timeout)
 
 
 def _make_scorer(scorer: Any, labels: Sequence[str] | None, adapter: Any) -> Any:
@@ -287,6 +293,11 @@ def preview(
     raw_completion: bool | None = None,
     prices: Any = None,
     mode: str = "interactive",
+    timeout: float = DEFAULT_TIMEOUT,
+    max_attempts: int = 6,
+    concurrency: int = 8,
+    rpm: float | None = None,
+    tpm: float | None = None,
 ) -> Preview:
     """Validate everything and plan the run without sending a single query (what `--dry-run` shows).
 
@@ -299,6 +310,9 @@ def preview(
     `mode="batch"` sends each round through the provider's Batch API (OpenAI, Anthropic) at half price, results
     within 24 h per round; it needs a cache directory (running batches are journaled there) and is estimated
     and capped at batch prices.
+    `timeout` is the longest wait in seconds for one answer, retries included (a hung server stops the run
+    with a clear error); `max_attempts` per answer; `concurrency` API calls at once; `rpm` / `tpm` requests /
+    tokens per minute (None: no limit).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -318,7 +332,8 @@ def preview(
     masked = _as_prompt(prompt, features, template, system)
     _check_text(masked.render(masked.full_mask()))
     prices = _price_table(prices)
-    adapter = _make_adapter(provider, model, base_url, api_key, prices)
+    limits = _check_limits(timeout=timeout, max_attempts=max_attempts, concurrency=concurrency, rpm=rpm, tpm=tpm)
+    adapter = _make_adapter(provider, model, base_url, api_key, prices, timeout)
     base_url = public_url(base_url)
     score = _make_scorer(scorer, labels, adapter)
     from providers.local import MODEL_NAME
@@ -331,8 +346,9 @@ def preview(
     score.validate(adapter)
     the_plan = _plan(masked.n_features, int(budget), method, max_order)
     n_est = the_plan.total + (not score.needs_reference)
-    interactive = _estimate_cost(masked, adapter, score, n_est, prices, max_cost)
-    estimate = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, batch=True) if mode == "batch" else interactive
+    interactive, worst = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, limits=limits)
+    estimate = (_estimate_cost(masked, adapter, score, n_est, prices, max_cost, batch=True, limits=limits)[0]
+                if mode == "batch" else interactive)
     if max_cost is not None and estimate > max_cost:
         log.warning("refused before spend: estimated $%.4f exceeds max_cost $%.4f", estimate, max_cost)
         raise ValueError(
@@ -342,27 +358,44 @@ def preview(
     return Preview(
         masked, provider, model, base_url, score, the_plan, int(budget), max_cost, estimate, method,
         max_order, random_state, cache_dir, tuple(labels) if labels else None,
-        None if not isinstance(prompt, str) else features, credentials, prices, mode, interactive,
+        None if not isinstance(prompt, str) else features, credentials, prices, mode, interactive, limits, worst,
     )
 
 
+def _check_limits(**limits: Any) -> dict[str, Any]:
+    """The runner's knobs, refused before any spend when they make no sense."""
+    t, attempts, conc = limits["timeout"], limits["max_attempts"], limits["concurrency"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, got {t!r}")
+    for name, v in (("max_attempts", attempts), ("concurrency", conc)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    for name in ("rpm", "tpm"):
+        v = limits[name]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ValueError(f"{name} must be a positive number per minute (or None for no limit), got {v!r}")
+    return {**limits, "timeout": float(t), "max_attempts": int(attempts), "concurrency": int(conc)}
+
+
 def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int, prices: Any = None,
-                   max_cost: float | None = None, batch: bool = False) -> float:
+                   max_cost: float | None = None, batch: bool = False, limits: dict[str, Any] | None = None
+                   ) -> tuple[float, float]:
     """Dollars for the run before any cache hit, from the value function's own estimate (the unmasked
     prompt's tokens and max_tokens per answer: an upper-side figure, as masked prompts are shorter; the
-    original answer is added by the estimate when the scorer asks for it separately). The runner built here
-    also refuses a max_cost it could not enforce (an unpriced remote server). `batch`: at Batch-API prices
-    (refused here when the provider has no batch API)."""
+    original answer is added by the estimate when the scorer asks for it separately), and the worst case
+    (cold cache, every answer at max_tokens). The runner built here also refuses a max_cost it could not
+    enforce (an unpriced remote server). `batch`: at Batch-API prices (refused here when the provider has no
+    batch API)."""
     from providers.batch import batch_api
     from providers.runner import Runner
     from providers.value_function import LLMValueFunction
 
-    runner = Runner(adapter, max_cost=max_cost, prices=prices)
+    runner = Runner(adapter, max_cost=max_cost, prices=prices, **(limits or {}))
     if batch:
         batch_api(adapter)
         runner.price = runner.price.batch()
     vf = LLMValueFunction(prompt, adapter, scorer, runner, progress=False)
-    return float(vf.estimate_cost(n_queries))
+    return float(vf.estimate_cost(n_queries)), float(vf.worst_case_cost(n_queries))
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -384,7 +417,29 @@ class BackgroundLoop:
             coro = _tagged(tag, coro)
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    def settle(self, runner: Any, reason: BaseException) -> None:
+        """Stop `runner` sending (runs in progress and later ones raise `reason`) and wait, at most the answer
+        timeout, for the calls already in flight: their answers are paid for, so they reach the cache before
+        the loop closes. A second Ctrl-C while waiting gives up on them."""
+        grace = float(getattr(runner, "timeout", None) or runner.adapter.timeout)
+
+        async def stop_and_drain() -> None:
+            runner.stop(reason)
+            n = sum(len(st.inflight) for st in list(runner._states.values()))
+            if n:
+                log.warning("stopping: waiting up to %.0f s for %d call(s) in flight so their paid answers are "
+                            "cached (Ctrl-C again to quit now)", grace, n)
+            await runner.drain(grace)
+
+        asyncio.run_coroutine_threadsafe(stop_and_drain(), self.loop).result(grace + 5)
+
     def close(self) -> None:
+        """Close the loop's async generators first (each SDK client closes with them: no socket outlives the
+        loop), then stop and close the loop."""
+        try:
+            asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(10)
+        except Exception as exc:  # noqa: BLE001 - closing clients must not mask the run's own outcome
+            log.debug("closing the event loop's clients failed: %s", exc)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
@@ -396,6 +451,28 @@ async def _tagged(tag: int, coro: Any) -> Any:
 
     PROMPT.set(tag)
     return await coro
+
+
+class Interrupted(RuntimeError):
+    """The run was interrupted (Ctrl-C); the answers received are cached, so a rerun pays only for the rest."""
+
+
+class BatchCancelled(RuntimeError):
+    """Another prompt of the batch failed and `return_exceptions=False`: this one stopped spending."""
+
+
+class PromptSkipped(RuntimeError):
+    """A prompt of `explain_many` whose worst-case cost did not fit the batch's remaining `max_cost`: nothing
+    was spent on it."""
+
+
+class BatchResult(list):  # type: ignore[type-arg]
+    """The explanations of `explain_many`, in order, plus what the batch cost: `cost` is what the provider
+    billed the whole batch (an answer two prompts shared counts once; each explanation's own `cost` is what
+    that prompt paid), `skipped` the indices of prompts not started because the dollar cap could not cover them."""
+
+    cost: float = 0.0
+    skipped: list[int]
 
 
 class _Meter:
@@ -418,12 +495,17 @@ class _Meter:
             setattr(self._runner, name, value)
 
     async def run(self, requests: Sequence[Any], validate: Any = None) -> list[Any]:
-        fresh = [not self._runner.is_cached(r) for r in requests]
-        out = await self._runner.run(requests, validate)
-        self.paid += sum(self._runner.price.cost(c.usage) for c, f in zip(out, fresh) if f)
-        self.sent += sum(fresh)
-        self.cached += len(fresh) - sum(fresh)
-        return out
+        """The runner's answers; this explanation is charged what it paid itself (the runner's ledger: a call
+        another prompt of the batch was already sending is that prompt's, counted once)."""
+        from providers.runner import Ledger
+
+        ledger = Ledger()
+        try:
+            return await self._runner.run(requests, validate, ledger)
+        finally:
+            self.paid += ledger.paid
+            self.sent += ledger.sent
+            self.cached += ledger.cached + ledger.shared
 
     async def send(self, request: Any, validate: Any = None) -> Any:
         return (await self.run([request], validate))[0]
@@ -440,10 +522,10 @@ def _make_runner(pre: Preview, adapter: Any, max_cost: float | None) -> Any:
 
     cache = os.path.expanduser(pre.cache_dir) if pre.cache_dir else None
     kind = BatchRunner if pre.mode == "batch" else Runner
-    return kind(adapter, cache=cache, max_cost=max_cost, prices=pre.prices)
+    return kind(adapter, cache=cache, max_cost=max_cost, prices=pre.prices, **pre.limits)
 
 
-def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
+def _metadata(pre: Preview, reference: Any, adapter: Any = None) -> dict[str, Any]:
     """Original answer, the prompt and where each feature sits in it (for the HTML report), provenance."""
     d = pre.prompt.to_dict()
     holders = sorted({f["message"] for f in d["features"]})
@@ -461,13 +543,21 @@ def _metadata(pre: Preview, reference: Any) -> dict[str, Any]:
         "granularity": pre.granularity,
         "provider": pre.provider,
         "model": pre.model,
-        "base_url": pre.base_url,
+        "base_url": _public_base_url(pre, adapter),
         "scorer": getattr(pre.scorer, "name", str(pre.scorer)),
         "labels": list(pre.labels) if pre.labels else None,
         "budget": pre.budget,
         "estimated_cost": pre.estimated_cost,
         "mode": pre.mode,
     }
+
+
+def _public_base_url(pre: Preview, adapter: Any) -> str | None:
+    """The server the answers came from (the live local server's URL too), without credentials."""
+    from providers.redact import public_url
+
+    url = getattr(adapter, "base_url", None) if adapter is not None else None
+    return public_url(url) if url else pre.base_url
 
 
 def _run_one(pre: Preview, adapter: Any, runner: Any, io: BackgroundLoop, progress: bool) -> Any:
@@ -486,7 +576,7 @@ def _run_one(pre: Preview, adapter: Any, runner: Any, io: BackgroundLoop, progre
     expl = explainer.explain()
     expl.queries_used += 1  # the original answer
     expl.cost = float(meter.paid)
-    expl.metadata.update(_metadata(pre, reference))
+    expl.metadata.update(_metadata(pre, reference, adapter))
     expl.metadata["original_score"] = float(pre.scorer.score_many([reference])[0])
     expl.metadata["stats"] = {"queries_sent": meter.sent, "cache_hits": meter.cached,
                               "bound_hits": int(getattr(pre.scorer, "bound_hits", 0))}
@@ -526,6 +616,11 @@ def explain(
     raw_completion: bool | None = None,
     prices: Any = None,
     mode: str = "interactive",
+    timeout: float = DEFAULT_TIMEOUT,
+    max_attempts: int = 6,
+    concurrency: int = 8,
+    rpm: float | None = None,
+    tpm: float | None = None,
     confirm: bool | None = None,
     progress: bool = True,
 ) -> Any:
@@ -537,13 +632,15 @@ def explain(
     `confirm=True`); then the run shows a progress bar. Returns a `spex_api.engine.explanation.Explanation`
     with faithfulness, queries_used, cost (dollars) and metadata (original answer, feature texts, prompt,
     provider, model, scorer). `raw_completion`, `prices`, `mode` ("batch": provider Batch APIs at half price,
-    up to 24 h per round): see `preview`.
+    up to 24 h per round), `timeout`, `max_attempts`, `concurrency`, `rpm`, `tpm`: see `preview`. Ctrl-C
+    stops sending, waits for the answers in flight to reach the cache, and raises.
     """
     pre = preview(
         prompt, provider=provider, model=model, base_url=base_url, api_key=api_key, features=features,
         template=template, system=system, scorer=scorer, labels=labels, budget=budget, max_cost=max_cost,
         method=method, max_order=max_order, cache_dir=cache_dir, random_state=random_state,
-        raw_completion=raw_completion, prices=prices, mode=mode,
+        raw_completion=raw_completion, prices=prices, mode=mode, timeout=timeout, max_attempts=max_attempts,
+        concurrency=concurrency, rpm=rpm, tpm=tpm,
     )
     return run(pre, confirm=confirm, progress=progress)
 
@@ -560,7 +657,11 @@ def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> 
         runner = _make_runner(pre, adapter, pre.max_cost)
         io = BackgroundLoop()
         stack.callback(io.close)
-        return _run_one(pre, adapter, runner, io, progress)
+        try:
+            return _run_one(pre, adapter, runner, io, progress)
+        except KeyboardInterrupt:
+            io.settle(runner, Interrupted("interrupted"))  # paid answers in flight reach the cache first
+            raise
 
 
 def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Any:
@@ -569,12 +670,16 @@ def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Any:
         # an unpickled Preview carries no credentials: its public URL, and the key from the environment
         secret = pre.credentials
         return _make_adapter(pre.provider, pre.model, (secret and secret.get("base_url")) or pre.base_url,
-                             secret and secret.get("api_key"), pre.prices)
+                             secret and secret.get("api_key"), pre.prices, _timeout(pre))
     from providers.local import LocalServer
 
     with console.status("starting the local model server (llama-server + Gemma-3-270M)..."):
         server = stack.enter_context(LocalServer())
-    return _make_adapter(LOCAL, pre.model, server.base_url, None)
+    return _make_adapter(LOCAL, pre.model, server.base_url, None, timeout=_timeout(pre))
+
+
+def _timeout(pre: Preview) -> float:
+    return float(pre.limits.get("timeout", DEFAULT_TIMEOUT))
 
 
 def explain_many(
@@ -583,18 +688,26 @@ def explain_many(
     budget: int = 1000,
     max_cost: float | None = None,
     concurrency: int = 4,
+    query_concurrency: int = 8,
     return_exceptions: bool = False,
     confirm: bool | None = None,
     progress: bool = True,
     **kwargs: Any,
-) -> list[Any]:
-    """Explain many prompts concurrently through ONE runner: one rate limiter, one disk cache and one dollar
-    cap (`max_cost`) across the whole batch; `budget` caps the queries of each prompt. Other keyword
-    arguments are those of `explain`.
+) -> BatchResult:
+    """Explain many prompts through ONE runner: one rate limiter, one disk cache and one dollar cap
+    (`max_cost`) across the whole batch; `budget` caps the queries of each prompt; `concurrency` prompts run
+    at once, `query_concurrency` API calls are in flight across them. Other keyword arguments are those of
+    `explain` (`timeout`, `max_attempts`, `rpm`, `tpm` apply to the shared runner).
 
-    Every prompt is validated and planned before anything is sent. With `return_exceptions=True` a prompt
-    that fails (e.g. the batch's dollar cap ran out) yields its exception in the result list instead of
-    stopping the batch; its paid answers stay cached, so rerunning the batch pays only for what is missing.
+    Every prompt is validated and planned before anything is sent. Under `max_cost`, prompts are admitted in
+    order while the cap covers their worst-case cost (every prompt token uncached, every answer at max_tokens),
+    so a cap that covers k whole prompts completes k rather than starting all and finishing none; the others
+    are reported before any spend: with `return_exceptions=True` each yields a `PromptSkipped`, otherwise
+    `PromptSkipped` is raised and nothing is sent. With `return_exceptions=False` the first failure stops the
+    batch: the other prompts send nothing more (answers already in flight still reach the cache) and the
+    error is raised; with True a failed prompt yields its exception and the others go on. Paid answers stay
+    cached, so rerunning the batch pays only for what is missing. Returns a `BatchResult` (a list, plus the
+    batch's billed `cost`: an answer shared by two prompts counts once; and the `skipped` indices).
     """
     from rich.console import Console
 
@@ -602,19 +715,36 @@ def explain_many(
 
     if isinstance(prompts, str):
         raise TypeError("explain_many takes a list of prompts; use explain for one")
-    pres = [preview(p, budget=budget, max_cost=max_cost, **kwargs) for p in prompts]
-    if not pres:
-        return []
+    if isinstance(concurrency, bool) or not isinstance(concurrency, (int, np.integer)) or concurrency < 1:
+        raise ValueError(f"concurrency must be an integer >= 1 (prompts at once), got {concurrency!r}")
+    pres = [preview(p, budget=budget, max_cost=max_cost, concurrency=query_concurrency, **kwargs) for p in prompts]
+    result = BatchResult([None] * len(pres))
+    skipped = _admit(pres, max_cost)
+    result.skipped = sorted(skipped)
+    if skipped:
+        why = "; ".join(skipped.values())
+        log.warning("explain_many: %d of %d prompts do not fit max_cost and are skipped before any spend: %s",
+                    len(skipped), len(pres), why)
+        if not return_exceptions:
+            raise PromptSkipped(f"{len(skipped)} of {len(pres)} prompts cannot fit max_cost=${max_cost:.4f} at their "
+                                f"worst case ({why}); nothing was sent. Raise max_cost, lower the budget, or pass "
+                                "return_exceptions=True to run the prompts that fit")
+        for i, why_i in skipped.items():
+            result[i] = PromptSkipped(f"skipped before any spend: {why_i}")
+    admitted = [i for i in range(len(pres)) if i not in skipped]
+    if not admitted:
+        return result
     console = Console(stderr=True, quiet=not progress)
-    total_q = sum(p.n_queries for p in pres)
-    est = float(sum(p.estimated_cost for p in pres))
-    console.print(pres[0].renderable())
+    total_q = sum(pres[i].n_queries for i in admitted)
+    est = float(sum(pres[i].estimated_cost for i in admitted))
+    console.print(pres[admitted[0]].renderable())
     console.print(
-        f"batch: {len(pres)} prompts, at most {total_q} queries, "
+        f"batch: {len(admitted)} prompts, at most {total_q} queries, "
         + f"about ${est:.4f} before cache hits"
         + (f", hard cap ${max_cost:.2f} across the batch" if max_cost is not None else "")
+        + (f"; skipped (cap too small for their worst case): prompts {result.skipped}" if skipped else "")
     )
-    _confirm(pres[0], confirm, console, est)
+    _confirm(pres[admitted[0]], confirm, console, est)
     with ExitStack() as stack:
         adapter = _live_adapter(pres[0], stack, console)
         runner = _make_runner(pres[0], adapter, max_cost)
@@ -623,19 +753,64 @@ def explain_many(
         tracker = stack.enter_context(BatchProgress(
             [label_for(p) for p in prompts], [p.n_queries for p in pres], console, enabled=progress))
         runner.on_progress = tracker.on_progress
+        for i, why_i in skipped.items():
+            tracker.skip(i, why_i)
+        failures: list[BaseException] = []
+        lock = threading.Lock()
 
         def one(i: int) -> Any:
             PROMPT.set(i)
             tracker.start(i)
             try:
                 expl = _run_one(pres[i], adapter, runner, io, progress=False)
+                tracker.done(i, expl)
+                return expl
             except Exception as exc:  # noqa: BLE001 - handed back to the caller on request
                 tracker.failed(i, exc)
-                if not return_exceptions:
-                    raise
-                return exc
-            tracker.done(i, expl)
-            return expl
+                if return_exceptions:
+                    return exc
+                with lock:
+                    failures.append(exc)
+                    if len(failures) == 1:  # stop the other prompts now: nothing more is sent for them
+                        log.warning("explain_many: prompt %d failed (%s); stopping the batch", i, exc)
+                        io.loop.call_soon_threadsafe(runner.stop, BatchCancelled(
+                            f"stopped because prompt {i} failed: {type(exc).__name__}: {exc}"))
+                raise
 
-        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(pres)))) as pool:
-            return list(pool.map(one, range(len(pres))))
+        pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(admitted))))
+        futures = {i: pool.submit(one, i) for i in admitted}
+        try:
+            wait(list(futures.values()), return_when=FIRST_EXCEPTION)
+            if failures:
+                for f in futures.values():
+                    f.cancel()  # prompts not started never start
+            wait(list(futures.values()))
+        except KeyboardInterrupt:
+            for f in futures.values():
+                f.cancel()
+            io.settle(runner, Interrupted("interrupted"))  # paid answers in flight reach the cache first
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        if failures:
+            raise failures[0]
+        for i, f in futures.items():
+            result[i] = f.result()
+        result.cost = float(runner.stats.spend)
+        log.info("explain_many: %d prompts, $%.6f billed in all (%s per prompt)", len(admitted), result.cost,
+                 ", ".join(f"${getattr(result[i], 'cost', 0.0):.6f}" for i in admitted))
+        return result
+
+
+def _admit(pres: Sequence[Preview], max_cost: float | None) -> dict[int, str]:
+    """Prompts (index: why) whose worst-case cost does not fit what `max_cost` leaves after the prompts before
+    them that do fit: admitting them could leave every prompt half done when the cap runs out."""
+    if max_cost is None:
+        return {}
+    left, skipped = float(max_cost), {}
+    for i, p in enumerate(pres):
+        if p.worst_case_cost <= left + 1e-12:
+            left -= p.worst_case_cost
+        else:
+            skipped[i] = f"prompt {i} may cost up to ${p.worst_case_cost:.4f}, ${max(left, 0.0):.4f} is left"
+    return skipped
