@@ -8,7 +8,9 @@ Exit codes: 0 success, 1 runtime failure (the model or network failed, a cap was
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -166,6 +168,19 @@ def _check_out(paths: list[Path]) -> None:
             raise ValueError(f"--out {path}: use a .json, .html, .png, .pdf or .svg file name")
         if not path.parent.exists():
             raise FileNotFoundError(f"--out {path}: folder {path.parent} does not exist")
+        if path.is_dir():
+            raise IsADirectoryError(f"--out {path} is a folder; give a file name")
+        try:  # really write there (permissions, read-only file systems, quotas): a failure after the run is paid
+            if path.exists():  # would lose the paid result
+                with open(path, "ab"):
+                    pass
+            else:
+                fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".spex-api-write-check-")
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as exc:
+            raise PermissionError(f"--out {path}: cannot write there ({exc.strerror or exc}); checked before any "
+                                  "query is spent") from None
 
 
 @app.command()
@@ -192,6 +207,11 @@ def explain(
     top: int = typer.Option(10, min=1, help="Interactions shown."),
     open_report: bool = typer.Option(False, "--open", help="Open the HTML report (--out x.html) in the browser when written."),
     verbose: VerboseOpt = 0,
+    timeout: float = typer.Option(120.0, help="Longest wait in seconds for one answer, retries included (a hung server stops the run)."),
+    max_attempts: int = typer.Option(6, help="Attempts per answer on transient failures (429, 5xx, timeouts)."),
+    concurrency: int = typer.Option(8, help="API calls in flight at once."),
+    rpm: Optional[float] = typer.Option(None, help="Requests per minute (default: no limit)."),
+    tpm: Optional[float] = typer.Option(None, help="Tokens per minute (default: no limit)."),
 ) -> None:
     """Explain one prompt: plan, show the cost, query the model, print the top interactions."""
     from spex_api import sdk
@@ -213,7 +233,8 @@ def explain(
         return sdk.preview(
             text, provider=provider, model=model, base_url=base_url, features=features.value, template=template,
             scorer=scorer, labels=_labels(labels), budget=budget, max_cost=max_cost, method=method,
-            max_order=max_order, cache_dir=cache_dir or None, random_state=seed,
+            max_order=max_order, cache_dir=cache_dir or None, random_state=seed, timeout=timeout,
+            max_attempts=max_attempts, concurrency=concurrency, rpm=rpm, tpm=tpm,
             mode="batch" if batch else "interactive",
         )
 
@@ -283,6 +304,11 @@ def explain_many(
     yes: YesOpt = False,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No plan, live table or summary (for scripts); errors still go to stderr."),
     verbose: VerboseOpt = 0,
+    timeout: float = typer.Option(120.0, help="Longest wait in seconds for one answer, retries included (a hung server stops the run)."),
+    max_attempts: int = typer.Option(6, help="Attempts per answer on transient failures (429, 5xx, timeouts)."),
+    query_concurrency: int = typer.Option(8, help="API calls in flight at once, across the prompts."),
+    rpm: Optional[float] = typer.Option(None, help="Requests per minute (default: no limit)."),
+    tpm: Optional[float] = typer.Option(None, help="Tokens per minute (default: no limit)."),
 ) -> None:
     """Explain every prompt of a file through one runner (one cache, one rate limit, one dollar cap): a live
     table while it runs, a summary table at the end. Exit 1 if any prompt failed (the others are kept)."""
@@ -302,9 +328,10 @@ def explain_many(
     prompts = _guard("input", prepare)
     kw = dict(provider=provider, model=model, base_url=base_url, features=features.value, template=template,
               scorer=scorer, labels=_guard("input", lambda: _labels(labels)), budget=budget, max_cost=max_cost,
-              method=method, max_order=max_order, cache_dir=cache_dir or None, random_state=seed)
+              method=method, max_order=max_order, cache_dir=cache_dir or None, random_state=seed, timeout=timeout,
+              max_attempts=max_attempts, rpm=rpm, tpm=tpm)
     results = _guard("input", lambda: sdk.explain_many(
-        prompts, concurrency=concurrency, return_exceptions=True, confirm=False if yes else None,
+        prompts, concurrency=concurrency, query_concurrency=query_concurrency, return_exceptions=True, confirm=False if yes else None,
         progress=not quiet, **kw))
     failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
     if out_dir is not None:
