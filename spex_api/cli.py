@@ -17,6 +17,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     name="spex-api",
@@ -41,6 +42,9 @@ DEMO_TEMPLATE = (
 )
 
 
+MAX_REPORT_BYTES = 512 * 2**20  # a saved explanation at the feature limit (1,000,000) is well below this
+
+
 class Granularity(str, Enum):
     words = "words"
     sentences = "sentences"
@@ -63,7 +67,9 @@ VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Lo
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # messages quote the user's input: shown as data (never markup), and printable whatever the encoding
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    err.print(Text.assemble(("error:", "bold red"), " ", safe), highlight=False)
     return typer.Exit(code)
 
 
@@ -135,7 +141,7 @@ def _labels(labels: Optional[str]) -> Optional[list[str]]:
 def _write_outputs(expl: Any, paths: list[Path], top: int) -> None:
     from spex_api.report import save_plot, write_html
 
-    for path in paths:
+    for path in sorted(paths, key=lambda p: p.suffix.lower() != ".json"):  # the JSON result first
         suffix = path.suffix.lower()
         if suffix == ".json":
             expl.save(path)
@@ -143,7 +149,7 @@ def _write_outputs(expl: Any, paths: list[Path], top: int) -> None:
             write_html(expl, path, k=max(top, 15))
         else:  # .png, .pdf, .svg (checked by _check_out before any spend)
             save_plot(expl, path, k=top)
-        err.print(f"wrote {path}")
+        err.print(Text(f"wrote {path}"))
 
 
 def _open_in_browser(path: Path) -> None:
@@ -246,8 +252,9 @@ def explain(
     expl = _guard("run", lambda: sdk.run(pre, confirm=False if yes else None))
     from spex_api.report import print_report
 
-    print_report(expl, k=top, console=out)
+    # Paid for: save first, render second, so a rendering failure can never lose the result.
     _guard("run", lambda: _write_outputs(expl, out_paths, top))
+    _guard("run", lambda: print_report(expl, k=top, console=out))
     to_open = _html_out(out_paths, open_report)
     if to_open is not None:
         _open_in_browser(to_open)
@@ -397,21 +404,24 @@ def report(
         canonical_index(index)
         if open_report and html is None:
             raise ValueError("--open needs an HTML report to open: add --html report.html")
+        if path.is_file() and path.stat().st_size > MAX_REPORT_BYTES:
+            raise ValueError(f"{path} is {path.stat().st_size:,} bytes, more than a saved explanation can be "
+                             f"({MAX_REPORT_BYTES:,})")
         try:
             return Explanation.load(path)
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"{path} is not a saved spex-api explanation ({exc})") from exc
+            raise ValueError(f"{path} is not a saved spex-api explanation ({exc})") from None
 
     expl = _guard("input", load)
-    print_report(expl, k=top, index=index, console=out)
+    _guard("input", lambda: print_report(expl, k=top, index=index, console=out))
     if html is not None:
         _guard("run", lambda: write_html(expl, html, k=max(top, 15), index=index))
-        err.print(f"wrote {html}")
+        err.print(Text(f"wrote {html}"))
         if open_report:
             _open_in_browser(html)
     if png is not None:
         _guard("run", lambda: save_plot(expl, png, k=top, index=index))
-        err.print(f"wrote {png}")
+        err.print(Text(f"wrote {png}"))
 
 
 @app.command()
@@ -436,7 +446,7 @@ def demo(
     print_report(expl, console=out)
     html, png, js = out_dir / "report.html", out_dir / "interactions.png", out_dir / "explanation.json"
     _guard("run", lambda: (write_html(expl, html), save_plot(expl, png), expl.save(js)))
-    out.print(f"HTML report: {html.resolve()}\nfigure: {png.resolve()}\nexplanation: {js.resolve()}")
+    out.print(Text(f"HTML report: {html.resolve()}\nfigure: {png.resolve()}\nexplanation: {js.resolve()}"))
     if open_report:
         _open_in_browser(html)
 

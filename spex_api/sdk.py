@@ -83,18 +83,23 @@ class Preview:
     def renderable(self) -> Any:
         """A rich table of the plan and its price (shown before any spend)."""
         from rich.table import Table
+        from rich.text import Text
 
         t = Table(title="spex-api plan (nothing spent yet)", title_justify="left", show_header=False)
         t.add_column(style="bold")
         t.add_column()
-        t.add_row("model", f"{self.provider} / {self.model}" + (f" at {self.base_url}" if self.base_url else ""))
-        t.add_row("features", f"{self.prompt.n_features} ({', '.join(_preview_names(self.prompt))})")
-        t.add_row("scorer", getattr(self.scorer, "name", str(self.scorer)))
-        t.add_row("method", f"{self.plan.method}: {self.plan.reason}")
+
+        def row(name: str, value: str) -> None:  # prompt words, model names, paths: data, never markup
+            t.add_row(name, Text(value))
+
+        row("model", f"{self.provider} / {self.model}" + (f" at {self.base_url}" if self.base_url else ""))
+        row("features", f"{self.prompt.n_features} ({', '.join(_preview_names(self.prompt))})")
+        row("scorer", getattr(self.scorer, "name", str(self.scorer)))
+        row("method", f"{self.plan.method}: {self.plan.reason}")
         held = (f"{self.plan.n_holdout} held-out masks" if self.plan.n_holdout else
                 "no held-out masks: faithfulness by cross-validation" if self.plan.method != "exhaustive" else
                 "every mask: exact")
-        t.add_row("queries", f"{self.n_queries} of a budget of {self.budget} (incl. the original answer; {held})")
+        row("queries", f"{self.n_queries} of a budget of {self.budget} (incl. the original answer; {held})")
         cap = f" (cap ${self.max_cost:.2f})" if self.max_cost is not None else ""
         if self.estimated_cost == 0:
             price = "$0 (local model)" if self.local else "$0 (no price set for this server)"
@@ -103,13 +108,13 @@ class Preview:
         if self.mode == "batch" and self.interactive_cost:
             price += (f" at batch prices (interactive ${self.interactive_cost:.4f}: saves "
                       f"{1 - self.estimated_cost / self.interactive_cost:.0%})")
-        t.add_row("est. cost", price + cap)
+        row("est. cost", price + cap)
         if self.mode == "batch":
             rounds = "original answer, design" + (", held-out slice" if self.rounds == 3 else "")
-            t.add_row("latency", f"batch mode: {self.rounds} batches, one per round ({rounds}); each ends within "
+            row("latency", f"batch mode: {self.rounds} batches, one per round ({rounds}); each ends within "
                                  f"24 h (often minutes), so up to {24 * self.rounds} h in all. A stopped run resumes "
                                  "its batches on rerun")
-        t.add_row("cache", os.path.expanduser(self.cache_dir) if self.cache_dir else "off")
+        row("cache", os.path.expanduser(self.cache_dir) if self.cache_dir else "off")
         return t
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import logging
 import pickle
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
@@ -209,3 +211,190 @@ def test_invalid_utf8_on_the_command_line_exits_2_before_the_plan(server, tmp_pa
                          timeout=120)
     assert res.returncode == 2 and "not UTF-8 text (byte 0xe9" in " ".join(res.stderr.decode().split())
     assert server.stats()["requests"] == 0
+
+
+# ------------------------------------------------------------------------------------------ item 10
+HOSTILE = ["[/]", "[/INST]", "a[/]b", "[link=https://evil.example]click[/link]", "[bold red]loud[/]", "end\\"]
+
+
+def hostile_explanation():
+    from spex_api.engine.explanation import Explanation
+    from spex_api.engine.fourier import SparseFourier
+
+    n = len(HOSTILE)
+    text = " ".join(HOSTILE)
+    spans, pos = [], 0
+    for w in HOSTILE:
+        spans.append([pos, pos + len(w)])
+        pos += len(w) + 1
+    f = SparseFourier(n, [(), *((i,) for i in range(n)), (0, 1)], [0.1, *(0.1 * (i + 1) for i in range(n)), 0.5])
+    return Explanation(f, "[/]", 10, feature_names=HOSTILE, faithfulness=0.9, metadata={
+        "original_answer": "[/INST] [link=https://evil.example]here[/link]", "text": text, "feature_texts": HOSTILE,
+        "feature_spans": spans, "provider": "[red]p", "model": "[/]m", "scorer": "[blink]s"})
+
+
+def test_untrusted_text_in_the_terminal_report_is_data_not_markup():
+    import io
+
+    from rich.console import Console
+
+    from spex_api.report import print_report
+
+    console = Console(file=io.StringIO(), record=True, force_terminal=True, width=250)
+    print_report(hostile_explanation(), k=10, console=console)
+    raw = console.file.getvalue()
+    shown = console.export_text()
+    for w in HOSTILE[:-1] + ["[/INST] [link=https://evil.example]here[/link]", "[red]p", "[/]m", "[blink]s"]:
+        assert w in shown, w
+    assert "\x1b]8;" not in raw and "\x1b[5m" not in raw  # no hyperlink, no blink injected
+
+
+def test_the_plan_shows_markup_in_a_prompt_as_text(server):
+    import io
+
+    from rich.console import Console
+
+    pre = sdk.preview(" ".join(HOSTILE), base_url=server.url + "/v1", model="[/]m", labels=["True", "False"],
+                      budget=200, cache_dir=None)
+    console = Console(file=io.StringIO(), record=True, width=250)
+    console.print(pre.renderable())
+    shown = console.export_text()
+    assert "[/]m" in shown and "/INST" in shown and "a[/]b" in shown and "evil.example]click[/link" in shown
+    assert server.stats()["requests"] == 0
+
+
+def test_cli_run_on_hostile_text_saves_json_then_renders(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from spex_api.cli import app
+
+    out = tmp_path / "e.json"
+    args = ["explain", "--base-url", server.url + "/v1", "--model", "m", "--labels", "True,False", "--budget", "9",
+            "--yes", "--cache-dir", "", "--out", str(out), "[/INST] a[/]b [link=https://evil.example]x[/link]"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert out.exists() and "[/INST]" in res.output and "a[/]b" in res.output
+    res = CliRunner().invoke(app, ["explain", "--dry-run", "--labels", "[/]", "words"])
+    assert res.exit_code == 2 and "[/]" in res.output and res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_a_rendering_failure_after_spend_keeps_the_saved_result(server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spex_api.report
+    from spex_api.cli import app
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the terminal went away")
+
+    monkeypatch.setattr(spex_api.report, "print_report", broken)
+    out, html = tmp_path / "e.json", tmp_path / "e.html"
+    res = CliRunner().invoke(app, ["explain", "--base-url", server.url + "/v1", "--model", "m", "--labels",
+                                   "True,False", "--budget", "9", "--yes", "--cache-dir", "", "--out", str(html),
+                                   "--out", str(out), SHORT])
+    assert res.exit_code == 1 and "the terminal went away" in res.output and isinstance(res.exception, SystemExit)
+    assert json.loads(out.read_text())["queries_used"] <= 9 and html.exists()
+
+
+# ------------------------------------------------------------------------------------------ item 11
+def test_saved_explanations_are_strict_json():
+    import math
+
+    from spex_api.engine.explanation import Explanation
+    from spex_api.engine.fourier import SparseFourier
+
+    e = Explanation(SparseFourier(2, [(), (0,), (1,)], [0.5, float("nan"), 1.0]), "spex", 5,
+                    faithfulness=float("nan"), cost=float("inf"),
+                    metadata={"original_score": float("-inf"), "stats": {"x": np.float64("nan")}})
+
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    text = e.to_json()
+    data = json.loads(text, parse_constant=refuse)
+    assert data["faithfulness"] is None and data["cost"] is None and data["metadata"]["original_score"] is None
+    back = Explanation.from_json(text)
+    assert math.isnan(back.fourier.values[1]) and back.fourier.values[2] == 1.0
+
+
+def _valid_saved() -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_report import sample_explanation
+
+    return json.loads(sample_explanation().to_json())
+
+
+HOSTILE_FILES = [
+    ("list", lambda d: [d]),
+    ("n string", lambda d: {**d, "n": "12"}),
+    ("n bool", lambda d: {**d, "n": True}),
+    ("n huge", lambda d: {**d, "n": 10_000_000, "feature_names": None}),
+    ("keys wrong type", lambda d: {**d, "fourier": {"keys": "abc", "values": []}}),
+    ("key out of range", lambda d: {**d, "fourier": {"keys": [[99]], "values": [1.0]}}),
+    ("key not ints", lambda d: {**d, "fourier": {"keys": [[0.5]], "values": [1.0]}}),
+    ("key too wide", lambda d: {**d, "n": 64, "feature_names": None, "metadata": {},
+                                "fourier": {"keys": [list(range(40))], "values": [1.0]}}),
+    ("values strings", lambda d: {**d, "fourier": {"keys": [[0]], "values": ["x"]}}),
+    ("value too big", lambda d: {**d, "fourier": {"keys": [[0]], "values": [10**400]}}),
+    ("lengths differ", lambda d: {**d, "fourier": {"keys": [[0], [1]], "values": [1.0]}}),
+    ("names wrong length", lambda d: {**d, "feature_names": ["a"]}),
+    ("metadata list", lambda d: {**d, "metadata": []}),
+    ("answer number", lambda d: {**d, "metadata": {**d["metadata"], "original_answer": 5}}),
+    ("score string", lambda d: {**d, "metadata": {**d["metadata"], "original_score": "high"}}),
+    ("spans garbage", lambda d: {**d, "metadata": {**d["metadata"], "feature_spans": [["a", None]]}}),
+    ("faithfulness string", lambda d: {**d, "faithfulness": "0.9"}),
+    ("queries negative", lambda d: {**d, "queries_used": -1}),
+    ("noise garbage", lambda d: {**d, "noise": {"n_pairs": "x"}}),
+    ("future version", lambda d: {**d, "format_version": 99}),
+]
+
+
+@pytest.mark.parametrize("name, mutate", HOSTILE_FILES, ids=[h[0] for h in HOSTILE_FILES])
+def test_report_on_hostile_json_exits_2_quickly_with_a_message(tmp_path, name, mutate):
+    import time
+
+    from typer.testing import CliRunner
+
+    from spex_api.cli import app
+
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(mutate(_valid_saved())))
+    t0 = time.process_time()
+    res = CliRunner().invoke(app, ["report", str(path), "--html", str(tmp_path / "r.html")])
+    assert time.process_time() - t0 < 2.0
+    assert res.exit_code == 2, res.output
+    assert "error:" in res.output and "not a saved spex-api explanation" in " ".join(res.output.split())
+    assert isinstance(res.exception, SystemExit) and not (tmp_path / "r.html").exists()
+
+
+def test_deeply_nested_json_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from spex_api.cli import app
+
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    res = CliRunner().invoke(app, ["report", str(path)])
+    assert res.exit_code == 2 and "nested too deeply" in res.output
+
+
+def test_lone_surrogates_do_not_break_write_html_or_the_terminal(tmp_path):
+    from typer.testing import CliRunner
+
+    from spex_api.cli import app
+    from spex_api.report import write_html
+
+    d = _valid_saved()
+    d["feature_names"][0] = d["metadata"]["feature_texts"][0] = "caf\udce9"
+    del d["metadata"]["text"], d["metadata"]["feature_spans"]  # the HTML joins the feature texts
+    d["metadata"]["original_answer"] = "\ud800 yes"
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(d))  # JSON escapes them: "\udce9"
+    html = tmp_path / "s.html"
+    res = CliRunner().invoke(app, ["report", str(path), "--html", str(html)])
+    assert res.exit_code == 0, res.output
+    assert "caf\ufffd" in html.read_text(encoding="utf-8") and "\ufffd yes" in res.output
+    from spex_api.engine.explanation import Explanation
+
+    write_html(Explanation.from_dict(d), tmp_path / "t.html")
+    assert "\ufffd yes" in (tmp_path / "t.html").read_text(encoding="utf-8")

@@ -8,6 +8,7 @@ never lost.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict
@@ -19,6 +20,10 @@ from spex_api.engine.indices import SparseMobius, canonical_index, fourier_to_mo
 from spex_api.engine.plan import Plan
 
 FORMAT_VERSION = 1
+# What a saved explanation may claim before anything is allocated for it: the report works per feature, and
+# the Möbius transform visits every subset of every Fourier key (2^|key| each).
+MAX_FEATURES = 1_000_000
+MAX_SUBSETS = 2**22
 
 # Our index names → shapiq's (shapiq has no Fourier index).
 _SHAPIQ_INDEX = {
@@ -43,7 +48,10 @@ class Interaction(NamedTuple):
 
 
 def _jsonable(obj: Any) -> Any:
-    """Recursively turn numpy scalars/arrays, tuples and tuple-keyed dicts into plain JSON values."""
+    """Recursively turn numpy scalars/arrays, tuples and tuple-keyed dicts into plain, strict JSON values
+    (NaN and ±Infinity become null: they are not JSON, and other parsers reject them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         if any(isinstance(k, tuple) for k in obj):
             return {"__tuple_keys__": [[list(k), _jsonable(v)] for k, v in obj.items()]}
@@ -57,7 +65,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
-        return float(obj)
+        return _jsonable(float(obj))
     if hasattr(obj, "to_dict"):
         return _jsonable(obj.to_dict())
     return obj
@@ -159,6 +167,82 @@ class RemovalCheck:
         steps = [RemovalStep(removed=[int(i) for i in s["removed"]], predicted=float(s["predicted"]),
                              measured=float(s["measured"])) for s in data["steps"]]
         return cls(str(data["ranking_index"]), steps)
+
+
+def _show(value: Any) -> str:
+    text = type(value).__name__ if isinstance(value, (dict, list)) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_num(v: Any) -> bool:
+    """A JSON number that is a float (JSON integers are unbounded; a float holds at most ~1.8e308)."""
+    return isinstance(v, float) or (_is_int(v) and abs(v) < 2**1023)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need(ok: bool, field_name: str, what: str, got: Any) -> None:
+    if not ok:
+        raise ValueError(f"{field_name} must be {what}, got {_show(got)}")
+
+
+_META_TYPES = {  # metadata fields the reports read, and the JSON types they must have
+    **dict.fromkeys(("original_answer", "text", "provider", "model", "scorer", "base_url", "granularity"),
+                    (str, "a string")),
+    **dict.fromkeys(("original_score", "estimated_cost"), (_is_num, "a number")),
+    "budget": (_is_int, "an integer"),
+}
+
+
+def _check_saved(data: Any) -> None:
+    """Types and sizes of a saved explanation, checked before anything is built from it (hostile files included)."""
+    _need(isinstance(data, dict), "a saved explanation", "a JSON object", data)
+    version = data.get("format_version", FORMAT_VERSION)
+    _need(_is_int(version), "format_version", "an integer", version)
+    if version > FORMAT_VERSION:
+        raise ValueError(f"explanation format {version} is newer than this spex-api ({FORMAT_VERSION})")
+    n = data.get("n")
+    _need(_is_int(n) and 1 <= n <= MAX_FEATURES, "n", f"an integer number of features in [1, {MAX_FEATURES:,}]", n)
+    _need(isinstance(data.get("method"), str), "method", "a string", data.get("method"))
+    q = data.get("queries_used")
+    _need(_is_int(q) and q >= 0, "queries_used", "an integer >= 0", q)
+    four = data.get("fourier")
+    _need(isinstance(four, dict) and isinstance(four.get("keys"), list) and isinstance(four.get("values"), list)
+          and len(four["keys"]) == len(four["values"]), "fourier", "{keys: [...], values: [...]} of equal length",
+          four)
+    subsets = 0
+    for key in four["keys"]:
+        _need(isinstance(key, list) and all(_is_int(i) and 0 <= i < n for i in key), "each fourier key",
+              f"a list of feature indices in [0, {n})", key)
+        subsets += 2 ** min(len(key), 64)
+    if subsets > MAX_SUBSETS:
+        raise ValueError(f"the fourier keys span {subsets:,} subsets (at most {MAX_SUBSETS:,}): not an explanation "
+                         "this version can rank")
+    _need(all(v is None or _is_num(v) for v in four["values"]), "fourier values", "numbers", four["values"])
+    for name in ("faithfulness", "cost"):
+        _need(data.get(name) is None or _is_num(data[name]), name, "a number or null", data.get(name))
+    names = data.get("feature_names")
+    _need(names is None or (isinstance(names, list) and len(names) == n and all(isinstance(x, str) for x in names)),
+          "feature_names", f"null or a list of {n} strings", names)
+    for name in ("metadata", "diagnostics", "faithfulness_detail", "noise", "removal"):
+        _need(data.get(name) is None or isinstance(data[name], dict), name, "an object or null", data.get(name))
+    meta = data.get("metadata") or {}
+    for name, (kind, what) in _META_TYPES.items():
+        v = meta.get(name)
+        _need(v is None or (isinstance(v, kind) if isinstance(kind, type) else kind(v)), f"metadata.{name}",
+              f"{what} or null", v)
+    texts = meta.get("feature_texts")
+    _need(texts is None or (isinstance(texts, list) and all(isinstance(t, str) for t in texts)),
+          "metadata.feature_texts", "null or a list of strings", texts)
+    spans = meta.get("feature_spans")
+    _need(spans is None or (isinstance(spans, list) and all(
+        isinstance(s, list) and len(s) == 2 and all(_is_int(i) and i >= 0 for i in s) for s in spans)),
+        "metadata.feature_spans", "null or a list of [start, end] character offsets", spans)
+    labels = meta.get("labels")
+    _need(labels is None or (isinstance(labels, list) and all(isinstance(x, str) for x in labels)),
+          "metadata.labels", "null or a list of strings", labels)
 
 
 @dataclass
@@ -283,26 +367,31 @@ class Explanation:
             "queries_used": int(self.queries_used),
             "fourier": {
                 "keys": [list(k) for k in self.fourier.keys],
-                "values": self.fourier.values.tolist(),
+                "values": _jsonable(self.fourier.values.tolist()),  # a non-finite coefficient: null
             },
             "plan": _jsonable(plan),
-            "faithfulness": None if self.faithfulness is None else float(self.faithfulness),
+            "faithfulness": None if self.faithfulness is None else _jsonable(float(self.faithfulness)),
             "faithfulness_detail": _jsonable(self.faithfulness_detail),
             "feature_names": self.feature_names,
-            "cost": None if self.cost is None else float(self.cost),
+            "cost": None if self.cost is None else _jsonable(float(self.cost)),
             "metadata": _jsonable(self.metadata),
             "diagnostics": _jsonable(self.diagnostics),
-            "noise": None if self.noise is None else self.noise.to_dict(),
-            "removal": None if self.removal is None else self.removal.to_dict(),
+            "noise": _jsonable(self.noise),
+            "removal": _jsonable(self.removal),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Explanation":
-        version = data.get("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            raise ValueError(f"explanation format {version} is newer than this spex-api ({FORMAT_VERSION})")
+        """Rebuild a saved explanation; anything malformed or oversized is a ValueError naming the field."""
+        _check_saved(data)
         coefficients = data["fourier"]
-        fourier = SparseFourier(int(data["n"]), [tuple(k) for k in coefficients["keys"]], coefficients["values"])
+        values = [math.nan if v is None else v for v in coefficients["values"]]
+        fourier = SparseFourier(int(data["n"]), [tuple(k) for k in coefficients["keys"]], values)
+        try:
+            noise = None if data.get("noise") is None else NoiseEstimate.from_dict(data["noise"])
+            removal = None if data.get("removal") is None else RemovalCheck.from_dict(data["removal"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"noise/removal record is malformed ({type(exc).__name__}: {exc})") from None
         return cls(
             fourier=fourier,
             method=data["method"],
@@ -314,16 +403,21 @@ class Explanation:
             cost=data.get("cost"),
             metadata=_unjsonable(data.get("metadata") or {}),
             diagnostics=_unjsonable(data.get("diagnostics") or {}),
-            noise=None if data.get("noise") is None else NoiseEstimate.from_dict(data["noise"]),
-            removal=None if data.get("removal") is None else RemovalCheck.from_dict(data["removal"]),
+            noise=noise,
+            removal=removal,
         )
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """Strict JSON (no NaN or Infinity: non-finite numbers are written as null)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> "Explanation":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply") from None
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON form to path (atomically: a crash never leaves a half-written file)."""

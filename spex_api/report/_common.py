@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,22 +36,30 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 1)].rstrip() + "…"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def printable(text: Any) -> str:
+    """Text any UTF-8 output can hold: lone surrogates (undecodable bytes, hostile JSON) become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", str(text))
+
+
 def meta(expl: Any, key: str, default: Any = None) -> Any:
     """One run fact from the explanation's metadata, whether a plain dict (saved JSON) or a typed record."""
     data = getattr(expl, "metadata", None)
     if data is None:
         return default
     value = data.get(key, default) if isinstance(data, dict) else getattr(data, key, default)
-    return default if value is None else value
+    return default if value is None else printable(value) if isinstance(value, str) else value
 
 
 def feature_texts(expl: Any) -> list[str]:
     """Readable text of each feature: the prompt's own words/sentences when recorded, else names."""
     texts = meta(expl, "feature_texts")
     if texts and len(texts) == expl.n:
-        return [str(t) for t in texts]
+        return [printable(t) for t in texts]
     if expl.feature_names and len(expl.feature_names) == expl.n:
-        return [str(t) for t in expl.feature_names]
+        return [printable(t) for t in expl.feature_names]
     return [f"x{i}" for i in range(expl.n)]
 
 
@@ -92,7 +101,7 @@ def summary(expl: Any) -> dict[str, Any]:
         "scorer": meta(expl, "scorer"),
         "answer": meta(expl, "original_answer"),
         "original_score": meta(expl, "original_score"),
-        "method": expl.method,
+        "method": printable(expl.method),
         "queries_used": expl.queries_used,
         "budget": meta(expl, "budget"),
         "cost": expl.cost,

@@ -16,7 +16,7 @@ from jinja2 import Environment, select_autoescape
 
 from spex_api.report._common import (
     DEFAULT_INDEX, faithfulness_in_words, feature_texts, fmt_cost, fmt_r2, meta, plan_in_words, removal_in_words,
-    removal_rows, scorer_in_words, summary,
+    printable, removal_rows, scorer_in_words, summary,
 )
 
 POSITIVE = (26, 152, 80)  # keeps the score up
@@ -386,5 +386,5 @@ def render_html(expl: Any, k: int = 15, index: str = DEFAULT_INDEX) -> str:
 def write_html(expl: Any, path: str | os.PathLike, k: int = 15, index: str = DEFAULT_INDEX) -> str:
     """Write the HTML report to `path` and return the path."""
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(render_html(expl, k, index))
+        fh.write(printable(render_html(expl, k, index)))  # the prompt text may hold lone surrogates
     return os.fspath(path)

@@ -36,7 +36,7 @@ def interactions_table(expl: Any, k: int = 10, index: str = DEFAULT_INDEX, width
             str(r.order),
             Text(f"{r.value:+.3f}", style=colour),
             Text(bar, style=colour),
-            " × ".join(f"“{shorten(t, width)}”" for t in r.texts),
+            Text(" × ".join(f"“{shorten(t, width)}”" for t in r.texts)),  # prompt text: data, never markup
         )
     return table
 
@@ -46,11 +46,12 @@ def header(expl: Any) -> Panel:
     s = summary(expl)
     lines = []
     if s["answer"] is not None:
-        lines.append(f"[bold]answer[/]   {shorten(s['answer'], 100)}")
+        lines.append(f"[bold]answer[/]   {escape(shorten(s['answer'], 100))}")
     if s["model"]:
-        lines.append(f"[bold]model[/]    {s['provider']} / {s['model']}   scorer: {s['scorer']}")
+        lines.append(f"[bold]model[/]    {escape(str(s['provider']))} / {escape(str(s['model']))}   "
+                     f"scorer: {escape(str(s['scorer']))}")
     budget = f" of {s['budget']}" if s["budget"] else ""
-    lines.append(f"[bold]method[/]   {s['method']}   queries: {s['queries_used']}{budget}   cost: {fmt_cost(s['cost'])}")
+    lines.append(f"[bold]method[/]   {escape(s['method'])}   queries: {s['queries_used']}{budget}   cost: {fmt_cost(s['cost'])}")
     lines.append(f"[bold]faithful[/] {s['faithfulness_kind']} {fmt_r2(s['faithfulness'])}   features: {s['n']}")
     measured = f"model {s['original_score']:+.3f}   " if s["original_score"] is not None else ""
     lines.append(f"[bold]score[/]    {measured}fit: all kept {s['full']:+.3f}, all masked {s['baseline']:+.3f}")
