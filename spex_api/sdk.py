@@ -230,6 +230,8 @@ class _RawCompletion:
         self._scorer = scorer
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_scorer":  # not set yet (unpickling, e.g. into a Ray worker): no delegation loop
+            raise AttributeError(name)
         return getattr(self._scorer, name)
 
     def request(self, messages: Any) -> Any:
@@ -478,6 +480,7 @@ class BatchResult(list):  # type: ignore[type-arg]
 
     cost: float = 0.0
     skipped: list[int]
+    stats: dict[str, Any] | None = None  # the shared runner's counters for the whole batch (api_calls, spend, ...)
 
 
 class _Meter:
@@ -516,18 +519,19 @@ class _Meter:
         return (await self.run([request], validate))[0]
 
 
-def _make_runner(pre: Preview, adapter: Any, max_cost: float | None) -> Any:
+def _make_runner(pre: Preview, adapter: Any, max_cost: float | None, max_queries: int | None = None) -> Any:
     """One runner: disk cache, concurrency and rate limits, retries, and the hard dollar cap.
 
     The query budget is enforced per explanation by the engine's Oracle (distinct masks); the runner's own
-    call cap is left open because one query may be several HTTP calls (sampling scorers, retries).
+    call cap (`max_queries`, HTTP calls across a batch) is open unless asked for, because one query may be
+    several HTTP calls (sampling scorers, retries).
     """
     from providers.batch import BatchRunner
     from providers.runner import Runner
 
     cache = os.path.expanduser(pre.cache_dir) if pre.cache_dir else None
     kind = BatchRunner if pre.mode == "batch" else Runner
-    return kind(adapter, cache=cache, max_cost=max_cost, prices=pre.prices, **pre.limits)
+    return kind(adapter, cache=cache, max_cost=max_cost, prices=pre.prices, max_queries=max_queries, **pre.limits)
 
 
 def _metadata(pre: Preview, reference: Any, adapter: Any = None) -> dict[str, Any]:
@@ -565,27 +569,42 @@ def _public_base_url(pre: Preview, adapter: Any) -> str | None:
     return public_url(url) if url else pre.base_url
 
 
+def _explainer(pre: Preview, scores: Any) -> Any:
+    """The engine's Explainer for a previewed plan; `scores(masks)` answers its queries."""
+    from spex_api.engine.explainer import Explainer
+
+    return Explainer(scores, pre.prompt.n_features, pre.budget - 1, method=pre.method, max_order=pre.max_order,
+                     random_state=pre.random_state, feature_names=pre.prompt.feature_names)
+
+
+def _accounts(meter: _Meter, scorer: Any) -> dict[str, Any]:
+    """What one explanation paid and how its queries were served (the explanation's cost and stats)."""
+    return {"paid": float(meter.paid), "queries_sent": meter.sent, "cache_hits": meter.cached,
+            "bound_hits": int(getattr(scorer, "bound_hits", 0))}
+
+
+def _finish(pre: Preview, expl: Any, reference: Any, original_score: float, accounts: dict[str, Any],
+            adapter: Any = None) -> Any:
+    """Add the original answer, cost and metadata (`adapter`: the one that answered) to a fitted explanation."""
+    expl.queries_used += 1  # the original answer
+    expl.cost = accounts["paid"]
+    expl.metadata.update(_metadata(pre, reference, adapter))
+    expl.metadata["original_score"] = original_score
+    expl.metadata["stats"] = {k: v for k, v in accounts.items() if k != "paid"}
+    return expl
+
+
 def _run_one(pre: Preview, adapter: Any, runner: Any, io: BackgroundLoop, progress: bool) -> Any:
     """Original answer, then the planned queries; returns the Explanation with cost and metadata."""
     from providers.value_function import LLMValueFunction
 
-    from spex_api.engine.explainer import Explainer
-
     meter = _Meter(runner)
     vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, meter, progress=progress)
-    explainer = Explainer(
-        lambda masks: io.run(vf(masks)), pre.prompt.n_features, pre.budget - 1, method=pre.method,
-        max_order=pre.max_order, random_state=pre.random_state, feature_names=pre.prompt.feature_names,
-    )
+    explainer = _explainer(pre, lambda masks: io.run(vf(masks)))
     reference = io.run(vf.reference())
     expl = explainer.explain()
-    expl.queries_used += 1  # the original answer
-    expl.cost = float(meter.paid)
-    expl.metadata.update(_metadata(pre, reference, adapter))
-    expl.metadata["original_score"] = float(pre.scorer.score_many([reference])[0])
-    expl.metadata["stats"] = {"queries_sent": meter.sent, "cache_hits": meter.cached,
-                              "bound_hits": int(getattr(pre.scorer, "bound_hits", 0))}
-    return expl
+    return _finish(pre, expl, reference, float(pre.scorer.score_many([reference])[0]), _accounts(meter, pre.scorer),
+                   adapter)
 
 
 def _confirm(pre: Preview, confirm: bool | None, console: Any, estimate: float | None = None) -> None:
@@ -697,6 +716,9 @@ def explain_many(
     return_exceptions: bool = False,
     confirm: bool | None = None,
     progress: bool = True,
+    backend: str = "threads",
+    max_queries: int | None = None,
+    ray_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> BatchResult:
     """Explain many prompts through ONE runner: one rate limiter, one disk cache and one dollar cap
@@ -713,6 +735,10 @@ def explain_many(
     error is raised; with True a failed prompt yields its exception and the others go on. Paid answers stay
     cached, so rerunning the batch pays only for what is missing. Returns a `BatchResult` (a list, plus the
     batch's billed `cost`: an answer shared by two prompts counts once; and the `skipped` indices).
+    `max_queries` caps the HTTP calls of the whole batch. `backend="threads"` runs `concurrency` explanations
+    in this process; `backend="ray"` runs each explanation's engine work as a Ray task (`ray_options`: Ray
+    task options such as num_cpus) while one gateway actor sends every query, so the limits, caps and cache
+    hold across the cluster (see `spex_api.distributed`; needs `pip install "spex-api[ray]"`).
     """
     from rich.console import Console
 
@@ -720,6 +746,14 @@ def explain_many(
 
     if isinstance(prompts, str):
         raise TypeError("explain_many takes a list of prompts; use explain for one")
+    if backend not in ("threads", "ray"):
+        raise ValueError(f"backend must be 'threads' or 'ray', got {backend!r}")
+    if backend == "ray":
+        from spex_api.distributed import require_ray
+
+        require_ray()
+    elif ray_options:
+        raise ValueError("ray_options need backend='ray'")
     if isinstance(concurrency, bool) or not isinstance(concurrency, (int, np.integer)) or concurrency < 1:
         raise ValueError(f"concurrency must be an integer >= 1 (prompts at once), got {concurrency!r}")
     pres = [preview(p, budget=budget, max_cost=max_cost, concurrency=query_concurrency, **kwargs) for p in prompts]
@@ -752,14 +786,23 @@ def explain_many(
     _confirm(pres[admitted[0]], confirm, console, est)
     with ExitStack() as stack:
         adapter = _live_adapter(pres[0], stack, console)
-        runner = _make_runner(pres[0], adapter, max_cost)
-        io = BackgroundLoop()
-        stack.callback(io.close)
         tracker = stack.enter_context(BatchProgress(
             [label_for(p) for p in prompts], [p.n_queries for p in pres], console, enabled=progress))
-        runner.on_progress = tracker.on_progress
         for i, why_i in skipped.items():
             tracker.skip(i, why_i)
+        if backend == "ray":
+            from spex_api.distributed import explain_on_ray
+
+            done, result.stats = explain_on_ray(pres, admitted, adapter, max_cost, max_queries, tracker,
+                                                return_exceptions=return_exceptions, ray_options=ray_options)
+            for i, expl in done.items():
+                result[i] = expl
+            result.cost = float(result.stats["spend"])
+            return result
+        runner = _make_runner(pres[0], adapter, max_cost, max_queries)
+        io = BackgroundLoop()
+        stack.callback(io.close)
+        runner.on_progress = tracker.on_progress
         failures: list[BaseException] = []
         lock = threading.Lock()
 
@@ -802,6 +845,7 @@ def explain_many(
         for i, f in futures.items():
             result[i] = f.result()
         result.cost = float(runner.stats.spend)
+        result.stats = runner.stats.as_dict()
         log.info("explain_many: %d prompts, $%.6f billed in all (%s per prompt)", len(admitted), result.cost,
                  ", ".join(f"${getattr(result[i], 'cost', 0.0):.6f}" for i in admitted))
         return result

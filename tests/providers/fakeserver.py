@@ -94,6 +94,7 @@ class State:
         self.faults_served: Counter[str] = Counter()
         self.headers_seen: list[dict[str, str]] = []
         self.bodies: list[dict[str, Any]] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each request, as bodies (rate limits seen here)
         self.ratelimit_headers: dict[str, str] = {}
         self.abandoned = 0
         self.active = 0
@@ -121,6 +122,7 @@ class State:
                 self.faults_served.clear()
                 self.headers_seen.clear()
                 self.bodies.clear()
+                self.arrivals.clear()
                 self.abandoned = 0
                 self.max_concurrent = 0
                 self.drop_logprobs = False
@@ -195,6 +197,7 @@ class Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
             state.bodies.append(body)
+            state.arrivals.append(time.monotonic())
         with state.lock:
             state.active += 1
             state.max_concurrent = max(state.max_concurrent, state.active)

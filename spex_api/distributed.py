@@ -1,0 +1,213 @@
+"""Many explanations on a Ray cluster, sharing one rate limit, one dollar cap and one answer cache.
+
+`explain_many(prompts, backend="ray")` lands here. Each explanation's engine work (planning, SPEX decoding,
+ProxySPEX's tree fits) runs as a Ray task on any node; ONE gateway actor, pinned to the driver's node, owns
+everything that talks to the provider: the adapter, the Runner (rpm/tpm limiters, Retry-After pauses,
+`max_queries` and `max_cost` across the whole job, retries) and the disk cache. A task hands the gateway
+mask batches and gets scores back, so the limits hold cluster-wide however many tasks run, and an answer
+is paid once whoever asks for it.
+
+What survives what:
+- A worker process dying mid-explanation (OOM kill, node loss): nothing paid is lost. Its queries were sent
+  by the gateway, which caches every answer before handing it back (calls in flight finish and are cached
+  too). Ray retries the task (`max_retries`); the retry replays the same seeded design, finds every answer
+  it had in the gateway's cache and pays only for the missing ones. Its explanation equals an
+  uninterrupted run's; its `stats` count the replayed answers as cache hits and its `cost` includes
+  what the lost attempt paid.
+- The gateway (or the driver, or the whole cluster) dying: the job fails, but every paid answer is in the
+  disk cache on the driver's node (`cache_dir`, diskcache). Rerunning the same job there resumes: cached
+  answers are free, and only the missing queries are sent (and counted against the rerun's `max_cost`).
+  Calls that were in flight at the moment of the gateway's death (at most the runner's concurrency) may
+  have been billed by the provider without reaching the cache.
+- With `cache_dir=None` nothing survives a gateway death, and a retried task pays again for what the
+  lost attempt asked (the gateway's in-flight de-duplication still holds while it lives).
+- A failing explanation with `return_exceptions=False` (or Ctrl-C) stops the gateway sending and cancels
+  the other tasks; answers already in flight still reach the cache.
+
+The API key travels to the gateway as an argument of the actor (held in the cluster's memory by Ray's GCS);
+the plans the tasks receive carry none (a pickled Preview drops its credentials).
+
+Ray is an optional extra (`pip install "spex-api[ray]"`); nothing else in spex-api imports it.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from spex_api.sdk import Preview
+
+# Ray started by explain_many itself (no cluster to join): small, no dashboard, it shares the machine.
+LOCAL_RAY = {"include_dashboard": False, "object_store_memory": 80 * 1024**2, "log_to_driver": False}
+# A worker dying is a system failure Ray retries; an exception raised by the explanation is not retried.
+TASK_RETRIES = 3
+
+
+def require_ray() -> Any:
+    """The ray module, or an ImportError naming the extra to install (raised before any query is spent)."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError('backend="ray" needs Ray: pip install "spex-api[ray]"') from exc
+    return ray
+
+
+class Gateway:
+    """The job's only caller of the provider: one adapter, one Runner, one value function per prompt.
+
+    Run as an async Ray actor, so every task's mask batches share one event loop, rate limiter and cache.
+    `previews` are the job's plans (index i = prompt i), `base_url`/`api_key` the live endpoint's.
+    """
+
+    def __init__(self, previews: Sequence[Preview], base_url: str | None, api_key: str | None,
+                 max_cost: float | None, max_queries: int | None) -> None:
+        from spex_api import sdk
+
+        self._previews = list(previews)
+        first = self._previews[0]
+        self._adapter = sdk._make_adapter(first.provider, first.model, base_url, api_key, first.prices,
+                                          sdk._timeout(first))
+        self._runner = sdk._make_runner(first, self._adapter, max_cost, max_queries)
+        self._vfs: dict[int, Any] = {}
+        self._meters: dict[int, Any] = {}
+
+    def _value_function(self, i: int) -> Any:
+        """Prompt i's value function (built on first use; a retried task finds the same one)."""
+        if i not in self._vfs:
+            from providers.value_function import LLMValueFunction
+
+            from spex_api.sdk import _Meter
+
+            pre = self._previews[i]
+            self._meters[i] = _Meter(self._runner)
+            self._vfs[i] = LLMValueFunction(pre.prompt, self._adapter, pre.scorer, self._meters[i], progress=False)
+        return self._vfs[i]
+
+    async def reference(self, i: int) -> tuple[Any, float]:
+        """Prompt i's original answer and its score."""
+        completion = await self._value_function(i).reference()
+        return completion, float(self._previews[i].scorer.score_many([completion])[0])
+
+    async def score(self, i: int, masks: np.ndarray) -> np.ndarray:
+        """Scores of prompt i's masked prompts, one per row of `masks`."""
+        return await self._value_function(i)(masks)
+
+    def accounts(self, i: int) -> dict[str, Any]:
+        """What prompt i paid and how its queries were served, over all of its task's attempts."""
+        from spex_api.sdk import _accounts
+
+        self._value_function(i)
+        return _accounts(self._meters[i], self._previews[i].scorer)
+
+    def stats(self) -> dict[str, Any]:
+        """The runner's counters for the whole job (api_calls, cache_hits, spend, ...) and this process's CPU."""
+        import resource
+
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return {**self._runner.stats.as_dict(), "gateway_cpu_seconds": use.ru_utime + use.ru_stime}
+
+    async def settle(self, reason: BaseException) -> None:
+        """Stop sending (later calls raise `reason`) and wait, at most the answer timeout, for the calls in
+        flight: they are paid for, so they reach the cache first."""
+        self._runner.stop(reason)
+        await self._runner.drain(float(self._adapter.timeout))
+
+    def close(self) -> None:
+        """Release the cache's file handles before the actor goes."""
+        if self._runner.cache is not None:
+            self._runner.cache.close()
+
+
+def _explain_task(pre: Preview, i: int, gateway: Any, base_url: str | None) -> Any:
+    """One explanation's engine work on a Ray worker; every score comes from the gateway."""
+    import ray
+
+    from spex_api.sdk import _explainer, _finish
+
+    reference, original_score = ray.get(gateway.reference.remote(i))
+    explainer = _explainer(pre, lambda masks: ray.get(gateway.score.remote(i, np.asarray(masks, dtype=bool))))
+    expl = explainer.explain()
+    return _finish(pre, expl, reference, original_score, ray.get(gateway.accounts.remote(i)),
+                   types.SimpleNamespace(base_url=base_url))
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception the explanation raised, unwrapped from Ray's task-error wrappers (one per hop)."""
+    from ray.exceptions import RayTaskError
+
+    while isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+        exc = exc.cause
+    return exc
+
+
+def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter: Any, max_cost: float | None,
+                   max_queries: int | None, tracker: Any = None, *, return_exceptions: bool = False,
+                   ray_options: dict[str, Any] | None = None) -> tuple[dict[int, Any], dict[str, Any]]:
+    """Explanations of the `admitted` prompts, {index: Explanation or its exception}, with engine work as Ray
+    tasks and every query through one gateway on `adapter`'s endpoint; and the gateway's counters for the job.
+
+    Joins the running Ray cluster (after `ray.init(address=...)`) or starts a small local one and shuts it
+    down after. `ray_options` are Ray task options (default num_cpus=1, max_retries=3). `tracker` (a
+    spex_api.progress.BatchProgress) hears of each prompt's start and end. With `return_exceptions=False` the
+    first failure stops the job (the gateway sends nothing more, the other tasks are cancelled) and is raised.
+    """
+    from spex_api.sdk import BatchCancelled, Interrupted, _public_base_url
+
+    ray = require_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(**LOCAL_RAY)
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # The gateway lives on the driver's node: that is where the disk cache (and a local server) is.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        secret = previews[0].credentials
+        gateway = ray.remote(Gateway).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(
+            previews, adapter.base_url, secret and secret.get("api_key"), max_cost, max_queries)
+        task = ray.remote(_explain_task).options(**{"num_cpus": 1, "max_retries": TASK_RETRIES, **(ray_options or {})})
+        public = _public_base_url(previews[0], adapter)
+        refs = {task.remote(previews[i], i, gateway, public): i for i in admitted}
+        for i in admitted:
+            if tracker is not None:
+                tracker.start(i)  # submitted: Ray runs it as soon as a worker is free
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        try:
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                i = refs[ready[0]]
+                try:
+                    results[i] = ray.get(ready[0])
+                    if tracker is not None:
+                        tracker.done(i, results[i])
+                except Exception as exc:  # noqa: BLE001 - handed back to the caller on request
+                    cause = _cause(exc)
+                    if tracker is not None:
+                        tracker.failed(i, cause)
+                    if not return_exceptions:
+                        raise cause from None
+                    results[i] = cause
+            return results, ray.get(gateway.stats.remote())
+        except BaseException as exc:
+            reason = Interrupted("interrupted") if isinstance(exc, KeyboardInterrupt) else BatchCancelled(
+                f"stopped because a prompt failed: {type(exc).__name__}: {exc}")
+            for ref in pending:
+                ray.cancel(ref)
+            try:
+                ray.get(gateway.settle.remote(reason))  # paid answers in flight reach the cache first
+            except Exception:  # noqa: BLE001 - a dead gateway has nothing left to settle
+                pass
+            raise
+        finally:
+            try:
+                ray.get(gateway.close.remote())
+            except Exception:  # noqa: BLE001 - a dead gateway has nothing left to close
+                pass
+            ray.kill(gateway)
+    finally:
+        if started:
+            ray.shutdown()
