@@ -98,7 +98,7 @@ def test_unpickled_preview_has_no_credentials_and_uses_the_public_url(server):
 
 # ------------------------------------------------------------------------------------------ item 17
 async def test_retries_pauses_fatal_errors_and_cap_refusals_are_logged_without_secrets(server, caplog):
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="providers")  # a CLI run in this process may have set WARNING
     a = make_adapter("openai", "gpt-4o-mini", base_url=secret_url(server), api_key=KEY, timeout=2.0)
     prices = PriceTable({"openai-compatible": {"gpt-4o-mini": Price(0.0, 0.0, 1e6)}})  # $1 per output token
     r = Runner(a, prices=prices, backoff_initial=0.01, backoff_max=0.05)
