@@ -63,6 +63,7 @@ MaxOrderOpt = Annotated[int, typer.Option(min=1, help="Largest interaction order
 CacheDirOpt = Annotated[str, typer.Option(help="Disk cache of paid answers ('' disables it).")]
 SeedOpt = Annotated[int, typer.Option(help="random_state for the masking design.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation before spending.")]
+BatchOpt = Annotated[bool, typer.Option("--batch", help="Use the provider's Batch API: half price, results within 24 h per round (OpenAI, Anthropic).")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug).")]
 
 
@@ -207,7 +208,7 @@ def explain(
     cache_dir: CacheDirOpt = "~/.cache/spex-api",
     seed: SeedOpt = 0,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and estimated cost; send nothing."),
-    batch: bool = typer.Option(False, "--batch", help="Use the provider's Batch API: half price, results within 24 h per round (OpenAI, Anthropic)."),
+    batch: BatchOpt = False,
     yes: YesOpt = False,
     out_paths: list[Path] = typer.Option([], "--out", "-o", help="Write the explanation: .json, .html or .png (repeatable)."),
     top: int = typer.Option(10, min=1, help="Interactions shown."),
@@ -308,6 +309,7 @@ def explain_many(
     concurrency: int = typer.Option(4, min=1, help="Prompts explained at once."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Write <n>.json (and with --html <n>.html) per prompt here."),
     html: bool = typer.Option(False, "--html", help="Also write an HTML report per prompt (needs --out-dir)."),
+    batch: BatchOpt = False,
     yes: YesOpt = False,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No plan, live table or summary (for scripts); errors still go to stderr."),
     verbose: VerboseOpt = 0,
@@ -336,7 +338,7 @@ def explain_many(
     kw = dict(provider=provider, model=model, base_url=base_url, features=features.value, template=template,
               scorer=scorer, labels=_guard("input", lambda: _labels(labels)), budget=budget, max_cost=max_cost,
               method=method, max_order=max_order, cache_dir=cache_dir or None, random_state=seed, timeout=timeout,
-              max_attempts=max_attempts, rpm=rpm, tpm=tpm)
+              max_attempts=max_attempts, rpm=rpm, tpm=tpm, mode="batch" if batch else "interactive")
     results = _guard("input", lambda: sdk.explain_many(
         prompts, concurrency=concurrency, query_concurrency=query_concurrency, return_exceptions=True, confirm=False if yes else None,
         progress=not quiet, **kw))
