@@ -158,7 +158,7 @@ def _open_in_browser(path: Path) -> None:
     import webbrowser
 
     if not webbrowser.open(path.resolve().as_uri()):
-        err.print(f"could not open a browser; the report is at {path.resolve()}", highlight=False)
+        err.print(Text(f"could not open a browser; the report is at {path.resolve()}"), highlight=False)
 
 
 def _html_out(paths: list[Path], open_report: bool) -> Optional[Path]:
@@ -354,7 +354,7 @@ def explain_many(
                 if html:
                     _guard("run", lambda e=expl, p=stem: write_html(e, p.with_suffix(".html")))
         if not quiet:
-            err.print(f"wrote {len(results) - len(failed)} explanations to {out_dir}", highlight=False)
+            err.print(Text(f"wrote {len(results) - len(failed)} explanations to {out_dir}"), highlight=False)
     if failed:
         raise _fail(f"{len(failed)} of {len(results)} prompts failed (their paid answers are cached; rerun to "
                     f"resume): " + "; ".join(f"{i}: {results[i]}" for i in failed[:3]), 1)

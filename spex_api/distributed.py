@@ -167,7 +167,8 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         secret = previews[0].credentials
         gateway = ray.remote(Gateway).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(
-            previews, adapter.base_url, secret and secret.get("api_key"), max_cost, max_queries)
+            previews, (secret and secret.get("base_url")) or adapter.base_url,  # user:pass@ kept for the gateway
+            secret and secret.get("api_key"), max_cost, max_queries)
         task = ray.remote(_explain_task).options(**{"num_cpus": 1, "max_retries": TASK_RETRIES, **(ray_options or {})})
         public = _public_base_url(previews[0], adapter)
         refs = {task.remote(previews[i], i, gateway, public): i for i in admitted}
