@@ -122,3 +122,22 @@ def cassettes() -> SimpleNamespace:
         scrub_request=scrub_request,
         scrub_response=scrub_response,
     )
+
+
+@pytest.fixture(scope="session")
+def _fake_provider() -> Iterator[Any]:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
+    from fakeserver import FakeServer
+
+    with FakeServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_server(_fake_provider: Any) -> Any:
+    """The fake OpenAI/Anthropic provider on loopback (tests/providers/fakeserver.py), its counters and faults
+    reset for each test: count requests and dollars at it."""
+    _fake_provider.state.control({"reset": True, "latency": 0.0, "ratelimit_headers": {}})
+    return _fake_provider

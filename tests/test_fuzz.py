@@ -18,12 +18,9 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
-from fakeserver import FakeServer  # noqa: E402
-
-from spex_api import sdk  # noqa: E402
-from spex_api.cli import app  # noqa: E402
-from spex_api.engine.explanation import Explanation  # noqa: E402
+from spex_api import sdk
+from spex_api.cli import app
+from spex_api.engine.explanation import Explanation
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -39,10 +36,9 @@ json_value = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3), max_leaves=8)
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeServer() as s:
-        yield s
+@pytest.fixture
+def server(fake_server):
+    return fake_server
 
 
 def requests(server) -> int:

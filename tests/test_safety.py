@@ -19,15 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
-from fakeserver import FakeServer  # noqa: E402
-
-from providers.adapters import make_adapter  # noqa: E402
-from providers.cost import Price, PriceTable  # noqa: E402
-from providers.errors import AuthenticationError, CapExceededError  # noqa: E402
-from providers.runner import Runner  # noqa: E402
-from providers.types import Message, Request  # noqa: E402
-from spex_api import sdk  # noqa: E402
+from providers.adapters import make_adapter
+from providers.cost import Price, PriceTable
+from providers.errors import AuthenticationError, CapExceededError
+from providers.runner import Runner
+from providers.types import Message, Request
+from spex_api import sdk
 
 USER, PASSWORD = "alice", "s3cret-Passw0rd"
 KEY = "sk-safety-SECRET-0123456789abcdef"
@@ -36,15 +33,9 @@ TEMPLATE = "Review: {content}\nIs this review positive? Answer True or False.\nA
 SHORT = "pasta was excellent"  # 3 words: an exhaustive plan of 8 masks + the original answer
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeServer() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def clean(server):
-    server.state.control({"reset": True, "latency": 0.0})
+@pytest.fixture
+def server(fake_server):
+    return fake_server
 
 
 def secret_url(server) -> str:
