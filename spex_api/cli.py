@@ -95,7 +95,8 @@ _handler: Any = None
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'bad input or setup' (exit 2) when raised before any spend."""
-    return (ValueError, TypeError, LookupError, FileNotFoundError, PermissionError, IsADirectoryError)
+    return (ValueError, TypeError, LookupError, FileNotFoundError, PermissionError, IsADirectoryError,
+            ImportError)  # an optional extra that is not installed
 
 
 def _guard(stage: str, fn: Callable[[], Any]) -> Any:
@@ -318,6 +319,8 @@ def explain_many(
     query_concurrency: int = typer.Option(8, help="API calls in flight at once, across the prompts."),
     rpm: Optional[float] = typer.Option(None, help="Requests per minute (default: no limit)."),
     tpm: Optional[float] = typer.Option(None, help="Tokens per minute (default: no limit)."),
+    max_queries: Optional[int] = typer.Option(None, min=0, help="Hard cap on the API calls of the whole batch."),
+    backend: str = typer.Option("threads", help="threads (this process) or ray: engine work as Ray tasks, every query through one gateway actor (needs the [ray] extra; joins RAY_ADDRESS if set, else starts a local Ray)."),
 ) -> None:
     """Explain every prompt of a file through one runner (one cache, one rate limit, one dollar cap): a live
     table while it runs, a summary table at the end. Exit 1 if any prompt failed (the others are kept)."""
@@ -341,7 +344,7 @@ def explain_many(
               max_attempts=max_attempts, rpm=rpm, tpm=tpm, mode="batch" if batch else "interactive")
     results = _guard("input", lambda: sdk.explain_many(
         prompts, concurrency=concurrency, query_concurrency=query_concurrency, return_exceptions=True, confirm=False if yes else None,
-        progress=not quiet, **kw))
+        progress=not quiet, backend=backend, max_queries=max_queries, **kw))
     failed = [i for i, r in enumerate(results) if isinstance(r, BaseException)]
     if out_dir is not None:
         from spex_api.report import write_html

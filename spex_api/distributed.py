@@ -32,6 +32,7 @@ Ray is an optional extra (`pip install "spex-api[ray]"`); nothing else in spex-a
 
 from __future__ import annotations
 
+import os
 import types
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -149,8 +150,8 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
     """Explanations of the `admitted` prompts, {index: Explanation or its exception}, with engine work as Ray
     tasks and every query through one gateway on `adapter`'s endpoint; and the gateway's counters for the job.
 
-    Joins the running Ray cluster (after `ray.init(address=...)`) or starts a small local one and shuts it
-    down after. `ray_options` are Ray task options (default num_cpus=1, max_retries=3). `tracker` (a
+    Uses the running Ray (after `ray.init(address=...)`), else joins the cluster at RAY_ADDRESS, else starts a
+    small local one; what it started it shuts down after. `ray_options` are Ray task options (default num_cpus=1, max_retries=3). `tracker` (a
     spex_api.progress.BatchProgress) hears of each prompt's start and end. With `return_exceptions=False` the
     first failure stops the job (the gateway sends nothing more, the other tasks are cancelled) and is raised.
     """
@@ -158,8 +159,8 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
 
     ray = require_ray()
     started = not ray.is_initialized()
-    if started:
-        ray.init(**LOCAL_RAY)
+    if started:  # RAY_ADDRESS names a cluster to join; without it a small local Ray is started
+        ray.init(**({"log_to_driver": False} if os.environ.get("RAY_ADDRESS") else LOCAL_RAY))
     try:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

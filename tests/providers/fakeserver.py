@@ -148,6 +148,7 @@ class State:
                 "pending_script": len(self.queue),
                 "abandoned": self.abandoned,
                 "max_concurrent": self.max_concurrent,
+                "arrivals": list(self.arrivals),
             }
 
 
