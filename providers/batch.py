@@ -360,7 +360,7 @@ class BatchRunner(Runner):
     # ---- one run: attach, submit what fits, wait, repeat for what failed -------------------------------
     async def _collect(self, todo: dict[str, Request], validate: Validator | None) -> dict[str, Completion]:
         answers: dict[str, Completion] = {}
-        rounds = 0
+        tries: dict[str, int] = {}  # batches each request went out in (a tight max_cost splits a round: not a retry)
         while todo:
             async with self._lock():
                 with self.journal.locked():
@@ -373,12 +373,17 @@ class BatchRunner(Runner):
                     self.batches_resumed += len(mine)
                     taken = {k for rec in mine for k in rec["keys"]}
                     fresh = {k: r for k, r in todo.items() if k not in taken}
+                    failing = sum(tries.get(k, 0) >= self.max_rounds for k in fresh)
+                    if failing:
+                        raise self._stop(ServerError(
+                            f"{failing} requests still failed after {self.max_rounds} batches; their answers are not "
+                            "cached: rerun to try again"))
                     if fresh:
-                        rounds += 1
-                        if rounds > self.max_rounds:
-                            raise ServerError(f"{len(fresh)} requests still failed after {self.max_rounds} batches; "
-                                              "their answers are not cached: rerun to try again")
-                        mine += await self._submit(fresh)
+                        submitted = await self._submit(fresh)
+                        for rec in submitted:
+                            for k in rec["keys"]:
+                                tries[k] = tries.get(k, 0) + 1
+                        mine += submitted
             if not mine:  # nothing fits the cap right now; waiting for concurrent runs on this runner
                 await self._state().budget_changed.wait()
                 continue
