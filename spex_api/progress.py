@@ -20,6 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from spex_api.report._common import meta, top_rows
+
 PROMPT: contextvars.ContextVar[int | None] = contextvars.ContextVar("spex_api_batch_prompt", default=None)
 
 
@@ -104,10 +106,10 @@ class BatchProgress:
             row.answered = int(getattr(expl, "queries_used", row.answered))
             if getattr(expl, "cost", None) is not None:
                 row.spend = float(expl.cost)
-            stats = (getattr(expl, "metadata", None) or {}).get("stats") if isinstance(
-                getattr(expl, "metadata", None), dict) else None
-            if stats and "cache_hits" in stats:
-                row.cached = int(stats["cache_hits"])
+            stats = meta(expl, "stats")
+            hits = stats.get("cache_hits") if isinstance(stats, dict) else getattr(stats, "cache_hits", None)
+            if hits is not None:
+                row.cached = int(hits)
 
     def failed(self, i: int, exc: BaseException) -> None:
         with self._lock:
@@ -194,8 +196,6 @@ class BatchProgress:
 
 def _strongest(expl: Any) -> str:
     """The largest Möbius interaction as 'a × b  +0.123'."""
-    from spex_api.report._common import top_rows
-
     rows = top_rows(expl, 1)
     return f"{rows[0].label(width=16)}  {rows[0].value:+.3f}" if rows else ""
 
