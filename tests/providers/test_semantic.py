@@ -80,8 +80,6 @@ def test_sdk_picks_semantic_for_free_text_without_logprobs() -> None:
 
     assert sdk.preview("Is it wrong to pull the lever?", provider="anthropic", api_key="sk-test",
                        budget=300).scorer.name == "semantic_similarity"
-    assert sdk.preview("Is it wrong?", provider="anthropic", api_key="sk-test", scorer="similarity",
-                       budget=300).scorer.name == "answer_similarity"
     with pytest.raises(ValueError, match="takes no labels"):
         sdk.preview("Is it wrong?", provider="anthropic", api_key="sk-test", scorer="semantic",
                     labels=["True", "False"], budget=300)
