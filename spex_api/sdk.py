@@ -257,6 +257,101 @@ def _plan(n: int, budget: int, method: str, max_order: int) -> Any:
                          f"the original answer plus {detail}") from None
 
 
+MAX_FEATURES = 5000  # ProxySPEX's tree fits took 21 s of CPU at 2,000 features and 59 queries here, growing with n
+MEMORY_SHARE = 0.5  # of the memory available when planning: what one run's design may take
+
+
+def _feasible_plan(n: int, budget: int, method: str, max_order: int) -> Any:
+    """The plan, refused or capped before any query when this machine could not carry it out: too many features
+    for the engine to fit in reasonable time, or a design too large for the memory available (the budget is
+    then lowered to what fits, and the plan's reason says so)."""
+    if n > MAX_FEATURES:
+        raise ValueError(f"{n} features is more than the engine can fit in reasonable time (at most {MAX_FEATURES}; "
+                         "the tree fits alone took 21 s of CPU at 2,000 features, growing with the feature count): "
+                         "use features='sentences' or 'paragraphs', or a shorter text")
+    p = _plan(n, budget, method, max_order)
+    limit, need = _memory_available(), _plan_bytes(p)
+    if limit is None or need <= MEMORY_SHARE * limit:
+        return p
+    capped = budget
+    while need > MEMORY_SHARE * limit:
+        capped = max(2, int((capped - 1) * MEMORY_SHARE * limit / need * 0.9) + 1)
+        try:
+            p = _plan(n, capped, method, max_order)
+        except ValueError:
+            raise ValueError(f"even the smallest plan for {n} features needs more memory than the "
+                             f"{limit / 2**30:.1f} GB available; free memory or use coarser features") from None
+        need = _plan_bytes(p)
+    why = (f"budget capped from {budget} to {capped} queries to fit memory: the plan for {budget} needs about "
+           f"{_plan_bytes(_plan(n, budget, method, max_order)) / 2**30:.0f} GB, {limit / 2**30:.1f} GB is available")
+    log.warning("%s", why)
+    return dataclasses.replace(p, reason=f"{p.reason}; {why}")
+
+
+def _plan_bytes(p: Any) -> int:
+    """Memory a plan's design takes while it is fitted: each mask as float64 features plus its answer."""
+    return int(p.total) * (8 * int(p.n) + 64)
+
+
+def _memory_available() -> float | None:
+    """Bytes of memory available now (Linux MemAvailable, else physical memory); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+class _Design(Exception):
+    """Raised by the probe value function with the masks of the design's first batch."""
+
+    def __init__(self, masks: Any) -> None:
+        super().__init__("design probe")
+        self.masks = masks
+
+
+def _uncached_cost(prompt: Any, adapter: Any, scorer: Any, plan_: Any, random_state: int, cache_dir: str,
+                   prices: Any, limits: dict[str, Any]) -> tuple[float, float] | None:
+    """(estimate, worst case) in dollars of the plan's queries the disk cache lacks, found without sending
+    anything: the design is generated as the run will (same random_state) and each of its requests looked up,
+    the held-out masks too. None when the design cannot be known ahead (it is left to the cold estimate)."""
+    from providers.runner import Runner
+    from providers.value_function import LLMValueFunction
+
+    from spex_api.engine import explainer as ex
+
+    def capture(masks: Any) -> Any:
+        raise _Design(np.asarray(masks, dtype=bool))
+
+    try:
+        ex.Explainer(capture, plan_.n, plan_.budget, method=plan_.requested, max_order=plan_.max_order,
+                     random_state=random_state).explain()
+        return None
+    except _Design as probe:
+        train = probe.masks
+    masks = [train]
+    if plan_.method != "exhaustive" and not (plan_.method == "proxyspex" and plan_.n_holdout == 0
+                                             and len(train) <= ex.CROSSVAL_MAX_ANSWERS):
+        held = ex._fresh_masks(np.random.default_rng([random_state, 0x401D]), plan_.n_holdout, train)
+        masks.append(held if len(held) >= min(plan_.n_holdout, ex.MIN_FRESH) else held[:0])
+    runner = Runner(adapter, cache=os.path.expanduser(cache_dir), prices=prices, **limits)
+    try:
+        vf = LLMValueFunction(prompt, adapter, scorer, runner, progress=False)
+        full = prompt.render(prompt.full_mask())
+        requests = [scorer.reference_request(full) if scorer.needs_reference else scorer.request(full)]
+        requests += [vf._request_for(m) for m in prompt.render_many(np.concatenate(masks))]
+        todo = [r for r in dict.fromkeys(requests) if not runner.is_cached(r)]
+        return (float(sum(runner.estimate_cost(r) for r in todo)), float(sum(runner.worst_case_cost(r) for r in todo)))
+    finally:
+        runner.cache.close()
+
+
 def _check_labels(labels: Any) -> tuple[str, ...] | None:
     """Labels as a tuple of strings; a bare string ("TF") is an error, not one label per letter."""
     if labels is None:
@@ -351,11 +446,16 @@ def preview(
             raise ValueError(f"raw_completion needs a text-completion endpoint, which {adapter.provider} does not serve")
         score = _RawCompletion(score)
     score.validate(adapter)
-    the_plan = _plan(masked.n_features, int(budget), method, max_order)
+    the_plan = _feasible_plan(masked.n_features, int(budget), method, max_order)
     n_est = the_plan.total + (not score.needs_reference)
     interactive, worst = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, limits=limits)
     estimate = (_estimate_cost(masked, adapter, score, n_est, prices, max_cost, batch=True, limits=limits)[0]
                 if mode == "batch" else interactive)
+    if max_cost is not None and cache_dir and os.path.isdir(os.path.expanduser(cache_dir)) and interactive > 0:
+        # under a cap, price only what the cache lacks: a warm cache runs even with max_cost=0
+        warm = _uncached_cost(masked, adapter, score, the_plan, random_state, cache_dir, prices, limits)
+        if warm is not None:
+            estimate, interactive, worst = estimate * warm[0] / interactive, warm[0], warm[1]
     if max_cost is not None and estimate > max_cost:
         log.warning("refused before spend: estimated $%.4f exceeds max_cost $%.4f", estimate, max_cost)
         raise ValueError(
@@ -573,7 +673,7 @@ def _explainer(pre: Preview, scores: Any) -> Any:
     """The engine's Explainer for a previewed plan; `scores(masks)` answers its queries."""
     from spex_api.engine.explainer import Explainer
 
-    return Explainer(scores, pre.prompt.n_features, pre.budget - 1, method=pre.method, max_order=pre.max_order,
+    return Explainer(scores, pre.prompt.n_features, pre.plan.budget, method=pre.method, max_order=pre.max_order,
                      random_state=pre.random_state, feature_names=pre.prompt.feature_names)
 
 

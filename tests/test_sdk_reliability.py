@@ -165,3 +165,32 @@ def test_ctrl_c_keeps_every_delivered_answer_in_the_cache(tmp_path):
     cache.close()
     # every answer the server delivered is cached; none was left for a rerun to pay again
     assert st["abandoned"] == 0 and st["paid_total"] == cached, (st, cached)
+
+
+# ---- 8: everything that can fail is checked before the first query ---------------------------------------
+def test_max_cost_zero_runs_on_a_fully_warm_cache(server, tmp_path):
+    first = sdk.explain(PROMPTS[0], **kw(server, tmp_path))
+    paid = server.stats()["requests"]
+    assert first.cost > 0 and paid == 16
+    again = sdk.explain(PROMPTS[0], **kw(server, tmp_path), max_cost=0)  # every answer is cached: costs nothing
+    assert server.stats()["requests"] == paid and again.cost == 0.0
+    assert again.fourier.values.tolist() == first.fourier.values.tolist()
+    with pytest.raises(ValueError, match="exceeds max_cost"):  # a cold prompt is still refused before spend
+        sdk.explain(PROMPTS[1], **kw(server, tmp_path), max_cost=0)
+    assert server.stats()["requests"] == paid
+
+
+def test_a_plan_larger_than_memory_is_capped_and_says_so(server, tmp_path):
+    text = " ".join(f"w{i}" for i in range(30))
+    args = {k: v for k, v in kw(server, tmp_path).items() if k not in ("progress", "prices")}
+    pre = sdk.preview(text, **{**args, "budget": 10**12})
+    assert sdk._plan_bytes(pre.plan) <= sdk.MEMORY_SHARE * sdk._memory_available()
+    assert "budget capped from 1000000000000" in pre.plan.reason and pre.n_queries < 10**12
+    assert server.stats()["requests"] == 0
+
+
+def test_too_many_features_are_refused_with_the_reason_before_any_query(server, tmp_path):
+    text = " ".join(f"w{i}" for i in range(sdk.MAX_FEATURES + 1))
+    with pytest.raises(ValueError, match="features='sentences'"):
+        sdk.explain(text, **{**kw(server, tmp_path), "budget": 60})
+    assert server.stats()["requests"] == 0
