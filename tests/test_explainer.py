@@ -162,3 +162,61 @@ def test_linear_baseline_recovers_first_order_terms():
     got = expl.fourier.to_dict()
     for key, value in truth.items():
         assert got.get(key, 0.0) == pytest.approx(value, abs=0.05)
+
+
+def test_noise_pilot_measures_repeat_noise_within_the_budget():
+    import numpy as np
+
+    from spex_api.engine.explainer import Explainer
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=8)
+    asked = []
+    draws = np.random.default_rng(5)
+
+    def noisy(masks, repeat=0):
+        asked.append(repeat)
+        m = np.asarray(masks, float)
+        return m @ w + draws.normal(0, 0.5, len(m))
+
+    e = Explainer(noisy, 8, 300, noise_pairs=20).explain()  # 2^8 masks + 40: exact, and fast
+    assert e.queries_used <= 300 and e.plan.n_noise == 40 and e.plan.total <= 300
+    assert 1 in asked  # the re-ask was told it is one, so a cache would not serve it
+    assert e.noise.n_pairs == 20 and 0.3 < e.noise.noise_sd < 0.75
+    assert e.noise.r2_ceiling == pytest.approx(1 - e.noise.noise_sd ** 2 / e.noise.score_sd ** 2)
+    assert e.faithfulness_share == pytest.approx(e.faithfulness / e.noise.r2_ceiling)
+    assert Explainer(noisy, 8, 300).explain().noise is None  # off by default for Python functions
+    with pytest.raises(ValueError):
+        Explainer(noisy, 8, 300, noise_pairs=-1)
+
+
+def test_planner_refuses_spex_under_noise():
+    from spex_api.engine.planner import SPEX_MAX_NOISE, plan
+
+    quiet = plan(64, 8000, method="auto", noise=0.05)
+    loud = plan(64, 8000, method="auto", noise=SPEX_MAX_NOISE + 0.1)
+    assert quiet.method == "spex" and loud.method == "proxyspex"
+    assert "refused for noise" in loud.reason
+    assert "warning" in plan(64, 8000, method="spex", noise=0.5).reason
+
+
+def test_removal_check_masks_the_top_features_and_compares():
+    from spex_api.engine.removal import check_removal
+
+    w = np.array([3.0, -1.0, 2.0, 0.5, 0.0, 1.0])
+    f = lambda m: np.asarray(m, float) @ w  # noqa: E731
+    e = Explainer(f, 6, 64, method="exhaustive").explain()
+    checked = check_removal(e, f, 3)
+    steps = checked.removal.steps
+    assert checked.removal.ranking_index == "banzhaf"
+    assert [s["removed"] for s in steps] == [[0], [0, 2], [0, 2, 5]]  # largest contribution first
+    assert [s["measured"] for s in steps] == pytest.approx([-3.0, -5.0, -6.0])
+    assert [s["predicted"] for s in steps] == pytest.approx([-3.0, -5.0, -6.0])
+    assert checked.queries_used == e.queries_used + 4  # 3 steps and the full prompt (a plain function)
+    with pytest.raises(ValueError):
+        check_removal(e, f, 0)
+    with pytest.raises(ValueError):
+        check_removal(e, f, 2, index="fourier")
+    given = check_removal(e, f, 2, index="shapley", full_score=6.5)  # the full prompt's score is known: not asked
+    assert given.queries_used == e.queries_used + 2
+    assert [s["measured"] for s in given.removal.steps] == pytest.approx([-4.0, -6.0])  # 2.5 and 0.5 against 6.5

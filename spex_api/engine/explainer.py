@@ -14,10 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.model_selection import KFold
 
-from spex_api.engine.explanation import Explanation
+from spex_api.engine.explanation import Explanation, NoiseEstimate
 from spex_api.engine.fourier import Key, fourier_basis, r2_score
 from spex_api.engine.baseline import LinearBaseline
-from spex_api.engine.planner import CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, plan
+from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, default_noise_pairs,
+                                     minimum_budget, plan)
 from spex_api.engine.oracle import Oracle, ValueFunction
 
 
@@ -90,6 +91,12 @@ class Explainer:
         faithfulness is then None and the linear comparison uses cross-validated R²).
     min_holdout: floor on the held-out slice when holdout > 0.
     feature_names: optional names, one per feature.
+    noise_pairs: uniform masks asked twice before the run to measure repeat noise (0 = none, the default
+        for deterministic Python functions; "auto" = a few % of the budget, see default_noise_pairs). The
+        estimate (NoiseEstimate: noise sd, score sd, R² ceiling) is attached to the explanation, and the
+        planner refuses SPEX when the noise is too high for it. The pilot costs 2 * noise_pairs queries of
+        the budget; a value function taking a `repeat` keyword is told which asking it is (so a cache does
+        not answer a re-ask with the first answer).
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class Explainer:
         holdout: float = 0.05,
         feature_names: Sequence[str] | None = None,
         min_holdout: int = MIN_HOLDOUT,
+        noise_pairs: int | str = 0,
     ) -> None:
         if not callable(value_fn):
             raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")
@@ -117,7 +125,40 @@ class Explainer:
         self.holdout = holdout
         self.min_holdout = min_holdout
         self.feature_names = None if feature_names is None else [str(s) for s in feature_names]
-        self._plan = plan(n, budget, method=method, max_order=max_order, holdout=holdout, min_holdout=min_holdout)
+        self.noise_pairs = self._noise_pairs(noise_pairs)
+        self._plan = self._make_plan(None)
+
+    def _noise_pairs(self, noise_pairs: int | str) -> int:
+        """Resolve noise_pairs; "auto" gives up the pilot when the budget could not afford it."""
+        if noise_pairs == "auto":
+            pairs = default_noise_pairs(self.budget)
+            floor = minimum_budget(self.n, self.method, self.max_order, self.holdout, self.min_holdout)
+            return pairs if isinstance(self.budget, int) and self.budget - 2 * pairs >= floor else 0
+        if isinstance(noise_pairs, bool) or not isinstance(noise_pairs, (int, np.integer)) or noise_pairs < 0:
+            raise ValueError(f"noise_pairs must be an integer >= 0 or 'auto', got {noise_pairs!r}")
+        if noise_pairs == 1:
+            raise ValueError("noise_pairs=1 gives no noise estimate worth its queries; use 0 or >= 2")
+        return int(noise_pairs)
+
+    def _make_plan(self, noise: float | None) -> Plan:
+        """The plan for what is left after the noise pilot (2 * noise_pairs queries)."""
+        reserve = 2 * self.noise_pairs
+        if not isinstance(self.budget, (int, np.integer)) or self.budget - reserve < 1:
+            raise ValueError(f"budget {self.budget!r} cannot pay for a noise pilot of {reserve} queries")
+        p = plan(self.n, self.budget - reserve, method=self.method, max_order=self.max_order,
+                 holdout=self.holdout, min_holdout=self.min_holdout, noise=noise)
+        if not reserve:
+            return p
+        return dataclasses.replace(p, budget=self.budget, n_noise=reserve, total=p.total + reserve)
+
+    def _measure_noise(self, oracle: Oracle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pilot: noise_pairs uniform masks (the head of ProxySPEX's stream, so its answers are reused when
+        ProxySPEX runs), each asked, then asked again."""
+        from spex_api.engine.proxyspex import uniform_masks
+
+        masks = uniform_masks(self.n, self.noise_pairs + 2, np.random.default_rng(self.random_state))[2:]
+        first = oracle(masks)
+        return masks, first, oracle.repeat(masks)
 
     def plan(self) -> Plan:
         """The plan (method, b, exact query counts, reason); no query is sent."""
@@ -149,8 +190,23 @@ class Explainer:
 
     def explain(self) -> Explanation:
         """Spend the plan: training design (+ held-out slice) through one budget-capped Oracle."""
+        oracle = Oracle(self.value_fn, self.n, budget=self._plan.total)
+        pilot = None
+        if self.noise_pairs:
+            pilot = self._measure_noise(oracle)
+            estimate = NoiseEstimate.from_pairs(pilot[1], pilot[2], pilot[1])
+            ratio = estimate.noise_sd / estimate.score_sd if estimate.score_sd > 0 else None
+            self._plan = self._make_plan(ratio)
+        explanation = self._explain(oracle)
+        if pilot is None:
+            return explanation
+        # the score sd over every mask answered (pilot, design, held-out slice: all near-uniform random masks),
+        # a steadier figure than the pilot's alone
+        noise = NoiseEstimate.from_pairs(pilot[1], pilot[2], oracle.answered()[1])
+        return dataclasses.replace(explanation, noise=noise, queries_used=int(oracle.queries_used))
+
+    def _explain(self, oracle: Oracle) -> Explanation:
         p = self._plan
-        oracle = Oracle(self.value_fn, self.n, budget=p.total)
         # Each algorithm sends its whole design in one batch, so a provider can run it concurrently.
         result = self._algorithm().fit(oracle)
         if p.method == "exhaustive":  # every mask is answered: the fit is exact, nothing is left to hold out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 from typing import Any, Awaitable, Callable, Union
 
@@ -65,6 +66,16 @@ def validate_scores(scores: Any, n_rows: int) -> np.ndarray:
 def call_value_function(fn: ValueFunction, masks: np.ndarray) -> np.ndarray:
     """Evaluate fn on a batch of masks (sync or async) and validate its answer."""
     return validate_scores(_run_maybe_async(fn, masks), masks.shape[0])
+
+
+def accepts_repeat(fn: ValueFunction) -> bool:
+    """Whether fn takes a `repeat` keyword (a genuine re-ask that a caching value function must not serve
+    from its cache); a function without it is simply called again."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "repeat" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _pack(masks: np.ndarray) -> np.ndarray:
@@ -124,6 +135,22 @@ class Oracle:
         new_rows = first[new_ids] - m
         order = np.argsort(new_rows)  # ask in the caller's order, not the sort order of the keys
         return inverse[:m], inverse[m:], new_ids[order], new_rows[order]
+
+    def repeat(self, masks: np.ndarray, repeat: int = 1) -> np.ndarray:
+        """Ask masks again (the `repeat`-th re-ask, to measure repeat noise): every row is sent and counted,
+        none is served from the memo, and the memo keeps the first answers."""
+        masks = as_masks(masks, self.n)
+        if self.budget is not None and self.queries_used + len(masks) > self.budget:
+            raise BudgetExceededError(
+                f"{len(masks)} repeated queries needed but only {self.budget - self.queries_used} "
+                f"of the budget of {self.budget} remain"
+            )
+        if len(masks) == 0:
+            return np.zeros(0)
+        fn = functools.partial(self.fn, repeat=repeat) if accepts_repeat(self.fn) else self.fn
+        scores = call_value_function(fn, masks)
+        self.queries_used += len(masks)
+        return scores
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         masks = as_masks(masks, self.n)

@@ -18,7 +18,8 @@ class Plan:
     b, t: SPEX subsampling dimension and BCH correction capacity (None for ProxySPEX).
     n_queries: training queries (exact SPEX design size, or ProxySPEX's sample count).
     n_holdout: uniform random masks held out to measure faithfulness (0 = no measurement).
-    total: n_queries + n_holdout, the most distinct masks the run can send (<= budget).
+    total: n_queries + n_holdout + n_noise, the most queries the run can send (<= budget).
+    n_noise: queries of the repeat-noise pilot (n_noise/2 uniform masks, each asked twice; 0 = no noise estimate).
     """
 
     method: str
@@ -32,6 +33,7 @@ class Plan:
     requested: str = "auto"
     b: int | None = None
     t: int | None = None
+    n_noise: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,6 +52,8 @@ class Plan:
         else:
             algo = f"ProxySPEX on {self.n_queries} uniform random masks"
         holdout = f"{self.n_holdout} held-out masks" if self.n_holdout else "no held-out slice (faithfulness via CV)"
+        if self.n_noise:
+            holdout += f" + {self.n_noise} for the repeat-noise estimate ({self.n_noise // 2} masks asked twice)"
         unspent = ""
         if self.total < self.budget and self.method == "spex":
             unspent = f" ({self.budget - self.total} left unspent: b={self.b + 1} would need {2 * self.n_queries})"

@@ -30,6 +30,18 @@ MIN_HOLDOUT = 20
 # >= 20 masks would take a third of a 60-query budget and still judge the fit on a noisy handful.
 CROSSVAL_MAX_ANSWERS = 600
 CROSSVAL_FOLDS = 5
+# Repeat-noise pilot: NOISE_SHARE of the budget (at least NOISE_MIN_PAIRS masks), each asked twice.
+NOISE_SHARE = 0.03
+NOISE_MIN_PAIRS = 8
+# auto refuses SPEX when the measured repeat-noise sd exceeds this share of the score sd (R² ceiling below
+# ~0.91): SPEX's singleton tests read the sign/ratio of single bins, which noise flips, while ProxySPEX's
+# trees average the noise over all random masks.
+SPEX_MAX_NOISE = 0.3
+
+
+def default_noise_pairs(budget: int) -> int:
+    """Masks asked twice for the noise estimate by default: a few % of the budget (3%, at least 8)."""
+    return max(NOISE_MIN_PAIRS, math.ceil(NOISE_SHARE * budget))
 
 
 def auto_min_b(n: int) -> int:
@@ -78,8 +90,12 @@ def plan(
     max_order: int = 5,
     holdout: float = 0.05,
     min_holdout: int = MIN_HOLDOUT,
+    noise: float | None = None,
 ) -> Plan:
     """Split `budget` into a held-out slice and a training design, and pick the method.
+
+    `noise` is the measured repeat-noise sd as a share of the score sd (None = not measured); above
+    SPEX_MAX_NOISE auto refuses SPEX and says so in the reason.
 
     The held-out slice is max(min_holdout, ceil(holdout * budget)) uniform random masks (none when
     holdout = 0). SPEX gets the largest b whose exact query count 3·(P+1)·2^b fits the rest;
@@ -139,9 +155,16 @@ def plan(
     b = b if b is not None and b >= SPEX_MIN_B else None
     n_spex = spex_queries(n, b, max_order) if b is not None else 0
 
+    noisy = noise is not None and noise > SPEX_MAX_NOISE
+    refusal = (f"; SPEX refused for noise: the repeat-noise sd is {noise:.0%} of the score sd (above "
+               f"{SPEX_MAX_NOISE:.0%}), which flips SPEX's single-bin tests, while ProxySPEX's trees average "
+               f"the noise over all random masks") if noisy else ""
     if method == "auto":
         need = auto_min_b(n)
-        if b is not None and b >= need:
+        if b is not None and b >= need and noisy:
+            chosen = "proxyspex"
+            reason = f"budget affords SPEX with b={b}" + refusal
+        elif b is not None and b >= need:
             chosen = "spex"
             reason = (
                 f"budget affords SPEX with b={b} ({2 ** b} bins per group, >= {2 ** need} needed at "
@@ -158,6 +181,9 @@ def plan(
     else:
         chosen = method
         reason = f"method={method!r} requested"
+        if noisy and method == "spex":
+            reason += (f" (warning: the repeat-noise sd is {noise:.0%} of the score sd; SPEX is fragile under "
+                       "noise and auto would refuse it)")
     if chosen == "spex":
         return Plan("spex", n, budget, max_order, n_spex, n_holdout, n_spex + n_holdout,
                     reason, method, b, max_order)
