@@ -13,7 +13,7 @@
    time at several RPMs, CPU-hours (from the engine CPU per prompt measured in 2), and what one gateway
    can carry (its CPU per call, measured in 1).
 
-    python benchmarks/scale.py [--prompts 50] [--rpm 6000] [--latency 0.05] [--workers 4] [--quick]
+    python benchmarks/scale.py [--prompts 50] [--rpm 1200] [--latency 0.05] [--workers 4] [--quick]
 
 Targets: utilisation >= 0.95 cluster-wide with >= 4 workers; engine-bound speed-up >= 1.7x on 2 cores;
 zero duplicate paid requests. The machine's load average is printed with each measurement: on a shared
@@ -93,9 +93,9 @@ def ray_session(num_cpus: int, url: str, per_task: float) -> Any:
 
 
 def rate_limit(args: argparse.Namespace, url: str) -> dict[str, float]:
-    ps = prompts(args.prompts, 14, seed=1)
+    ps = prompts(args.prompts, args.n, seed=1)
     limit = args.rpm / 60
-    print(f"\n1) rate limit: {len(ps)} prompts of 14 words, budget {args.budget}, {args.rpm:.0f} requests/min "
+    print(f"\n1) rate limit: {len(ps)} prompts of {args.n} words, budget {args.budget}, {args.rpm:.0f} requests/min "
           f"({limit:.1f}/s), fake server latency {args.latency * 1000:.0f} ms")
     rows, out = [], {}
     for backend in ("threads", "ray"):
@@ -191,8 +191,9 @@ def paper_model(args: argparse.Namespace, measured: dict[str, float]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=50)
-    ap.add_argument("--budget", type=int, default=60)
-    ap.add_argument("--rpm", type=float, default=6000)
+    ap.add_argument("--n", type=int, default=10, help="words per prompt in part 1")
+    ap.add_argument("--budget", type=int, default=53, help="queries per prompt in part 1 (the least ProxySPEX plan at n=10)")
+    ap.add_argument("--rpm", type=float, default=1200)
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--workers", type=int, default=4, help="concurrent Ray tasks (and threads) in part 1")
     ap.add_argument("--engine-prompts", type=int, default=8)
