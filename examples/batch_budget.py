@@ -78,7 +78,7 @@ def main() -> None:
         inter = [it for it in expl.interactions("mobius") if len(it.features) >= 2][:1]
         top = f"{inter[0].value:+.2f} {' × '.join(inter[0].names)}" if inter else "none (interactions did not pay)"
         r2 = "n/a" if expl.faithfulness is None else f"{expl.faithfulness:.2f}"
-        table.add_row(row["id"], expl.metadata.get("original_answer", "").strip(), expl.method, str(expl.queries_used),
+        table.add_row(row["id"], (expl.metadata.original_answer or "").strip(), expl.method, str(expl.queries_used),
                       f"${expl.cost or 0:.4f}", r2, top, status.get(row["id"], "done earlier"))
     Console(width=max(Console().width, 130)).print(table)
     print(f"spent on the saved explanations: ${total:.4f} (cache hits are free); rerun to resume anything not done")

@@ -42,8 +42,8 @@ def main() -> None:
         provider=args.provider, model=args.model, max_cost=args.max_cost,
     )
     print_report(expl, k=10)
-    answer = expl.metadata["original_answer"].strip()
-    margin = expl.metadata["original_score"]
+    answer = expl.metadata.original_answer.strip()
+    margin = expl.metadata.original_score
     verdict = "it leans True: a reasoning failure" if margin > 0 else "it leans False, but see what pulls the other way"
     print(f"\nThe model answers {answer!r}; logprob(True) − logprob(False) = {margin:+.2f}, so {verdict} "
           f"(the sensible answer is False).")

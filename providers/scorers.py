@@ -1,10 +1,12 @@
 """Scorers turn one completion into one finite float for the engine.
 
-Each scorer states what it needs from the provider (``requires``) and checks it in ``validate(adapter)``
-BEFORE any query is spent; ``request(messages)`` builds the `Request` it can score (max_tokens,
-top_logprobs, prompt_logprobs, samples, temperature); ``score(completion)`` returns the float.
-Scorers that compare against the unmasked answer need ``set_reference(completion)`` first, where the
-completion answers ``reference_request(full_messages)``.
+A configured scorer is immutable, so one instance can serve many runs at once (``explain_many`` hands the
+caller's scorer to every prompt). Each run binds it: ``scorer.bind(adapter)`` checks what the scorer needs
+from the provider (``requires``; also ``validate(adapter)``) BEFORE any query is spent and returns the
+per-run scorer, whose ``request(messages)`` builds the `Request` it can score (max_tokens, top_logprobs,
+prompt_logprobs, samples, temperature) and whose ``score(completion)`` returns the float. Scorers that compare
+against the unmasked answer are bound again with it, ``scorer.bind(adapter, reference)``, where the reference
+answers ``bound.reference_request(full_messages)``; per-run counters (``bound_hits``) live on the bound scorer.
 
 ==================  ==========================================  ==========================================
 scorer              needs                                       providers
@@ -26,11 +28,13 @@ the listed alternatives rule the label out, and ``bound_hits`` counts how often 
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import re
 import string
 from collections import Counter
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
@@ -139,27 +143,91 @@ def _first_logprobs(completion: Completion) -> tuple[TokenLogprob, ...]:
     return completion.logprobs[0]
 
 
+_S = TypeVar("_S", bound="Scorer")
+
+
 class Scorer:
-    """Base class: completion -> finite float. Subclasses set ``name`` and ``requires``."""
+    """Base class: completion -> finite float. Subclasses set ``name`` and ``requires``.
+
+    Configured scorers are immutable (attributes are fixed once the constructor returns); `bind` returns the
+    per-run copy that carries what depends on the adapter (``settings``), the reference answer and counters.
+    """
 
     name: str = "scorer"
     requires: str = ""
     needs_reference: bool = False
+    reference: Completion | None = None
+    bound_hits: int = 0  # on a bound scorer: how many scores used the missing-label bound
+    _bound: bool = False
+    _sealed: bool = False
 
-    def __init__(self) -> None:
-        self.bound_hits = 0  # how many scores used the missing-label bound
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Seal instances once the outermost constructor returns, so shared scorers cannot drift."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def sealed_init(self: Scorer, *args: Any, **kw: Any) -> None:
+            depth = self.__dict__.get("_init_depth", 0)
+            object.__setattr__(self, "_init_depth", depth + 1)
+            try:
+                init(self, *args, **kw)
+            finally:
+                object.__setattr__(self, "_init_depth", depth)
+            if depth == 0:
+                del self.__dict__["_init_depth"]
+                object.__setattr__(self, "_sealed", True)
+
+        cls.__init__ = sealed_init  # type: ignore[method-assign]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._sealed:
+            raise AttributeError(f"{type(self).__name__} is immutable once configured (it may be shared by "
+                                 "several runs); per-run state lives in scorer.bind(adapter, reference)")
+        object.__setattr__(self, name, value)
+
+    def settings(self, adapter: Any) -> dict[str, Any]:
+        """What depends on the adapter (e.g. top_logprobs capped at its maximum); raise `ScorerError` if this
+        scorer cannot run on it."""
+        return {}
 
     def validate(self, adapter: Any) -> None:
-        """Raise `ScorerError` if this scorer cannot run on `adapter` (called before any spend)."""
+        """Raise `ScorerError` if this scorer cannot run on `adapter` (called before any spend); changes nothing."""
+        self.settings(adapter)
+
+    def accept_reference(self, completion: Completion) -> None:
+        """Raise `ScorerError` if this scorer's settings cannot score against `completion` as the reference
+        (e.g. it was cut off at max_tokens); `bind` calls it after `check_reference`."""
+
+    def bind(self: _S, adapter: Any, reference: Completion | None = None) -> _S:
+        """The per-run scorer for `adapter` (and, for scorers that compare against it, the reference answer)."""
+        if reference is not None and not self.needs_reference:
+            raise ScorerError(f"{self.name} does not use a reference answer")
+        bound = copy.copy(self)
+        bound.__dict__.update(self.settings(adapter), _sealed=False, _bound=True, bound_hits=0, reference=None)
+        if reference is not None:
+            bound.check_reference(reference)
+            bound.accept_reference(reference)
+            bound.reference = reference
+        return bound
+
+    def _require_bound(self) -> Completion | None:
+        """The reference answer (None for scorers without one); raises unless bound (to a reference, if used)."""
+        if not self._bound:
+            raise ScorerError(f"{type(self).__name__} scores only once bound: scorer.bind(adapter"
+                              + (", reference)" if self.needs_reference else ")"))
+        if self.needs_reference and self.reference is None:
+            raise ScorerError("bind the scorer with the reference answer before scoring: "
+                              "scorer.bind(adapter, reference)")
+        return self.reference
 
     def request(self, messages: Sequence[Message]) -> Request:
         raise NotImplementedError
 
     def reference_request(self, messages: Sequence[Message]) -> Request:
-        """The request whose answer `set_reference` expects (the unmasked prompt's full answer)."""
-        raise ScorerError(f"{self.name} does not use a reference answer")
-
-    def set_reference(self, completion: Completion) -> None:
+        """The request whose answer `bind` takes as the reference (the unmasked prompt's full answer)."""
         raise ScorerError(f"{self.name} does not use a reference answer")
 
     def score(self, completion: Completion) -> float:
@@ -181,7 +249,7 @@ class Scorer:
 
     def check_reference(self, completion: Completion) -> None:
         """Raise ScoringError when a reference answer lacks what scoring against it needs (checked before it
-        is cached); settings problems (a cut-off reference) are left to `set_reference`."""
+        is cached); settings problems (a cut-off reference) are left to `accept_reference`."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
@@ -275,7 +343,6 @@ class LabelMargin(Scorer):
         tokenizer: Callable[[str], Any] | None = None,
         raw_completion: bool = False,
     ) -> None:
-        super().__init__()
         self.matcher = _LabelMatcher(labels, case_sensitive, strip)
         if len(labels) != 2:
             raise ScorerError("LabelMargin compares exactly two labels")
@@ -290,14 +357,13 @@ class LabelMargin(Scorer):
         self.raw_completion = bool(raw_completion)
         self._k = self.top_logprobs
 
-    def validate(self, adapter: Any) -> None:
+    def settings(self, adapter: Any) -> dict[str, Any]:
         cap = _max_top_logprobs(adapter)
         if cap is None:
             raise ScorerError(
                 f"LabelMargin needs top_logprobs, which {_describe(adapter)} does not return; "
                 "use AnswerFrequency or AnswerSimilarity"
             )
-        self._k = min(self.top_logprobs, cap)
         for label in self.labels:
             n = _token_count(self.tokenizer, adapter, label)
             if n is not None and n != 1:
@@ -305,6 +371,7 @@ class LabelMargin(Scorer):
                     f"label {label!r} is {n} tokens for {_describe(adapter)}; LabelMargin needs single-token "
                     "labels (pick e.g. 'Yes'/'No', or use AnswerFrequency)"
                 )
+        return {"_k": min(self.top_logprobs, cap)}
 
     def request(self, messages: Sequence[Message]) -> Request:
         return Request(
@@ -335,6 +402,7 @@ class LabelMargin(Scorer):
         return values[0], values[1], not (found[0] and found[1])
 
     def score(self, completion: Completion) -> float:
+        self._require_bound()
         a, b, bounded = self.label_logprobs(completion)
         self.bound_hits += bounded
         return a - b
@@ -346,7 +414,7 @@ class AnswerLogprob(Scorer):
     ``mode="first_token"``: logprob of the reference's first token at the first generated position
     (top_logprobs; bound if unlisted). ``mode="sequence"``: teacher forcing — the reference answer is
     appended as an assistant message and the server scores the prompt tokens (``prompt_logprobs``,
-    vLLM); the score is the sum over the answer's tokens. Needs ``set_reference``.
+    vLLM); the score is the sum over the answer's tokens. Scores once bound with the reference answer.
     """
 
     name = "answer_logprob"
@@ -359,7 +427,6 @@ class AnswerLogprob(Scorer):
         top_logprobs: int = 20,
         reference_max_tokens: int = 64,
     ) -> None:
-        super().__init__()
         if mode not in ("first_token", "sequence"):
             raise ScorerError(f"mode must be 'first_token' or 'sequence', got {mode!r}")
         if not 1 <= int(top_logprobs) <= 20:
@@ -370,20 +437,19 @@ class AnswerLogprob(Scorer):
         self.top_logprobs = int(top_logprobs)
         self.reference_max_tokens = int(reference_max_tokens)
         self._k = self.top_logprobs
-        self.reference: Completion | None = None
 
-    def validate(self, adapter: Any) -> None:
+    def settings(self, adapter: Any) -> dict[str, Any]:
         if self.mode == "sequence":
             if not _capability(adapter, "prompt_logprobs"):
                 raise ScorerError(
                     f"AnswerLogprob(mode='sequence') needs prompt logprobs (teacher forcing, e.g. vLLM); "
                     f"{_describe(adapter)} does not offer them — use mode='first_token'"
                 )
-            return
+            return {}
         cap = _max_top_logprobs(adapter)
         if cap is None:
             raise ScorerError(f"AnswerLogprob needs top_logprobs, which {_describe(adapter)} does not return")
-        self._k = min(self.top_logprobs, cap)
+        return {"_k": min(self.top_logprobs, cap)}
 
     def reference_request(self, messages: Sequence[Message]) -> Request:
         return Request(
@@ -396,8 +462,8 @@ class AnswerLogprob(Scorer):
             if not math.isfinite(first.logprob):
                 raise ScoringError(f"the reference's first-token logprob is {first.logprob}, not finite")
 
-    def set_reference(self, completion: Completion) -> None:
-        """Keep the unmasked answer; refuse it (before any masked query) when it is empty or, for teacher
+    def accept_reference(self, completion: Completion) -> None:
+        """Refuse the unmasked answer (before any masked query) when it is empty or, for teacher
         forcing, cut off at reference_max_tokens (the sequence score would be that of a truncated answer)."""
         if not completion.text.strip():
             raise ScorerError("the reference answer is empty; nothing to score against")
@@ -409,23 +475,18 @@ class AnswerLogprob(Scorer):
                 f"(finish_reason={completion.finish_reasons[0]!r}); teacher forcing would score a truncated "
                 "answer — raise reference_max_tokens"
             )
-        self.reference = completion
-
-    def _require_reference(self) -> Completion:
-        if self.reference is None:
-            raise ScorerError("call set_reference(original completion) before scoring")
-        return self.reference
 
     def request(self, messages: Sequence[Message]) -> Request:
         if self.mode == "first_token":
             return Request(tuple(messages), max_tokens=1, temperature=0.0, top_logprobs=self._k)
-        # Teacher forcing sends the reference answer itself. Before set_reference this returns the request's
+        # Teacher forcing sends the reference answer itself. Until bound with it this returns the request's
         # shape only (for capability checks such as Adapter.check); score() refuses until a reference is set.
         forced = () if self.reference is None else (Message("assistant", self.reference.text),)
         return Request(tuple(messages) + forced, max_tokens=1, temperature=0.0, prompt_logprobs=1)
 
     def score(self, completion: Completion) -> float:
-        ref = self._require_reference()
+        ref = self._require_bound()
+        assert ref is not None  # needs_reference: _require_bound refuses to score without it
         if self.mode == "first_token":
             target = _first_logprobs(ref)[0].token
             listed = _listed(_first_logprobs(completion)[0])
@@ -485,7 +546,6 @@ class AnswerFrequency(Scorer):
         tokenizer: Callable[[str], Any] | None = None,
         stop: Sequence[str] = (),
     ) -> None:
-        super().__init__()
         self.matcher = _AnswerMatcher(labels, case_sensitive)
         if len(labels) != 2:
             raise ScorerError("AnswerFrequency compares exactly two labels")
@@ -510,12 +570,11 @@ class AnswerFrequency(Scorer):
         """The automatic max_tokens: room for the longest label, and at least 4 (a label plus markup)."""
         return max(4, *label_tokens)
 
-    def validate(self, adapter: Any) -> None:
+    def settings(self, adapter: Any) -> dict[str, Any]:
         counted = {label: _token_count(self.tokenizer, adapter, label) for label in self.labels}
         needed = {label: n if n is not None else _label_token_estimate(label) for label, n in counted.items()}
         if self.auto_max_tokens:
-            self.max_tokens = self._fit(needed.values())
-            return
+            return {"max_tokens": self._fit(needed.values())}
         for label, n in needed.items():
             if n > self.max_tokens:
                 how = (f"{n} tokens" if counted[label] is not None else
@@ -525,6 +584,7 @@ class AnswerFrequency(Scorer):
                     f"max_tokens={self.max_tokens} is too small for label {label!r} ({how}); answers would be cut "
                     "before the label ends and never match it"
                 )
+        return {}
 
     def request(self, messages: Sequence[Message]) -> Request:
         return Request(
@@ -540,6 +600,7 @@ class AnswerFrequency(Scorer):
         return c[0], c[1]
 
     def score(self, completion: Completion) -> float:
+        self._require_bound()
         c0, c1 = self.counts(completion)
         return math.log(c0 + self.smoothing) - math.log(c1 + self.smoothing)
 
@@ -580,7 +641,7 @@ class AnswerSimilarity(Scorer):
     ``"char_ngram"`` (cosine of character 3-gram counts; kinder to inflections). No logprobs needed.
     ``stop`` sequences end answers early (e.g. ``("\n",)`` for one-line answers). Settings are checked in the
     constructor; only whether ``max_tokens`` holds the whole reference answer needs that answer, so
-    `set_reference` refuses a reference the provider cut off (before any masked query is sent).
+    `bind` refuses a reference the provider cut off (before any masked query is sent).
     """
 
     name = "answer_similarity"
@@ -595,7 +656,6 @@ class AnswerSimilarity(Scorer):
         temperature: float = 0.0,
         stop: Sequence[str] = (),
     ) -> None:
-        super().__init__()
         if metric not in _SIMILARITIES:
             raise ScorerError(f"metric must be one of {sorted(_SIMILARITIES)}, got {metric!r}")
         if int(max_tokens) < 1:
@@ -612,12 +672,11 @@ class AnswerSimilarity(Scorer):
         self.samples, self.temperature = int(samples), float(temperature)
         self.stop = tuple(stop)
         self._sim = _SIMILARITIES[metric]
-        self.reference: Completion | None = None
 
     def reference_request(self, messages: Sequence[Message]) -> Request:
         return Request(tuple(messages), max_tokens=self.max_tokens, temperature=0.0, stop=self.stop)
 
-    def set_reference(self, completion: Completion) -> None:
+    def accept_reference(self, completion: Completion) -> None:
         if not completion.text.strip():
             raise ScorerError("the reference answer is empty; nothing to compare against")
         if _truncated(completion):
@@ -626,7 +685,6 @@ class AnswerSimilarity(Scorer):
                 f"{completion.usage.output_tokens} tokens (finish_reason={completion.finish_reasons[0]!r}); "
                 "masked answers would be truncated and look dissimilar — raise max_tokens or add stop sequences"
             )
-        self.reference = completion
 
     def request(self, messages: Sequence[Message]) -> Request:
         return Request(
@@ -643,10 +701,9 @@ class AnswerSimilarity(Scorer):
 
     def score_many(self, completions: Sequence[Completion]) -> np.ndarray:
         """Mean similarity over each completion's samples, all texts compared in one `similarities` call."""
-        if self.reference is None:
-            raise ScorerError("call set_reference(original completion) before scoring")
+        reference = self._require_bound()
         if any(not c.texts for c in completions):
             raise ScoringError("the completion has no answer text")
-        sims = self.similarities([t for c in completions for t in c.texts], self.reference.text)
+        sims = self.similarities([t for c in completions for t in c.texts], reference.text)
         ends = np.cumsum([len(c.texts) for c in completions])
         return np.array([sims[e - len(c.texts) : e].mean() for c, e in zip(completions, ends)], dtype=float)

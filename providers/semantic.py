@@ -199,13 +199,11 @@ class SemanticSimilarity(AnswerSimilarity):
 
     @property
     def encoder(self) -> MiniLMEncoder:
-        if self._encoder is None:
-            self._encoder = shared_encoder(self.model_dir)
-        return self._encoder
+        return self._encoder if self._encoder is not None else shared_encoder(self.model_dir)
 
-    def validate(self, adapter: Any) -> None:
+    def settings(self, adapter: Any) -> dict[str, Any]:
         """Load the model now, so missing weights are an error before any query is spent."""
-        self.encoder  # noqa: B018 - loading is the check
+        return {"_encoder": self.encoder}
 
     def similarities(self, texts: Sequence[str], reference: str) -> np.ndarray:
         emb = self.encoder.encode([reference, *texts])

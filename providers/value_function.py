@@ -28,7 +28,8 @@ class LLMValueFunction:
     """Scores of masked prompts from a model, for the engine.
 
     prompt: a MaskedPrompt (`n_features`, `render_many`, `full_mask`); adapter: from `make_adapter`; scorer: a
-    providers.scorers Scorer; runner: a Runner for this adapter (None = a default Runner without disk cache);
+    configured providers.scorers Scorer, left unchanged (it may be shared): `scorer` here is the copy bound to
+    this adapter and, once asked, this prompt's reference answer; runner: a Runner for this adapter (None = a default Runner without disk cache);
     progress: show a rich progress bar (queries done, cache hits, spend, rate) while a batch runs.
     """
 
@@ -43,7 +44,8 @@ class LLMValueFunction:
         runner = runner if runner is not None else Runner(adapter)
         if runner.adapter is not adapter:
             raise ConfigurationError("runner was built for a different adapter than the value function's")
-        scorer.validate(adapter)  # raises before any spend (unsupported provider, multi-token label, ...)
+        self._configured = scorer
+        scorer = scorer.bind(adapter)  # raises before any spend (unsupported provider, multi-token label, ...)
         if getattr(scorer, "needs_reference", False):
             adapter.check(scorer.reference_request(full))  # e.g. top_logprobs beyond the provider's maximum
         self.prompt = prompt
@@ -125,7 +127,7 @@ class LLMValueFunction:
 
     # ---- calls --------------------------------------------------------------------------------------
     async def reference(self) -> Completion:
-        """The unmasked prompt's answer; hands it to the scorer when the scorer compares against it."""
+        """The unmasked prompt's answer; binds the scorer to it when the scorer compares against it."""
         if self._reference is None:
             full = self.prompt.render(self.prompt.full_mask())
             needs = getattr(self.scorer, "needs_reference", False)
@@ -134,7 +136,7 @@ class LLMValueFunction:
             check = self._check_reference if needs else self._check_answer
             completion = (await self.runner.run([req], validate=check))[0]
             if needs:
-                self.scorer.set_reference(completion)
+                self.scorer = self._configured.bind(self.adapter, completion)
             self._reference = completion
         return self._reference
 

@@ -89,8 +89,9 @@ class Gateway:
 
     async def reference(self, i: int) -> tuple[Any, float]:
         """Prompt i's original answer and its score."""
-        completion = await self._value_function(i).reference()
-        return completion, float(self._previews[i].scorer.score_many([completion])[0])
+        vf = self._value_function(i)
+        completion = await vf.reference()
+        return completion, float(vf.scorer.score_many([completion])[0])  # the scorer bound to that answer
 
     async def score(self, i: int, masks: np.ndarray) -> np.ndarray:
         """Scores of prompt i's masked prompts, one per row of `masks`."""
@@ -100,8 +101,8 @@ class Gateway:
         """What prompt i paid and how its queries were served, over all of its task's attempts."""
         from spex_api.sdk import _accounts
 
-        self._value_function(i)
-        return _accounts(self._meters[i], self._previews[i].scorer)
+        scorer = self._value_function(i).scorer  # built on first use, with its meter
+        return _accounts(self._meters[i], scorer)
 
     def stats(self) -> dict[str, Any]:
         """The runner's counters for the whole job (api_calls, cache_hits, spend, ...) and this process's CPU."""

@@ -1,9 +1,10 @@
 """One call from a prompt to ranked interactions: `explain` and, for many prompts at once, `explain_many`.
 
-This is the composition layer: it builds the masked prompt, the provider adapter, the scorer and the
-runner (rate limits, retries, disk cache, cost caps) from `providers`, plans the queries with the engine,
-shows the plan and its price, and only then spends. Providers are imported inside functions so that
-`import spex_api` stays light.
+This is the composition layer: `preview` builds the masked prompt, the provider adapter and the scorer
+from `providers` once, plans the queries with the engine once and prices them; `run` shows the plan and its
+price, and only then spends, through that adapter and plan, one runner (rate limits, retries, disk cache,
+cost caps) and one value function per prompt, whose scorer is bound to that prompt's original answer.
+Providers are imported inside functions so that `import spex_api` stays light.
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
+
+from spex_api.engine.metadata import QueryStats, RunMetadata
+
+if TYPE_CHECKING:
+    from providers.adapters.base import Adapter
+    from providers.cost import PriceTable
+    from providers.prompt import MaskedPrompt
+    from providers.runner import Runner
+    from spex_api.engine.explanation import Explanation
+    from spex_api.engine.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +42,27 @@ _NOT_STARTED = "http://127.0.0.1:0/v1"
 MODES = ("interactive", "batch")
 DEFAULT_TIMEOUT = 120.0  # seconds for one answer, retries included
 SCORERS = ("auto", "label-margin", "answer-logprob", "frequency", "semantic", "similarity")
+# The original (unmasked) answer: asked once per prompt before any masked one, and counted in the budget.
+REFERENCE_QUERIES = 1
 
 
 class SpendRefused(RuntimeError):
     """The user declined the confirmation, so nothing was spent."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Preview:
-    """Everything decided before the first query: what is asked, of whom, how often, at what price."""
+    """Everything decided before the first query: what is asked, of whom, how often, at what price.
 
-    prompt: Any  # providers.prompt.MaskedPrompt
+    It keeps the adapter `preview` built, so `run` sends through it rather than building another.
+    """
+
+    prompt: MaskedPrompt
     provider: str
     model: str
     base_url: str | None
-    scorer: Any
-    plan: Any  # spex_api.engine.planner.Plan
+    scorer: Any  # the configured providers.scorers Scorer (immutable; each run binds its own copy)
+    plan: Plan
     budget: int
     max_cost: float | None
     estimated_cost: float
@@ -58,7 +74,7 @@ class Preview:
     granularity: str | None = None
     # The API key and the base_url as given (it may hold user:password@): opaque, never in repr/vars/pickle.
     credentials: Any = field(default=None, repr=False)  # providers.redact.Secret
-    prices: Any = None  # providers.cost.PriceTable with the caller's overrides, or None for the built-in table
+    prices: PriceTable | None = None  # the price table with the caller's overrides
     mode: str = "interactive"  # or "batch": provider Batch APIs at batch prices, one batch per round
     interactive_cost: float | None = None  # the same run at interactive prices (shown next to a batch estimate)
 
@@ -70,6 +86,12 @@ class Preview:
     # timeout, max_attempts, concurrency, rpm, tpm for the runner (and the adapter's timeout)
     limits: dict[str, Any] = field(default_factory=dict)
     worst_case_cost: float = 0.0  # most the run can cost on a cold cache (admission under a batch's max_cost)
+    # Not a field (asdict/replace/compare skip it) and not pickled (it holds credentials): an unpickled
+    # Preview builds its adapter again to run. Set by `preview`.
+    _adapter: ClassVar[Adapter | None] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_adapter"}
 
     @property
     def local(self) -> bool:
@@ -77,8 +99,8 @@ class Preview:
 
     @property
     def n_queries(self) -> int:
-        """Queries the run will send: the plan's total plus one for the original answer."""
-        return int(self.plan.total) + 1
+        """Queries the run will send: the plan's total plus the original answer."""
+        return int(self.plan.total) + REFERENCE_QUERIES
 
     def renderable(self) -> Any:
         """A rich table of the plan and its price (shown before any spend)."""
@@ -241,17 +263,17 @@ class _RawCompletion:
         return dataclasses.replace(self._scorer.reference_request(messages), raw_completion=True)
 
 
-def _plan(n: int, budget: int, method: str, max_order: int) -> Any:
+def _plan(n: int, budget: int, method: str, max_order: int) -> Plan:
+    """The engine's plan for what the budget leaves once the original answer is counted."""
     from spex_api.engine.planner import minimum_budget, plan
 
-    # One query is kept back for the original (unmasked) answer.
     try:
-        return plan(n, budget - 1, method=method, max_order=max_order)
+        return plan(n, budget - REFERENCE_QUERIES, method=method, max_order=max_order)
     except ValueError as exc:
         if "below the minimum" not in str(exc):
             raise
-        # the planner saw budget - 1: quote the budget the user passed and the minimum they must pass
-        need = minimum_budget(n, method, max_order) + 1
+        # the planner saw less: quote the budget the user passed and the minimum they must pass
+        need = minimum_budget(n, method, max_order) + REFERENCE_QUERIES
         detail = str(exc).split(f"at n={n}: ", 1)[-1]
         raise ValueError(f"budget {budget} is below the minimum of {need} queries for method={method!r} at n={n}: "
                          f"the original answer plus {detail}") from None
@@ -261,7 +283,7 @@ MAX_FEATURES = 5000  # ProxySPEX's tree fits took 21 s of CPU at 2,000 features 
 MEMORY_SHARE = 0.5  # of the memory available when planning: what one run's design may take
 
 
-def _feasible_plan(n: int, budget: int, method: str, max_order: int) -> Any:
+def _feasible_plan(n: int, budget: int, method: str, max_order: int) -> Plan:
     """The plan, refused or capped before any query when this machine could not carry it out: too many features
     for the engine to fit in reasonable time, or a design too large for the memory available (the budget is
     then lowered to what fits, and the plan's reason says so)."""
@@ -275,7 +297,7 @@ def _feasible_plan(n: int, budget: int, method: str, max_order: int) -> Any:
         return p
     capped = budget
     while need > MEMORY_SHARE * limit:
-        capped = max(2, int((capped - 1) * MEMORY_SHARE * limit / need * 0.9) + 1)
+        capped = max(2, int((capped - REFERENCE_QUERIES) * MEMORY_SHARE * limit / need * 0.9) + REFERENCE_QUERIES)
         try:
             p = _plan(n, capped, method, max_order)
         except ValueError:
@@ -447,7 +469,8 @@ def preview(
         score = _RawCompletion(score)
     score.validate(adapter)
     the_plan = _feasible_plan(masked.n_features, int(budget), method, max_order)
-    n_est = the_plan.total + (not score.needs_reference)
+    # the value function prices a separate reference request itself when the scorer asks for one
+    n_est = the_plan.total + (0 if score.needs_reference else REFERENCE_QUERIES)
     interactive, worst = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, limits=limits)
     estimate = (_estimate_cost(masked, adapter, score, n_est, prices, max_cost, batch=True, limits=limits)[0]
                 if mode == "batch" else interactive)
@@ -459,14 +482,19 @@ def preview(
     if max_cost is not None and estimate > max_cost:
         log.warning("refused before spend: estimated $%.4f exceeds max_cost $%.4f", estimate, max_cost)
         raise ValueError(
-            f"the estimated cost ${estimate:.4f} of {the_plan.total + 1} queries exceeds max_cost ${max_cost:.4f}; "
+            f"the estimated cost ${estimate:.4f} of {the_plan.total + REFERENCE_QUERIES} queries exceeds max_cost "
+            f"${max_cost:.4f}; "
             "lower the budget or raise max_cost"
         )
-    return Preview(
-        masked, provider, model, base_url, score, the_plan, int(budget), max_cost, estimate, method,
-        max_order, random_state, cache_dir, tuple(labels) if labels else None,
-        None if not isinstance(prompt, str) else features, credentials, prices, mode, interactive, limits, worst,
+    pre = Preview(
+        prompt=masked, provider=provider, model=model, base_url=base_url, scorer=score, plan=the_plan,
+        budget=int(budget), max_cost=max_cost, estimated_cost=estimate, method=method, max_order=max_order,
+        random_state=random_state, cache_dir=cache_dir, labels=tuple(labels) if labels else None,
+        granularity=features if isinstance(prompt, str) else None, credentials=credentials, prices=prices,
+        mode=mode, interactive_cost=interactive, limits=limits, worst_case_cost=worst,
     )
+    object.__setattr__(pre, "_adapter", adapter)
+    return pre
 
 
 def _check_limits(**limits: Any) -> dict[str, Any]:
@@ -634,8 +662,10 @@ def _make_runner(pre: Preview, adapter: Any, max_cost: float | None, max_queries
     return kind(adapter, cache=cache, max_cost=max_cost, prices=pre.prices, max_queries=max_queries, **pre.limits)
 
 
-def _metadata(pre: Preview, reference: Any, adapter: Any = None) -> dict[str, Any]:
-    """Original answer, the prompt and where each feature sits in it (for the HTML report), provenance."""
+def _metadata(pre: Preview, reference: Any, adapter: Any, original_score: float,
+              accounts: dict[str, Any]) -> RunMetadata:
+    """Original answer and its score, the prompt and where each feature sits in it (for the HTML report),
+    provenance, and how the queries were served."""
     d = pre.prompt.to_dict()
     holders = sorted({f["message"] for f in d["features"]})
     starts, parts, pos = {}, [], 0
@@ -643,22 +673,24 @@ def _metadata(pre: Preview, reference: Any, adapter: Any = None) -> dict[str, An
         starts[m] = pos
         parts.append(d["messages"][m]["content"])
         pos += len(parts[-1]) + 2
-    return {
-        "original_answer": reference.text,
-        "prompt": d["messages"],
-        "text": "\n\n".join(parts),
-        "feature_texts": [f["text"] for f in d["features"]],
-        "feature_spans": [[starts[f["message"]] + f["start"], starts[f["message"]] + f["end"]] for f in d["features"]],
-        "granularity": pre.granularity,
-        "provider": pre.provider,
-        "model": pre.model,
-        "base_url": _public_base_url(pre, adapter),
-        "scorer": getattr(pre.scorer, "name", str(pre.scorer)),
-        "labels": list(pre.labels) if pre.labels else None,
-        "budget": pre.budget,
-        "estimated_cost": pre.estimated_cost,
-        "mode": pre.mode,
-    }
+    return RunMetadata(
+        original_answer=reference.text,
+        original_score=original_score,
+        prompt=d["messages"],
+        text="\n\n".join(parts),
+        feature_texts=[f["text"] for f in d["features"]],
+        feature_spans=[(starts[f["message"]] + f["start"], starts[f["message"]] + f["end"]) for f in d["features"]],
+        granularity=pre.granularity,
+        provider=pre.provider,
+        model=pre.model,
+        base_url=_public_base_url(pre, adapter),
+        scorer=getattr(pre.scorer, "name", str(pre.scorer)),
+        labels=pre.labels,
+        budget=pre.budget,
+        estimated_cost=pre.estimated_cost,
+        mode=pre.mode,
+        stats=QueryStats(**{k: v for k, v in accounts.items() if k != "paid"}),
+    )
 
 
 def _public_base_url(pre: Preview, adapter: Any) -> str | None:
@@ -670,31 +702,28 @@ def _public_base_url(pre: Preview, adapter: Any) -> str | None:
 
 
 def _explainer(pre: Preview, scores: Any) -> Any:
-    """The engine's Explainer for a previewed plan; `scores(masks)` answers its queries."""
+    """The engine's Explainer for a previewed plan (not planned again); `scores(masks)` answers its queries."""
     from spex_api.engine.explainer import Explainer
 
     return Explainer(scores, pre.prompt.n_features, pre.plan.budget, method=pre.method, max_order=pre.max_order,
-                     random_state=pre.random_state, feature_names=pre.prompt.feature_names)
+                     random_state=pre.random_state, feature_names=pre.prompt.feature_names, plan=pre.plan)
 
 
 def _accounts(meter: _Meter, scorer: Any) -> dict[str, Any]:
-    """What one explanation paid and how its queries were served (the explanation's cost and stats)."""
+    """What one explanation paid and how its queries were served (`scorer`: the run's bound scorer)."""
     return {"paid": float(meter.paid), "queries_sent": meter.sent, "cache_hits": meter.cached,
             "bound_hits": int(getattr(scorer, "bound_hits", 0))}
 
 
-def _finish(pre: Preview, expl: Any, reference: Any, original_score: float, accounts: dict[str, Any],
-            adapter: Any = None) -> Any:
-    """Add the original answer, cost and metadata (`adapter`: the one that answered) to a fitted explanation."""
-    expl.queries_used += 1  # the original answer
-    expl.cost = accounts["paid"]
-    expl.metadata.update(_metadata(pre, reference, adapter))
-    expl.metadata["original_score"] = original_score
-    expl.metadata["stats"] = {k: v for k, v in accounts.items() if k != "paid"}
-    return expl
+def _finish(pre: Preview, expl: Explanation, reference: Any, original_score: float, accounts: dict[str, Any],
+            adapter: Any = None) -> Explanation:
+    """The fitted explanation with the original answer counted, its cost and its RunMetadata (`adapter`: the
+    one that answered)."""
+    return dataclasses.replace(expl, queries_used=expl.queries_used + REFERENCE_QUERIES, cost=accounts["paid"],
+                               metadata=_metadata(pre, reference, adapter, original_score, accounts))
 
 
-def _run_one(pre: Preview, adapter: Any, runner: Any, io: BackgroundLoop, progress: bool) -> Any:
+def _run_one(pre: Preview, adapter: Adapter, runner: Runner, io: BackgroundLoop, progress: bool) -> Explanation:
     """Original answer, then the planned queries; returns the Explanation with cost and metadata."""
     from providers.value_function import LLMValueFunction
 
@@ -703,7 +732,8 @@ def _run_one(pre: Preview, adapter: Any, runner: Any, io: BackgroundLoop, progre
     explainer = _explainer(pre, lambda masks: io.run(vf(masks)))
     reference = io.run(vf.reference())
     expl = explainer.explain()
-    return _finish(pre, expl, reference, float(pre.scorer.score_many([reference])[0]), _accounts(meter, pre.scorer),
+    # vf.scorer: the scorer bound to this prompt's original answer
+    return _finish(pre, expl, reference, float(vf.scorer.score_many([reference])[0]), _accounts(meter, vf.scorer),
                    adapter)
 
 
@@ -747,15 +777,15 @@ def explain(
     tpm: float | None = None,
     confirm: bool | None = None,
     progress: bool = True,
-) -> Any:
+) -> Explanation:
     """Explain why the model answers `prompt` as it does: ranked feature interactions of its score.
 
     `budget` caps the queries (the original answer included), `max_cost` the dollars. With no provider,
     no base_url and no OPENAI_API_KEY the local Gemma server is started for the call and stopped after.
     Before any spend the plan and estimated cost are shown (and confirmed when interactive or
     `confirm=True`); then the run shows a progress bar. Returns a `spex_api.engine.explanation.Explanation`
-    with faithfulness, queries_used, cost (dollars) and metadata (original answer, feature texts, prompt,
-    provider, model, scorer). `raw_completion`, `prices`, `mode` ("batch": provider Batch APIs at half price,
+    with faithfulness, queries_used, cost (dollars) and metadata (a `RunMetadata`: original answer, feature
+    texts, prompt, provider, model, scorer). `raw_completion`, `prices`, `mode` ("batch": provider Batch APIs at half price,
     up to 24 h per round), `timeout`, `max_attempts`, `concurrency`, `rpm`, `tpm`: see `preview`. Ctrl-C
     stops sending, waits for the answers in flight to reach the cache, and raises.
     """
@@ -769,7 +799,7 @@ def explain(
     return run(pre, confirm=confirm, progress=progress)
 
 
-def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> Any:
+def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> Explanation:
     """Spend the previewed plan: show it, confirm if needed, query, fit. See `explain`."""
     from rich.console import Console
 
@@ -788,18 +818,25 @@ def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> 
             raise
 
 
-def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Any:
-    """The adapter to query: for the local provider, start (or reuse via base_url) the llama-server."""
-    if not pre.local or pre.base_url:
-        # an unpickled Preview carries no credentials: its public URL, and the key from the environment
+def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Adapter:
+    """The preview's adapter; for the local provider without a base_url, pointed at a llama-server started
+    now (no client exists before the first call, so nothing holds the placeholder URL) and the scorer checked
+    again against it (single-token labels, by its /tokenize)."""
+    adapter = pre._adapter
+    if adapter is None:  # an unpickled Preview: its public URL, and the key from the environment
         secret = pre.credentials
-        return _make_adapter(pre.provider, pre.model, (secret and secret.get("base_url")) or pre.base_url,
-                             secret and secret.get("api_key"), pre.prices, _timeout(pre))
+        adapter = _make_adapter(pre.provider, pre.model, (secret and secret.get("base_url")) or pre.base_url,
+                                secret and secret.get("api_key"), pre.prices, _timeout(pre))
+        object.__setattr__(pre, "_adapter", adapter)
+    if not pre.local or pre.base_url:
+        return adapter
     from providers.local import LocalServer
 
     with console.status("starting the local model server (llama-server + Gemma-3-270M)..."):
         server = stack.enter_context(LocalServer())
-    return _make_adapter(LOCAL, pre.model, server.base_url, None, timeout=_timeout(pre))
+    adapter.base_url = server.base_url
+    pre.scorer.validate(adapter)
+    return adapter
 
 
 def _timeout(pre: Preview) -> float:
@@ -824,7 +861,8 @@ def explain_many(
     """Explain many prompts through ONE runner: one rate limiter, one disk cache and one dollar cap
     (`max_cost`) across the whole batch; `budget` caps the queries of each prompt; `concurrency` prompts run
     at once, `query_concurrency` API calls are in flight across them. Other keyword arguments are those of
-    `explain` (`timeout`, `max_attempts`, `rpm`, `tpm` apply to the shared runner).
+    `explain` (`timeout`, `max_attempts`, `rpm`, `tpm` apply to the shared runner); a Scorer object passed as
+    `scorer` is shared unchanged (each prompt binds its own copy, with its own original answer).
 
     Every prompt is validated and planned before anything is sent. Under `max_cost`, prompts are admitted in
     order while the cap covers their worst-case cost (every prompt token uncached, every answer at max_tokens),

@@ -1,5 +1,6 @@
 """The Explanation result object: ranking, names, JSON round trip, shapiq conversion."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from spex_api.engine.explanation import Explanation, Interaction
 from spex_api.engine.fourier import SparseFourier
+from spex_api.engine.metadata import QueryStats, RunMetadata
 
 
 def make(**kwargs):
@@ -116,3 +118,22 @@ def test_noise_and_removal_records_round_trip():
     assert back.faithfulness_share == pytest.approx(0.8 / noise.r2_ceiling)
     text = e.summary()
     assert "R² ceiling" in text and "removal check" in text and "+sat" in text
+
+
+def test_run_metadata_is_typed_reads_like_a_mapping_and_round_trips():
+    meta = RunMetadata(original_answer="True", original_score=1.5, feature_texts=["a", "b"],
+                       feature_spans=[[0, 1], [2, 3]], labels=["True", "False"], budget=60,
+                       stats=QueryStats(queries_sent=3, cache_hits=2))
+    assert meta.feature_spans == ((0, 1), (2, 3)) and meta["original_answer"] == "True"
+    assert meta["stats"]["queries_sent"] == 3 and meta.get("model") is None and "budget" in meta
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        meta.budget = 1  # type: ignore[misc]
+    expl = Explanation(SparseFourier(2, [(0,)], [1.0]), "spex", 4, metadata=meta)
+    data = json.loads(expl.to_json())
+    assert data["metadata"]["feature_spans"] == [[0, 1], [2, 3]] and data["metadata"]["stats"]["cache_hits"] == 2
+    back = Explanation.from_json(expl.to_json())
+    assert isinstance(back.metadata, RunMetadata) and back.metadata == meta
+    # metadata that is not a run's (or from another version) stays the dict it was saved as
+    odd = Explanation.from_dict({**data, "metadata": {"original_answer": "x", "unknown": 1}})
+    assert odd.metadata == {"original_answer": "x", "unknown": 1}
+    assert RunMetadata.of(odd.metadata).original_answer == "x"

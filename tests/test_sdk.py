@@ -11,6 +11,7 @@ import pytest
 
 from spex_api import sdk
 from spex_api.engine.explanation import Explanation
+from spex_api.engine.metadata import RunMetadata
 from test_cli import counting_server  # noqa: F401 - fixture
 
 FEW_SHOT = (
@@ -99,13 +100,13 @@ def test_explain_end_to_end_on_local_server(local_server, tmp_path):
     assert 0 < expl.queries_used <= 60 and expl.cost == 0.0
     assert expl.faithfulness is not None and np.isfinite(expl.faithfulness)
     meta = expl.metadata
-    assert meta["original_answer"].strip() in ("True", "False")
-    assert meta["feature_texts"][:2] == ["The", "pasta"] and meta["model"] == local_server.model
-    assert meta["scorer"] == "label_margin" and meta["stats"]["bound_hits"] == 0
-    assert np.isfinite(meta["original_score"]) and (meta["original_score"] > 0) == (meta["original_answer"].strip() == "True")
-    text = meta["text"]
-    assert [text[a:b] for a, b in meta["feature_spans"]] == meta["feature_texts"]
-    assert Explanation.from_json(expl.to_json()).metadata["original_answer"] == meta["original_answer"]
+    assert isinstance(meta, RunMetadata) and meta.original_answer.strip() in ("True", "False")
+    assert meta.feature_texts[:2] == ("The", "pasta") and meta.model == local_server.model
+    assert meta.scorer == "label_margin" and meta.stats.bound_hits == 0
+    assert np.isfinite(meta.original_score) and (meta.original_score > 0) == (meta.original_answer.strip() == "True")
+    assert [meta.text[a:b] for a, b in meta.feature_spans] == list(meta.feature_texts)
+    assert meta["original_answer"] == meta.original_answer  # still reads like the mapping it replaced
+    assert Explanation.from_json(expl.to_json()).metadata == meta
 
 
 @pytest.mark.live

@@ -17,8 +17,9 @@ from sklearn.model_selection import KFold
 from spex_api.engine.explanation import Explanation, NoiseEstimate
 from spex_api.engine.fourier import Key, fourier_basis, r2_score
 from spex_api.engine.baseline import LinearBaseline
+from spex_api.engine import planner
 from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, default_noise_pairs,
-                                     minimum_budget, plan)
+                                     minimum_budget)
 from spex_api.engine.oracle import Oracle, ValueFunction
 
 
@@ -97,6 +98,8 @@ class Explainer:
         planner refuses SPEX when the noise is too high for it. The pilot costs 2 * noise_pairs queries of
         the budget; a value function taking a `repeat` keyword is told which asking it is (so a cache does
         not answer a re-ask with the first answer).
+    plan: the plan to spend, made by `spex_api.engine.planner.plan` with these settings (e.g. one already
+        shown to the user); None plans here. A noise pilot still re-plans once it has measured the noise.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class Explainer:
         feature_names: Sequence[str] | None = None,
         min_holdout: int = MIN_HOLDOUT,
         noise_pairs: int | str = 0,
+        plan: Plan | None = None,
     ) -> None:
         if not callable(value_fn):
             raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")
@@ -126,7 +130,12 @@ class Explainer:
         self.min_holdout = min_holdout
         self.feature_names = None if feature_names is None else [str(s) for s in feature_names]
         self.noise_pairs = self._noise_pairs(noise_pairs)
-        self._plan = self._make_plan(None)
+        if plan is None:
+            plan = self._make_plan(None)
+        elif (plan.n, plan.budget, plan.max_order) != (n, budget, max_order):
+            raise ValueError(f"the plan is for n={plan.n}, budget={plan.budget}, max_order={plan.max_order}; "
+                             f"this explainer has n={n}, budget={budget}, max_order={max_order}")
+        self._plan = plan
 
     def _noise_pairs(self, noise_pairs: int | str) -> int:
         """Resolve noise_pairs; "auto" gives up the pilot when the budget could not afford it."""
@@ -145,7 +154,7 @@ class Explainer:
         reserve = 2 * self.noise_pairs
         if not isinstance(self.budget, (int, np.integer)) or self.budget - reserve < 1:
             raise ValueError(f"budget {self.budget!r} cannot pay for a noise pilot of {reserve} queries")
-        p = plan(self.n, self.budget - reserve, method=self.method, max_order=self.max_order,
+        p = planner.plan(self.n, self.budget - reserve, method=self.method, max_order=self.max_order,
                  holdout=self.holdout, min_holdout=self.min_holdout, noise=noise)
         if not reserve:
             return p

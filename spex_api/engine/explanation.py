@@ -17,6 +17,7 @@ import numpy as np
 
 from spex_api.engine.fourier import Key, SparseFourier
 from spex_api.engine.indices import SparseMobius, canonical_index, fourier_to_mobius, interaction_index
+from spex_api.engine.metadata import RunMetadata
 from spex_api.engine.plan import Plan
 
 FORMAT_VERSION = 1
@@ -89,6 +90,16 @@ def _restore_plan(data: Any) -> Any:
         return Plan.from_dict(data)
     except (TypeError, ValueError, KeyError):
         return data  # a plan from another version: keep its fields rather than lose the result
+
+
+def _restore_metadata(data: Any) -> Any:
+    """A run's metadata (it has the original answer) as a RunMetadata; any other dict as it was saved."""
+    if isinstance(data, dict) and "original_answer" in data:
+        try:
+            return RunMetadata.from_dict(data)
+        except (TypeError, ValueError):
+            return data  # metadata from another version: keep its fields rather than lose the result
+    return data
 
 
 _FAITHFULNESS_KINDS = {"holdout_r2": "held-out R²", "cv_r2": "cross-validated R²", "all_masks": "R² on all masks"}
@@ -257,7 +268,7 @@ class Explanation:
     faithfulness_detail: dict = field(default_factory=dict)
     feature_names: list[str] | None = None
     cost: float | None = None
-    metadata: dict = field(default_factory=dict)
+    metadata: RunMetadata | dict[str, Any] = field(default_factory=dict)  # RunMetadata for runs on a model
     diagnostics: dict = field(default_factory=dict)
     noise: NoiseEstimate | None = None
     removal: RemovalCheck | None = None
@@ -401,7 +412,7 @@ class Explanation:
             faithfulness_detail=_unjsonable(data.get("faithfulness_detail") or {}),
             feature_names=data.get("feature_names"),
             cost=data.get("cost"),
-            metadata=_unjsonable(data.get("metadata") or {}),
+            metadata=_restore_metadata(_unjsonable(data.get("metadata") or {})),
             diagnostics=_unjsonable(data.get("diagnostics") or {}),
             noise=noise,
             removal=removal,

@@ -94,7 +94,7 @@ async def test_openai_responses_wire_format_logprobs_and_16_token_floor(server, 
     assert a.output_token_bound(req) == 16
     assert runner.worst_case_cost(req) == pytest.approx(
         runner.price.cost(Usage(a.input_token_bound(req), 16)))
-    assert LabelMargin().score(c) == pytest.approx(dict(first.top)["True"] - dict(first.top)["False"])
+    assert LabelMargin().bind(a).score(c) == pytest.approx(dict(first.top)["True"] - dict(first.top)["False"])
     # cache keys keep the two APIs apart: the same request through Chat Completions is a different question
     chat = openai_at(server)
     assert chat.cache_material(req) != a.cache_material(req)

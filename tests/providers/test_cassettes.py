@@ -92,9 +92,8 @@ async def test_anthropic_messages(cassette_base_url: str, cassettes: SimpleNames
 async def test_label_margin_end_to_end_through_adapter(cassette_base_url: str, cassettes: SimpleNamespace) -> None:
     """prompt → scorer → adapter → score: masking the word that decides the answer moves the margin."""
     prompt = _prompt()
-    scorer = LabelMargin()
     adapter = make_adapter("llama-server", MODEL, base_url=cassette_base_url + "/v1", api_key=cassettes.key)
-    scorer.validate(adapter)
+    scorer = LabelMargin().bind(adapter)
     masks = np.array([[1, 1, 1], [1, 1, 0], [0, 1, 1]], dtype=bool)
     with cassettes.vcr().use_cassette("adapter_label_margin.yaml"):
         completions = [await adapter.send(scorer.request(m)) for m in prompt.render_many(masks)]
@@ -112,12 +111,12 @@ async def test_anthropic_adapter_frequency_and_similarity(cassette_base_url: str
     sim = AnswerSimilarity(max_tokens=24, stop=("\n",))
     with pytest.raises(Exception, match="top_logprobs"):
         LabelMargin().validate(adapter)  # refused before any spend
-    freq.validate(adapter)
+    freq = freq.bind(adapter)
     sim.validate(adapter)
     with cassettes.vcr().use_cassette("adapter_anthropic.yaml"):
         full = prompt.render(prompt.full_mask())
         reference = await adapter.send(sim.reference_request(full))
-        sim.set_reference(reference)
+        sim = sim.bind(adapter, reference)
         masked = prompt.render([1, 1, 0])
         same = sim.score(await adapter.send(sim.request(full)))
         other = sim.score(await adapter.send(sim.request(masked)))

@@ -59,8 +59,8 @@ async def test_chat_top_logprobs_give_finite_label_margin(local_server: LocalSer
     assert len(top) == 20
     assert sum(math.exp(t.logprob) for t in top) <= 1 + 1e-6
     # and through our adapter + scorer
-    adapter, scorer = _adapter(local_server), LabelMargin(tokenizer=local_server.tokenize)
-    scorer.validate(adapter)
+    adapter = _adapter(local_server)
+    scorer = LabelMargin(tokenizer=local_server.tokenize).bind(adapter)
     prompt = MaskedPrompt.from_text("Fire is hot.", template=QUESTION)
     completion = await adapter.send(scorer.request(prompt.render(prompt.full_mask())))
     a, b, _ = scorer.label_logprobs(completion)
@@ -74,7 +74,7 @@ async def test_raw_completion_few_shot_lists_both_labels(local_server: LocalServ
     adapter, scorer = _adapter(local_server), LabelMargin(raw_completion=True, tokenizer=local_server.tokenize)
     vf = LLMValueFunction(prompt, adapter, scorer, Runner(adapter, concurrency=1), progress=False)
     scores = await vf(np.array([[1, 1, 1], [1, 1, 0]], dtype=bool))
-    assert np.isfinite(scores).all() and scorer.bound_hits == 0
+    assert np.isfinite(scores).all() and vf.scorer.bound_hits == 0
     assert abs(scores[0]) < 5  # both labels carry real probability mass
 
 
@@ -91,7 +91,8 @@ async def test_anthropic_messages_through_sdk(local_server: LocalServer) -> None
 
 async def test_masking_changes_scores(local_server: LocalServer) -> None:
     prompt = MaskedPrompt.from_text("Fire is hot and ice is cold.", template=QUESTION)
-    adapter, scorer = _adapter(local_server), LabelMargin()
+    adapter = _adapter(local_server)
+    scorer = LabelMargin().bind(adapter)
     masks = np.ones((3, prompt.n_features), dtype=bool)
     masks[1, [0, 1, 2, 3]] = False  # hide "Fire is hot and"
     masks[2, :] = False

@@ -31,8 +31,7 @@ def comp(*positions, texts=("x",), prompt=None, usage=Usage(), finish=("stop",))
 
 
 def test_label_margin_sums_variants():
-    s = LabelMargin()
-    s.validate(OPENAI)
+    s = LabelMargin().bind(OPENAI)
     r = s.request(MSGS)
     assert (r.max_tokens, r.top_logprobs, r.temperature, r.raw_completion) == (1, 20, 0.0, False)
     assert LabelMargin(raw_completion=True).request(MSGS).raw_completion
@@ -40,7 +39,7 @@ def test_label_margin_sums_variants():
     c = comp(("True", math.log(0.5), top))
     assert s.score(c) == pytest.approx(math.log(0.7) - math.log(0.1))
     assert s.bound_hits == 0
-    strict = LabelMargin(case_sensitive=True)
+    strict = LabelMargin(case_sensitive=True).bind(OPENAI)
     assert strict.score(c) == pytest.approx(math.log(0.5) - math.log(0.1))
 
 
@@ -49,7 +48,7 @@ def test_missing_label_uses_bound_not_floor():
     # unlisted mass 0.05, least listed 0.05 -> bound log(0.05)
     assert missing_bound([lp for _, lp in top]) == pytest.approx(math.log(0.05))
     top2 = [("True", math.log(0.6)), ("Yes", math.log(0.38))]  # remaining 0.02 < p_min 0.38
-    s = LabelMargin()
+    s = LabelMargin().bind(OPENAI)
     value = s.score(comp(("True", math.log(0.6), top2)))
     assert value == pytest.approx(math.log(0.6) - math.log(0.02))
     assert s.bound_hits == 1
@@ -59,7 +58,7 @@ def test_missing_label_uses_bound_not_floor():
 
 
 def test_label_margin_skips_markup_tokens_when_max_tokens_gt_1():
-    s = LabelMargin(max_tokens=3)
+    s = LabelMargin(max_tokens=3).bind(OPENAI)
     c = comp(("**", -0.1, [("**", -0.1), ("True", -3.0)]), ("False", -0.2, [("False", -0.2), ("True", -1.9)]))
     # position 0 already lists a label ("True") -> it is the scored position; False bounded there
     a, b, bounded = s.label_logprobs(c)
@@ -88,20 +87,19 @@ def test_label_margin_validation_before_spend():
     with pytest.raises(ScorerError, match="tokens for openai:gpt-4o-mini"):
         LabelMargin(labels=("True", "Unquestionably-false")).validate(OPENAI)
     capped = make_adapter("llama-server", "gemma", base_url="http://127.0.0.1:9/v1", max_top_logprobs=5)
-    s = LabelMargin()
-    s.validate(capped)
-    assert s.request(MSGS).top_logprobs == 5
+    configured = LabelMargin()
+    s = configured.bind(capped)
+    assert s.request(MSGS).top_logprobs == 5 and configured.request(MSGS).top_logprobs == 20
     with pytest.raises(ScoringError, match="no token logprobs"):
         s.score(Completion(texts=("True",)))
 
 
 def test_answer_logprob_first_token():
-    s = AnswerLogprob()
-    s.validate(OPENAI)
-    with pytest.raises(ScorerError, match="set_reference"):
+    s = AnswerLogprob().bind(OPENAI)
+    with pytest.raises(ScorerError, match="reference"):
         s.score(comp(("Paris", -0.1, [("Paris", -0.1)])))
     ref = comp(("Paris", -0.1, [("Paris", -0.1)]), (".", -0.2, []), texts=("Paris.",))
-    s.set_reference(ref)
+    s = AnswerLogprob().bind(OPENAI, ref)
     assert s.reference_request(MSGS).max_tokens == 64
     assert s.request(MSGS).max_tokens == 1
     assert s.score(comp(("Lyon", -0.5, [("Lyon", -0.5), ("Paris", -1.5)]))) == pytest.approx(-1.5)
@@ -111,13 +109,13 @@ def test_answer_logprob_first_token():
 
 
 def test_answer_logprob_sequence_teacher_forcing():
-    s = AnswerLogprob(mode="sequence")
-    s.validate(VLLM)
+    configured = AnswerLogprob(mode="sequence")
+    s = configured.bind(VLLM)
     probe = s.request(MSGS)  # before the reference: the request's shape, for capability checks only
     assert probe.prompt_logprobs == 1 and probe.messages == MSGS
-    with pytest.raises(ScorerError, match="set_reference"):
+    with pytest.raises(ScorerError, match="reference"):
         s.score(Completion(texts=("x",), prompt_logprobs=(TokenLogprob("a", -1.0),)))
-    s.set_reference(Completion(texts=("Paris is nice",)))
+    s = configured.bind(VLLM, Completion(texts=("Paris is nice",)))
     r = s.request(MSGS)
     assert r.prompt_logprobs == 1 and r.messages[-1] == Message("assistant", "Paris is nice")
     toks = [("<user>", -9.0), ("Q", -3.0), ("<model>", -0.1), ("Paris", -0.5), (" is", -0.25), (" nice", -1.0), ("<end>", -0.01), ("\n", -0.02)]
@@ -131,10 +129,10 @@ def test_answer_logprob_sequence_refuses_a_truncated_reference():
     for finish in ("length", "max_tokens"):  # OpenAI chat/legacy/Responses, Anthropic
         s = AnswerLogprob(mode="sequence", reference_max_tokens=2)
         with pytest.raises(ScorerError, match=rf"cut off at reference_max_tokens=2 .finish_reason='{finish}'.*raise"):
-            s.set_reference(Completion(texts=("Paris is",), usage=Usage(9, 2), finish_reasons=(finish,)))
+            s.bind(VLLM, Completion(texts=("Paris is",), usage=Usage(9, 2), finish_reasons=(finish,)))
         assert s.reference is None
     first = AnswerLogprob(reference_max_tokens=2)  # only the first token counts there: a long answer is fine
-    first.set_reference(comp(("Paris", -0.1, [("Paris", -0.1)]), texts=("Paris is",), finish=("length",)))
+    first.bind(OPENAI, comp(("Paris", -0.1, [("Paris", -0.1)]), texts=("Paris is",), finish=("length",)))
 
 
 async def test_truncated_reference_stops_the_value_function_before_masked_queries(monkeypatch):
@@ -157,8 +155,7 @@ async def test_truncated_reference_stops_the_value_function_before_masked_querie
 
 
 def test_answer_frequency_log_odds():
-    s = AnswerFrequency(samples=6, smoothing=0.5)
-    s.validate(ANTHROPIC)
+    s = AnswerFrequency(samples=6, smoothing=0.5).bind(ANTHROPIC)
     r = s.request(MSGS)
     assert (r.samples, r.temperature, r.max_tokens) == (6, 1.0, 4)
     c = Completion(texts=("True.", "true", "**False**", "TRUE!", "I think so", "False"))
@@ -173,7 +170,7 @@ def test_answer_frequency_log_odds():
 
 
 def test_answer_frequency_matches_multi_word_labels_and_the_longest_label():
-    s = AnswerFrequency(labels=("Absolutely not", "Yes"), samples=3)
+    s = AnswerFrequency(labels=("Absolutely not", "Yes"), samples=3).bind(ANTHROPIC)
     assert s.counts(Completion(texts=("Absolutely not.",) * 3)) == (3, 0)
     answers = ("**Absolutely   NOT**", " absolutely not, because...", "Yes!", "Absolutely", "Absolutely nothing", "Yesterday")
     assert s.counts(Completion(texts=answers)) == (2, 1)
@@ -209,13 +206,11 @@ def test_answer_frequency_max_tokens_must_hold_every_label_before_spend():
     # default max_tokens: room for the longest label (at least 4), exact where the tokenizer is known
     auto = AnswerFrequency(labels=("Absolutely not", "Unquestionably yes"))
     assert auto.request(MSGS).max_tokens == 6
-    auto.validate(ANTHROPIC)
-    assert auto.request(MSGS).max_tokens == 6
-    auto.validate(OPENAI)
-    assert auto.request(MSGS).max_tokens == 4
+    assert auto.bind(ANTHROPIC).request(MSGS).max_tokens == 6
+    assert auto.bind(OPENAI).request(MSGS).max_tokens == 4
+    assert auto.request(MSGS).max_tokens == 6  # binding leaves the configured scorer as it was
     exact = AnswerFrequency(labels=("Absolutely not", "Yes"), tokenizer=lambda t: t)  # one token per character
-    exact.validate(ANTHROPIC)
-    assert exact.request(MSGS).max_tokens == 14
+    assert exact.bind(ANTHROPIC).request(MSGS).max_tokens == 14
 
 
 def test_answer_similarity():
@@ -224,15 +219,15 @@ def test_answer_similarity():
     assert token_f1("a b c d", "a b") == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert char_ngram_cosine("running", "running") == pytest.approx(1.0)
     assert 0 < char_ngram_cosine("running fast", "runs fast") < 1
-    s = AnswerSimilarity(max_tokens=8)
-    s.validate(ANTHROPIC)
+    configured = AnswerSimilarity(max_tokens=8)
     for finish in ("length", "max_tokens"):
         with pytest.raises(ScorerError, match="max_tokens=8 is too small: the reference answer was cut off"):
-            s.set_reference(Completion(texts=("a long answer",), usage=Usage(5, 8), finish_reasons=(finish,)))
+            configured.bind(ANTHROPIC, Completion(texts=("a long answer",), usage=Usage(5, 8), finish_reasons=(finish,)))
     # an answer that ended by itself is whole, even when the provider allowed more tokens than asked
     # (the Responses API generates at least 16)
-    s.set_reference(Completion(texts=("The cat sat on the mat",), usage=Usage(5, 12), finish_reasons=("completed",)))
-    s.set_reference(Completion(texts=("The cat sat",), usage=Usage(5, 3), finish_reasons=("stop",)))
+    configured.bind(ANTHROPIC, Completion(texts=("The cat sat on the mat",), usage=Usage(5, 12),
+                                          finish_reasons=("completed",)))
+    s = configured.bind(ANTHROPIC, Completion(texts=("The cat sat",), usage=Usage(5, 3), finish_reasons=("stop",)))
     assert s.request(MSGS).max_tokens == 8
     assert s.score(Completion(texts=("the cat", "a dog sat"))) == pytest.approx((0.8 + 1 / 3) / 2)
     with pytest.raises(ScorerError, match="metric"):

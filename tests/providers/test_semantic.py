@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from providers.adapters import make_adapter
 from providers.scorers import ScorerError
 from providers.types import Completion
 
@@ -51,10 +52,11 @@ def test_batches_and_cache_give_the_same_embeddings(encoder) -> None:
 
 
 def test_scorer_ranks_paraphrase_above_off_topic_and_averages_samples(encoder) -> None:
-    scorer = semantic.SemanticSimilarity(encoder=encoder)
-    with pytest.raises(ScorerError, match="set_reference"):
-        scorer.score(Completion(("x",)))
-    scorer.set_reference(Completion(("No, pulling the lever is wrong.",), finish_reasons=("stop",)))
+    configured = semantic.SemanticSimilarity(encoder=encoder)
+    adapter = make_adapter("anthropic", "claude-3-5-haiku-latest", api_key="sk-ant-test-0000000000")
+    with pytest.raises(ScorerError, match="bind"):
+        configured.score(Completion(("x",)))
+    scorer = configured.bind(adapter, Completion(("No, pulling the lever is wrong.",), finish_reasons=("stop",)))
     same, para, off = scorer.score_many([
         Completion(("No, pulling the lever is wrong.",)),
         Completion(("It is not acceptable to divert the trolley.",)),
