@@ -353,7 +353,7 @@ def _uncached_cost(prompt: Any, adapter: Any, scorer: Any, plan_: Any, random_st
 
     try:
         ex.Explainer(capture, plan_.n, plan_.budget, method=plan_.requested, max_order=plan_.max_order,
-                     random_state=random_state).explain()
+                     random_state=random_state, plan=plan_).explain()
         return None
     except _Design as probe:
         train = probe.masks
@@ -366,7 +366,8 @@ def _uncached_cost(prompt: Any, adapter: Any, scorer: Any, plan_: Any, random_st
     try:
         vf = LLMValueFunction(prompt, adapter, scorer, runner, progress=False)
         full = prompt.render(prompt.full_mask())
-        requests = [scorer.reference_request(full) if scorer.needs_reference else scorer.request(full)]
+        bound = vf.scorer  # the requests as the run builds them (settings resolved for this adapter)
+        requests = [bound.reference_request(full) if bound.needs_reference else bound.request(full)]
         requests += [vf._request_for(m) for m in prompt.render_many(np.concatenate(masks))]
         todo = [r for r in dict.fromkeys(requests) if not runner.is_cached(r)]
         return (float(sum(runner.estimate_cost(r) for r in todo)), float(sum(runner.worst_case_cost(r) for r in todo)))
