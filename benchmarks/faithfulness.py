@@ -1,25 +1,45 @@
-"""Faithfulness against queries on a real model: our auto / SPEX / ProxySPEX and a linear LASSO baseline,
-beside shapiq's SPEX and ProxySPEX, on the same cached value function and the same held-out masks.
+"""Faithfulness on real prompts: our auto / SPEX / ProxySPEX and a linear LassoCV fit beside shapiq's SPEX and
+ProxySPEX, on the same cached answers, with each prompt's measured repeat-noise ceiling.
 
-Five prompts (words as features, n = 30-120) are answered by the local Gemma-3-270M through llama-server;
-the score is the label margin logprob(True) − logprob(False). Every method asks the SAME value function,
-memoised in memory and on disk (benchmarks/out/cache), so a mask asked by two methods is paid once and a
-rerun of the benchmark is free. Faithfulness = R² on held-out uniform random masks the model answered.
+Ten prompts are answered by the local Gemma-3-270M through llama-server (sentiment with negation and contrast,
+multi-document QA whose answer needs two documents together, modified classic puzzles, and a long review of
+n >= 200 words); the score is the label margin logprob(True) − logprob(False). Per prompt:
 
-    python benchmarks/faithfulness.py [--budgets 150 300 600] [--holdout 200] [--prompts 5] [--base-url URL]
+- held-out: `--holdout` fresh uniform random masks (default 200), never used for training; R² is measured on them;
+- noise: the first `--repeats` held-out masks asked a second time (a genuine re-ask, in shuffled order, cached
+  under its own key) give the repeat-noise sd and the R² ceiling 1 − noise²/var(score) (NoiseEstimate);
+- training: ProxySPEX's uniform masks (all-kept, all-masked, then a seeded stream) are nested, so the masks of
+  budget 500 are the first 500 of budget 1,500; linear LassoCV and shapiq's ProxySPEX are fitted on exactly those
+  masks (shapiq's sampler is handed them), so the three see identical answers. SPEX designs are nested in b.
+  auto asks what its plan asks (the same stream, plus its own held-out slice at larger budgets); shapiq's SPEX
+  asks its own design.
 
-Prints one row per (prompt, method, budget), a table of mean R² per method and budget, whether auto
-reaches the R² of shapiq's best method with at most a quarter of its queries (or by how much it falls
-short), and saves benchmarks/out/faithfulness.png.
+Every answer goes through the runner's disk cache and a score store under `--cache` (default
+/work/notes/faith-cache, outside the repository), so a rerun with a changed engine asks nothing the cache
+holds; missing answers are asked from a local server started on demand.
+
+    python benchmarks/faithfulness.py --collect        # ask every answer the table needs, fit nothing
+    python benchmarks/faithfulness.py                  # the table (from the cache; asks only what is missing)
+    python benchmarks/faithfulness.py --budgets 500 1500 --prompts review notbad --shapiq18 PATH/bin/python
+
+Prints per prompt and budget: R² of every method, the noise ceiling, auto as a share of the ceiling, auto − linear
+with its standard error; then means and the #10 targets (auto ≥ linear + 0.05 at 500, auto ≥ 0.85 of the ceiling at
+1,500, auto never below linear by more than one standard error).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import logging
+import os
+import subprocess
 import sys
 import time
 import warnings
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,17 +51,18 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from spex_api.engine.explainer import Explainer
-from spex_api.engine.fourier import SparseFourier, r2_score
-from spex_api.engine.indices import SparseMobius, mobius_to_fourier
-from spex_api.engine.baseline import LinearBaseline
-from spex_api.engine.planner import minimum_budget
-from spex_api.engine.proxyspex import ProxySPEX
-from spex_api.sdk import BackgroundLoop
-from spex_api.engine.spex import SPEX
-from spex_api.engine.oracle import Oracle
+from spex_api.engine.baseline import LinearBaseline  # noqa: E402
+from spex_api.engine.explainer import Explainer  # noqa: E402
+from spex_api.engine.explanation import NoiseEstimate  # noqa: E402
+from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
+from spex_api.engine.indices import SparseMobius, mobius_to_fourier  # noqa: E402
+from spex_api.engine.oracle import Oracle  # noqa: E402
+from spex_api.engine.proxyspex import ProxySPEX, uniform_masks  # noqa: E402
+from spex_api.engine.spex import SPEX  # noqa: E402
 
-OUT = _HERE / "out"
+log = logging.getLogger("faithfulness")
+DEFAULT_CACHE = Path("/work/notes/faith-cache")
+SEED = 0
 
 FEW_SHOT = (
     "Answer each question about the text with True or False.\n\n"
@@ -49,72 +70,239 @@ FEW_SHOT = (
     "Text: The bridge was closed for repairs all week.\nQuestion: Could cars cross the bridge that week?\nAnswer: False\n\n"
     "Text: {content}\nQuestion: %s\nAnswer:"
 )
-PROMPTS: list[tuple[str, str, str]] = [
-    ("review", "Is the review positive?",
-     "The pasta was excellent and the dessert was unforgettable, but the waiter forgot our order twice, the room "
-     "was so noisy that we could barely talk, and the bill was much higher than we expected."),
-    ("trolley", "Should you pull the lever?",
-     "A runaway trolley is heading toward five people lying on the main track. The five people are already dead. "
-     "You can pull a lever to send the trolley onto a side track, where it will kill one living worker who "
-     "cannot escape."),
-    ("ticket", "Is the ticket about billing?",
-     "Hi, I upgraded to the yearly plan last week. Since then the app logs me out every morning, and today I "
-     "noticed two identical charges on my card statement. Can someone please fix this before the weekend?"),
-    ("claim", "Is the statement supported by the text?",
-     "Statement: the museum is free on Sundays. The city museum charges twelve dollars for adults, but children "
-     "under ten enter for free, and on the first Sunday of every month all visitors enter without paying."),
-    ("email", "Is the email spam?",
-     "Dear customer, your account has been selected for an exclusive reward. Click the link below within "
-     "twenty four hours to confirm your details and claim the prize, or your access to online banking will "
-     "be suspended."),
+
+LONG_REVIEW = (
+    "We booked the lake house for a week in August after reading glowing reviews, and I want to be fair about "
+    "what worked and what did not. The location is stunning: the deck looks straight over the water, the sunsets "
+    "were unforgettable, and the village with its bakery and small market is a short walk away. The kitchen was "
+    "well equipped, the beds were comfortable, and the owner answered every message within minutes. However, the "
+    "first night we found the shower barely working, the wifi dropped whenever more than one person used it, and "
+    "a neighbour ran a loud generator until midnight on three evenings. The cleaning fee was high for a place that "
+    "still had sand in the corners and dust on the shelves. The owner did send a plumber the next morning, and he "
+    "fixed the shower quickly, which we appreciated. The canoe and the bicycles were free to use and in good "
+    "shape, and the children loved the rope swing by the shore. Overall the house is not perfect and it is not "
+    "cheap, but the view, the quiet mornings and the kind owner made up for most of the problems, and we would "
+    "not hesitate to book it again next summer if the price stays the same."
+)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One benchmark prompt: its name, kind, question (True/False), text and feature granularity."""
+
+    name: str
+    kind: str
+    question: str
+    text: str
+    features: str = "words"
+
+
+PROMPTS: list[Spec] = [
+    Spec("review-but", "sentiment, contrast", "Is the review positive?",
+         "The pasta was excellent and the dessert was unforgettable, but the waiter forgot our order twice, the room "
+         "was so noisy that we could barely talk, and the bill was much higher than we expected."),
+    Spec("not-bad", "sentiment, negation", "Is the review positive?",
+         "The hotel was not bad at all. The room was not exactly spotless, but the staff were never rude and the "
+         "breakfast was not something anyone would complain about. I would not hesitate to stay again."),
+    Spec("yet-phone", "sentiment, contrast", "Is the review positive?",
+         "I expected to hate this phone because the reviews were terrible, yet the battery lasts two days, the "
+         "camera is sharp, and although the screen scratches easily, I do not regret buying it."),
+    Spec("film-flat", "sentiment, contrast", "Is the review positive?",
+         "The film is beautifully shot and the cast is talented, but the story never comes together, the jokes "
+         "fall flat, and by the end I could not wait for it to be over."),
+    Spec("docs-dam", "multi-document QA (documents as features)",
+         "Does the chief engineer of the Halden dam work in Norway?",
+         "Document 1: Anna Berg is the chief engineer of the Halden dam. Document 2: The Halden dam is in northern "
+         "Norway. Document 3: The canteen serves fish on Fridays. Document 4: Anna Berg was born in Sweden. "
+         "Document 5: Northern Norway has polar nights in December. Document 6: The dam was finished in 2019. "
+         "Document 7: Erik Lund is the chief engineer of a bridge in Denmark. Document 8: The Halden dam supplies "
+         "power to two towns. Document 9: Sweden and Norway share a long border. Document 10: The engineers meet "
+         "every Monday. Document 11: Anna Berg speaks three languages. Document 12: The bridge in Denmark opened "
+         "last year.", "sentences"),
+    Spec("docs-meeting", "multi-document QA (words as features)", "Is the meeting on the third floor?",
+         "Note A: The budget meeting was moved to the room next to the library. Note B: The library is on the "
+         "third floor of the east building. Note C: Parking in the garage is free after six."),
+    Spec("trolley-dead", "modified classic puzzle", "Should you pull the lever?",
+         "A runaway trolley is heading toward five people lying on the main track. The five people are already "
+         "dead. You can pull a lever to send the trolley onto a side track, where it will kill one living worker "
+         "who cannot escape."),
+    Spec("monty-open", "modified classic puzzle", "Should you switch to door two?",
+         "You are on a game show with three doors. A car is behind one door and goats are behind the others. You "
+         "pick door one. The host, who does not know where the car is, opens door three by accident, and the car "
+         "is behind it."),
+    Spec("river-big-boat", "modified classic puzzle", "Does the farmer need more than one trip?",
+         "A farmer must cross a river with a wolf, a goat and a cabbage. His boat is large enough to carry the "
+         "farmer and all three at once. Left alone, the wolf eats the goat and the goat eats the cabbage."),
+    Spec("lake-house-long", "long prompt (n >= 200 words)", "Is the review positive?", LONG_REVIEW),
 ]
+METHODS = ["linear", "auto", "spex", "proxyspex", "shapiq-SPEX", "shapiq-ProxySPEX"]
 
 
-class SharedValueFunction:
-    """The one value function every method asks: memoised per mask (in memory, and on disk by the runner)."""
+def prompt_id(spec: Spec, scorer_name: str) -> str:
+    """Identity of everything that determines a prompt's scores (so a changed prompt never reuses old scores)."""
+    material = json.dumps([spec.text, spec.question, spec.features, FEW_SHOT, scorer_name])
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], n: int) -> None:
-        self.fn, self.n = fn, n
-        self.memo: dict[bytes, float] = {}
-        self.model_queries = 0
 
-    def __call__(self, masks: np.ndarray) -> np.ndarray:
+class ScoreStore:
+    """Scores per (prompt, repeat, mask) on disk (diskcache); the runner's cache below holds the raw answers."""
+
+    def __init__(self, directory: Path) -> None:
+        import diskcache
+
+        self.db = diskcache.Cache(str(directory), eviction_policy="none")
+
+    @staticmethod
+    def keys(pid: str, repeat: int, masks: np.ndarray) -> list[str]:
+        return [f"{pid}:{repeat}:{row.tobytes().hex()}" for row in np.packbits(masks, axis=1)]
+
+    def get(self, keys: list[str]) -> list[float | None]:
+        return [self.db.get(k) for k in keys]
+
+    def put(self, keys: list[str], values: np.ndarray) -> None:
+        with self.db.transact():
+            for k, v in zip(keys, values):
+                self.db.set(k, float(v))
+
+
+class Answers:
+    """The one value function every method of one prompt asks: store first, then the model (lazily started)."""
+
+    def __init__(self, spec: Spec, store: ScoreStore, model: "Model") -> None:
+        self.spec, self.store, self.model = spec, store, model
+        self.n = model.n_features(spec)
+        self.pid = prompt_id(spec, model.scorer_name)
+        self.asked = 0
+
+    def __call__(self, masks: np.ndarray, repeat: int = 0) -> np.ndarray:
         masks = np.asarray(masks, dtype=bool).reshape(-1, self.n)
-        keys = [row.tobytes() for row in np.packbits(masks, axis=1)]
-        new = {k: i for i, k in enumerate(keys) if k not in self.memo}
-        if new:
-            scores = self.fn(masks[list(new.values())])
-            self.memo.update(zip(new, map(float, scores)))
-            self.model_queries += len(new)
-        return np.array([self.memo[k] for k in keys])
+        keys = self.store.keys(self.pid, repeat, masks)
+        known = {k: v for k, v in zip(keys, self.store.get(keys)) if v is not None}
+        missing = list({k: i for i, k in enumerate(keys) if k not in known}.values())  # first row of each
+        for start in range(0, len(missing), 250):  # chunks: progress is stored as it comes
+            rows = missing[start:start + 250]
+            scores = self.model.score(self.spec, masks[rows], repeat)
+            fresh = [keys[i] for i in rows]
+            self.store.put(fresh, scores)
+            known.update(zip(fresh, map(float, scores)))
+            self.asked += len(rows)
+        return np.array([known[k] for k in keys], dtype=float)
+
+
+class NotCollected(RuntimeError):
+    """An answer the table needs is not in the store and --offline forbids asking it."""
+
+
+class Model:
+    """Gemma-3-270M on llama-server, started only when an answer is missing from the store."""
+
+    scorer_name = "label-margin True/False raw-completion"
+
+    def __init__(self, cache: Path, base_url: str | None, stack: ExitStack, offline: bool = False) -> None:
+        self.cache, self.base_url, self.stack, self.offline = cache, base_url, stack, offline
+        self.io: Any = None
+        self.fns: dict[str, Any] = {}
+        self.previews: dict[str, Any] = {}
+
+    def prepared(self, spec: Spec) -> Any:
+        """The SDK's masked prompt and scorer for this spec (preview: validated, nothing sent)."""
+        if spec.name not in self.previews:
+            from spex_api import sdk
+
+            self.previews[spec.name] = sdk.preview(
+                spec.text, provider="local", features=spec.features, template=FEW_SHOT % spec.question,
+                labels=["True", "False"], scorer="label-margin", budget=5000, cache_dir=None)
+        return self.previews[spec.name]
+
+    def n_features(self, spec: Spec) -> int:
+        return int(self.prepared(spec).prompt.n_features)
+
+    def _vf(self, spec: Spec) -> Any:
+        if spec.name not in self.fns:
+            if self.io is None:
+                from spex_api.sdk import BackgroundLoop
+
+                if self.base_url is None:
+                    from providers.local import LocalServer
+
+                    self.base_url = self.stack.enter_context(LocalServer()).base_url
+                self.io = BackgroundLoop()
+                self.stack.callback(self.io.close)
+            from providers.adapters import make_adapter
+            from providers.runner import Runner
+            from providers.value_function import LLMValueFunction
+
+            pre = self.prepared(spec)
+            adapter = make_adapter("openai-compatible", pre.model, base_url=self.base_url)
+            runner = Runner(adapter, cache=str(self.cache / "runner"), concurrency=8)
+            self.fns[spec.name] = LLMValueFunction(pre.prompt, adapter, pre.scorer, runner, progress=False)
+        return self.fns[spec.name]
+
+    def score(self, spec: Spec, masks: np.ndarray, repeat: int) -> np.ndarray:
+        if self.offline:
+            raise NotCollected(f"{len(masks)} answers not collected (--offline)")
+        vf = self._vf(spec)
+        return np.asarray(self.io.run(vf(masks, repeat=repeat)), dtype=float)
 
 
 class Counted:
-    """A method's view of the shared value function: counts the distinct masks THIS method asked."""
+    """A method's view of the answers: counts the distinct masks THIS method asked."""
 
-    def __init__(self, shared: SharedValueFunction) -> None:
-        self.shared = shared
+    def __init__(self, answers: Answers) -> None:
+        self.answers = answers
         self.seen: set[bytes] = set()
-        self.masks: list[np.ndarray] = []
 
     def __call__(self, masks: np.ndarray) -> np.ndarray:
-        masks = np.asarray(masks, dtype=bool).reshape(-1, self.shared.n)
-        for row, key in zip(masks, (r.tobytes() for r in np.packbits(masks, axis=1))):
-            if key not in self.seen:
-                self.seen.add(key)
-                self.masks.append(row)
-        return self.shared(masks)
+        masks = np.asarray(masks, dtype=bool).reshape(-1, self.answers.n)
+        self.seen.update(r.tobytes() for r in np.packbits(masks, axis=1))
+        return self.answers(masks)
 
     @property
     def queries(self) -> int:
         return len(self.seen)
 
 
-def _shapiq_fourier(cls_name: str, n: int, budget: int, game: Counted) -> SparseFourier:
-    """Run shapiq's approximator and read the full Möbius transform it recovers (before index conversion)."""
-    import shapiq
+# ---- the shared designs ------------------------------------------------------------------------------------------
 
-    approx = getattr(shapiq, cls_name)(n=n, index="FBII", max_order=2, random_state=0)
+def holdout_masks(n: int, count: int) -> np.ndarray:
+    """Fresh uniform masks from their own seed (disjoint stream from every training design)."""
+    return np.random.default_rng([7, n, 0x401D]).random((count, n)) < 0.5
+
+
+def pool_masks(n: int, budget: int) -> np.ndarray:
+    """ProxySPEX's training masks at this budget (random_state=SEED): nested, budget 500 ⊂ budget 1,500."""
+    return uniform_masks(n, budget, np.random.default_rng(SEED))
+
+
+def spex_b(n: int, budget: int) -> int | None:
+    b = SPEX.largest_b(n, budget)
+    return b if b is not None and b >= 2 else None
+
+
+class _PoolSampler:
+    """Stands in for shapiq's CoalitionSampler: hands shapiq's ProxySPEX our training masks."""
+
+    def __init__(self, masks: np.ndarray) -> None:
+        self.masks = masks
+        self.coalitions_matrix: np.ndarray | None = None
+
+    def sample(self, budget: int) -> None:
+        self.coalitions_matrix = self.masks[:budget].copy()
+
+
+class _Collected(Exception):
+    """Raised after shapiq's SPEX asked its design, to skip its decoding in --collect mode."""
+
+
+def shapiq_fourier(cls_name: str, n: int, budget: int, game: Callable[[np.ndarray], np.ndarray],
+                   pool: np.ndarray | None = None, collect_only: bool = False) -> SparseFourier:
+    """shapiq 1.4's approximator on the game; its full Möbius transform (before index conversion) as Fourier."""
+    import shapiq
+    import shapiq.approximator.sparse.base as sparse_base
+
+    approx = getattr(shapiq, cls_name)(n=n, index="FBII", max_order=2, random_state=SEED)
+    if pool is not None:
+        approx._uniform_sampler = _PoolSampler(pool)
     captured: dict[tuple, float] = {}
     original = approx._process_moebius
 
@@ -123,162 +311,252 @@ def _shapiq_fourier(cls_name: str, n: int, budget: int, game: Counted) -> Sparse
         return original(moebius_transform=moebius_transform)
 
     approx._process_moebius = capture
-    approx.approximate(budget, lambda X: game(np.asarray(X, dtype=bool)))
+    transform = sparse_base.sparse_fourier_transform
+    if collect_only:
+        def stop(*args: Any, **kwargs: Any) -> Any:
+            raise _Collected
+        sparse_base.sparse_fourier_transform = stop
+    try:
+        approx.approximate(budget, lambda X: game(np.asarray(X, dtype=bool)))
+    finally:
+        sparse_base.sparse_fourier_transform = transform
     keys = [tuple(int(i) for i in k) for k in captured]
     return mobius_to_fourier(SparseMobius(n, keys, np.array(list(captured.values()), dtype=float)))
 
 
-def run_methods(shared: SharedValueFunction, n: int, budget: int, test: np.ndarray, y_test: np.ndarray) -> list[dict]:
-    """Every method at one budget; returns rows with queries, held-out R² and CPU seconds."""
-    rows = []
+def shapiq18(python: str, cls_name: str, n: int, budget: int, game: Callable[[np.ndarray], np.ndarray],
+             pool: np.ndarray | None) -> SparseFourier:
+    """shapiq ≥1.5 in another interpreter (a Python 3.12 venv): it asks masks over a pipe, we answer them."""
+    worker = _HERE / "_shapiq_worker.py"
+    proc = subprocess.Popen([python, str(worker), cls_name, str(n), str(budget), str(SEED)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    if pool is not None:
+        proc.stdin.write(json.dumps({"pool": np.packbits(pool, axis=1).tolist()}) + "\n")
+    else:
+        proc.stdin.write("{}\n")
+    proc.stdin.flush()
+    for line in proc.stdout:
+        msg = json.loads(line)
+        if "masks" in msg:
+            masks = np.unpackbits(np.array(msg["masks"], dtype=np.uint8), axis=1, count=n).astype(bool)
+            proc.stdin.write(json.dumps({"scores": game(masks).tolist()}) + "\n")
+            proc.stdin.flush()
+        elif "moebius" in msg:
+            proc.wait()
+            keys = [tuple(k) for k, _ in msg["moebius"]]
+            return mobius_to_fourier(SparseMobius(n, keys, np.array([v for _, v in msg["moebius"]], dtype=float)))
+        elif "error" in msg:
+            proc.wait()
+            raise RuntimeError(msg["error"])
+    proc.wait()
+    raise RuntimeError(f"shapiq worker exited with {proc.returncode}")
 
-    def record(name: str, fn: Callable[[Counted], Any]) -> Any:
-        game = Counted(shared)
+
+# ---- one prompt ---------------------------------------------------------------------------------------------------
+
+def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndarray,
+                shapiq_python: str | None) -> list[dict]:
+    """Every method at one budget; rows with queries, held-out R², CPU seconds and the model's choice."""
+    n = answers.n
+    pool = pool_masks(n, budget)
+    rows: list[dict] = []
+
+    def record(name: str, fit: Callable[[Counted], Any]) -> Any:
+        game = Counted(answers)
         t = time.process_time()
         try:
-            model = fn(game)
-            r2 = r2_score(y_test, model.predict(test))
-            note = ""
+            model = fit(game)
+            pred = model.predict(test)
+            r2, note = r2_score(y_test, pred), ""
+            if hasattr(model, "faithfulness_detail"):
+                note = str(model.faithfulness_detail.get("selected") or model.method)
         except Exception as exc:  # a method that cannot run at this budget is reported, not fatal
-            model, r2, note = None, float("nan"), f"{type(exc).__name__}: {exc}"[:80]
-        rows.append({"method": name, "budget": budget, "queries": game.queries, "r2": r2,
+            pred, r2, note = None, float("nan"), f"{type(exc).__name__}: {exc}"[:90]
+        rows.append({"method": name, "budget": budget, "queries": game.queries, "r2": r2, "pred": pred,
                      "cpu": time.process_time() - t, "note": note})
-        return model, game
 
-    record("auto", lambda g: Explainer(g, n, budget, method="auto", random_state=0).explain())
-    if budget >= minimum_budget(n, "spex", holdout=0):
-        record("spex", lambda g: SPEX(n, b=SPEX.largest_b(n, budget), random_state=0).fit(Oracle(g, n, budget)))
-    else:
-        rows.append({"method": "spex", "budget": budget, "queries": 0, "r2": float("nan"), "cpu": 0.0,
-                     "note": f"budget below SPEX minimum {minimum_budget(n, 'spex', holdout=0)}"})
-    _, proxy_game = record("proxyspex", lambda g: ProxySPEX(n, n_samples=budget, random_state=0).fit(Oracle(g, n, budget)))
-    # LASSO on exactly the masks ProxySPEX was given: the same answers, no extra queries.
-    train = np.array(proxy_game.masks)
-    record("lasso", lambda g: LinearBaseline(n, random_state=0).fit(train, g(train)))
-    for name in ("SPEX", "ProxySPEX"):
-        record(f"shapiq-{name}", lambda g, name=name: _shapiq_fourier(name, n, budget, g))
+    record("linear", lambda g: LinearBaseline(n, random_state=SEED).fit(pool, g(pool)))
+    record("auto", lambda g: Explainer(g, n, budget, method="auto", random_state=SEED).explain())
+    b = spex_b(n, budget)
+    record("spex", lambda g: SPEX(n, b=b, random_state=SEED).fit(Oracle(g, n, budget)) if b else _refuse(n, budget))
+    record("proxyspex", lambda g: ProxySPEX(n, n_samples=budget, random_state=SEED).fit(Oracle(g, n, budget)))
+    record("shapiq-SPEX", lambda g: shapiq_fourier("SPEX", n, budget, g))
+    record("shapiq-ProxySPEX", lambda g: shapiq_fourier("ProxySPEX", n, budget, g, pool=pool))
+    if shapiq_python:
+        record("shapiq18-SPEX", lambda g: shapiq18(shapiq_python, "SPEX", n, budget, g, None))
+        record("shapiq18-ProxySPEX", lambda g: shapiq18(shapiq_python, "ProxySPEX", n, budget, g, pool))
     return rows
 
 
-def verdict(mean: dict[tuple[str, int], float], budgets: list[int]) -> str:
-    """Does auto at budget B match shapiq's best at 4·B (or more)? Else by how much it falls short."""
-    lines = []
-    for big in budgets:
-        shq = {m: mean.get((m, big), float("nan")) for m in ("shapiq-SPEX", "shapiq-ProxySPEX")}
-        best_name = max(shq, key=lambda m: -np.inf if np.isnan(shq[m]) else shq[m])
-        best = shq[best_name]
-        if np.isnan(best):
-            continue
-        small = [b for b in budgets if 4 * b <= big]
-        if not small:
-            continue
-        b = max(small)
-        auto = mean.get(("auto", b), float("nan"))
-        ok = auto >= best
-        lines.append(
-            f"shapiq best at {big} queries: {best_name} R² {best:.3f}; auto at {b} queries (≤ 1/4): R² {auto:.3f} → "
-            + ("REACHED" if ok else f"falls short by {best - auto:.3f} R²")
-        )
-        reach = [bb for bb in budgets if mean.get(("auto", bb), -np.inf) >= best]
-        if reach:
-            lines.append(f"  auto first reaches it at {min(reach)} queries ({min(reach) / big:.2f} of shapiq's)")
-        else:
-            lines.append("  auto does not reach it at any budget tried")
-    return "\n".join(lines) or "no budget pair B, 4·B available: pass --budgets with a 4x spread"
+def _refuse(n: int, budget: int) -> Any:
+    raise ValueError(f"budget {budget} affords no SPEX design with b >= 2 at n={n}")
+
+
+def measure_noise(answers: Answers, test: np.ndarray, y_test: np.ndarray, repeats: int) -> NoiseEstimate:
+    """The first `repeats` held-out masks asked again, in shuffled order (a different batch composition)."""
+    order = np.random.default_rng([11, answers.n]).permutation(repeats)
+    again = np.empty(repeats)
+    again[order] = answers(test[:repeats][order], repeat=1)
+    return NoiseEstimate.from_pairs(y_test[:repeats], again, y_test)
+
+
+def collect(answers: Answers, budget: int, what: str) -> None:
+    """Ask the answers one part of the table needs at this budget without fitting anything (CPU stays with
+    the server): "pool" (linear, ProxySPEX, auto's training, shapiq's ProxySPEX), "spex", "shapiq-spex"."""
+    n = answers.n
+    if what == "pool":
+        answers(pool_masks(n, budget))
+    elif what == "spex":
+        b = spex_b(n, budget)
+        if b:
+            answers(SPEX(n, b=b, random_state=SEED).design())
+    else:
+        try:
+            shapiq_fourier("SPEX", n, budget, answers, collect_only=True)
+        except _Collected:
+            pass
+        except Exception as exc:  # e.g. a budget below shapiq's minimum: the table reports it
+            log.warning("shapiq SPEX at %d on %s: %s", budget, answers.spec.name, exc)
+
+
+# ---- report -------------------------------------------------------------------------------------------------------
+
+def paired_se(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> tuple[float, float]:
+    """R²(a) − R²(b) on the same held-out answers and its standard error (paired squared errors)."""
+    d = ((y - pred_b) ** 2 - (y - pred_a) ** 2) / np.var(y)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def print_table(results: dict[str, dict], budgets: list[int], methods: list[str]) -> dict[str, Any]:
+    """Per prompt and mean, per budget: every method's R², the ceiling, auto's share, auto − linear ± se."""
+    names = list(results)
+    verdicts: dict[str, Any] = {}
+    for budget in budgets:
+        print(f"\n### budget {budget}: held-out R² (auto's choice in brackets)")
+        head = ["prompt", "n"] + methods + ["ceiling", "auto/ceil", "auto−lin ± se"]
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        cols: dict[str, list[float]] = {m: [] for m in methods + ["ceiling", "share", "gain"]}
+        below = []
+        for name in names:
+            res = results[name]
+            rows = {r["method"]: r for r in res["rows"] if r["budget"] == budget}
+            if not rows or rows["auto"]["pred"] is None or rows["linear"]["pred"] is None:
+                continue
+            cells = [name, str(res["n"])]
+            for m in methods:
+                r = rows.get(m)
+                v = float("nan") if r is None else r["r2"]
+                cols[m].append(v)
+                cells.append(f"{v:.3f}" + (f" ({r['note']})" if m == "auto" and r and r["note"] else ""))
+            ceil = res["noise"].r2_ceiling
+            share = rows["auto"]["r2"] / ceil if ceil > 0 else float("nan")
+            gain, se = (paired_se(res["y_test"], rows["auto"]["pred"], rows["linear"]["pred"])
+                        if rows["auto"]["pred"] is not None and rows["linear"]["pred"] is not None
+                        else (float("nan"), float("nan")))
+            if gain < -se:
+                below.append(f"{name} ({gain:+.3f} ± {se:.3f})")
+            cols["ceiling"].append(ceil)
+            cols["share"].append(share)
+            cols["gain"].append(gain)
+            cells += [f"{ceil:.3f}", f"{share:.3f}", f"{gain:+.3f} ± {se:.3f}"]
+            print("| " + " | ".join(cells) + " |")
+        mean = {k: float(np.mean(v)) if v and np.all(np.isfinite(v)) else float("nan") for k, v in cols.items()}
+        print("| **mean** | | " + " | ".join(f"{mean[m]:.3f}" for m in methods)
+              + f" | {mean['ceiling']:.3f} | {mean['share']:.3f} | {mean['gain']:+.3f} |")
+        verdicts[budget] = {"mean": mean, "below_linear": below, "prompts": len(cols["auto"])}
+    print("\nTargets (#10):")
+    if 500 in verdicts:
+        m = verdicts[500]["mean"]
+        print(f"  budget 500: auto {m['auto']:.3f} vs linear {m['linear']:.3f} + 0.05 = {m['linear'] + 0.05:.3f} → "
+              + ("MET" if m["auto"] >= m["linear"] + 0.05 else "NOT MET"))
+    if 1500 in verdicts:
+        m = verdicts[1500]["mean"]
+        print(f"  budget 1500: auto at {m['share']:.3f} of the noise ceiling (target 0.85) → "
+              + ("MET" if m["share"] >= 0.85 else "NOT MET"))
+    for budget, v in verdicts.items():
+        print(f"  budget {budget}: auto below linear by more than one se on "
+              + (", ".join(v["below_linear"]) if v["below_linear"] else "no prompt") + f" (of {v['prompts']})")
+    return verdicts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budgets", type=int, nargs="+", default=[150, 300, 600])
-    ap.add_argument("--holdout", type=int, default=200, help="held-out random masks per prompt")
-    ap.add_argument("--prompts", type=int, default=5)
-    ap.add_argument("--base-url", default=None, help="reuse a running local server (spex-api serve-local)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[500, 1500])
+    ap.add_argument("--holdout", type=int, default=200, help="fresh held-out masks per prompt (R²)")
+    ap.add_argument("--repeats", type=int, default=60, help="held-out masks asked twice (noise ceiling)")
+    ap.add_argument("--prompts", nargs="*", default=None, help="prompt names (default: all ten)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="score store and runner cache")
+    ap.add_argument("--base-url", default=None, help="reuse a running server (else one starts if needed)")
+    ap.add_argument("--collect", action="store_true", help="only ask the answers (budget by budget), fit nothing")
+    ap.add_argument("--no-shapiq-spex", action="store_true", help="collect: skip shapiq SPEX's own design")
+    ap.add_argument("--shapiq18", default=None, help="python of a venv with shapiq >= 1.5 (adds its rows)")
+    ap.add_argument("--offline", action="store_true",
+                    help="never ask the model: rows whose answers are not collected are reported as such")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     budgets = sorted(args.budgets)
-    OUT.mkdir(parents=True, exist_ok=True)
-
-    from providers.runner import Runner
-    from providers.value_function import LLMValueFunction
-    from spex_api import sdk
-
-    all_rows: list[dict] = []
+    specs = [s for s in PROMPTS if args.prompts is None or s.name in args.prompts]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    store = ScoreStore(args.cache / "scores")
+    shapiq_python = args.shapiq18 or os.environ.get("SHAPIQ18_PYTHON")
     with ExitStack() as stack:
-        base_url = args.base_url
-        if base_url is None:
-            from providers.local import LocalServer
+        model = Model(args.cache, args.base_url, stack, offline=args.offline)
+        prompts = {s.name: Answers(s, store, model) for s in specs}
+        tests: dict[str, tuple[np.ndarray, np.ndarray, NoiseEstimate]] = {}
+        t0 = time.time()
 
-            base_url = stack.enter_context(LocalServer()).base_url
-        io = BackgroundLoop()
-        stack.callback(io.close)
-        runner = None
-        for name, question, text in PROMPTS[: args.prompts]:
-            pre = sdk.preview(text, base_url=base_url, template=FEW_SHOT % question, labels=["True", "False"],
-                              scorer="label-margin", budget=max(budgets), cache_dir=None)
-            adapter = sdk._make_adapter(pre.provider, pre.model, base_url, None)
-            runner = Runner(adapter, cache=str(OUT / "cache"), concurrency=8)
-            vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, runner, progress=False)
-            n = pre.prompt.n_features
-            shared = SharedValueFunction(lambda m, vf=vf: io.run(vf(m)), n)
-            test = np.random.default_rng([7, n]).random((args.holdout, n)) < 0.5
-            t = time.time()
-            y_test = shared(test)
-            print(f"\n[{name}] n={n} words, held-out {len(test)} masks (score std {y_test.std():.3f})", flush=True)
+        def held_out(name: str) -> tuple[np.ndarray, np.ndarray, NoiseEstimate]:
+            if name not in tests:
+                answers = prompts[name]
+                test = holdout_masks(answers.n, args.holdout)
+                y = answers(test)
+                tests[name] = (test, y, measure_noise(answers, test, y, min(args.repeats, args.holdout)))
+                log.info("%s n=%d: held-out ready, %s (asked %d so far, %.0fs)", name, answers.n, tests[name][2],
+                         sum(a.asked for a in prompts.values()), time.time() - t0)
+            return tests[name]
+
+        if args.collect:  # budget by budget, part by part: linear/auto/ProxySPEX at the small budget first
+            parts = ("pool", "spex") + (() if args.no_shapiq_spex else ("shapiq-spex",))
             for budget in budgets:
-                for row in run_methods(shared, n, budget, test, y_test):
-                    row.update(prompt=name, n=n)
-                    all_rows.append(row)
-                    print(f"  {row['method']:>17} budget {budget:5d}: queries {row['queries']:5d}  R² {row['r2']:7.3f}  "
-                          f"cpu {row['cpu']:6.1f}s {row['note']}", flush=True)
-            print(f"  model queries for this prompt: {shared.model_queries} "
-                  f"(API calls {runner.stats.api_calls}, cache hits {runner.stats.cache_hits}), wall {time.time() - t:.0f}s")
-            summarize(all_rows, budgets, args.prompts)
-
-
-METHODS = ["auto", "spex", "proxyspex", "lasso", "shapiq-SPEX", "shapiq-ProxySPEX"]
-
-
-def summarize(all_rows: list[dict], budgets: list[int], n_prompts: int) -> None:
-    """Mean R² / queries / CPU per method and budget over the prompts done so far, the verdict, the plot."""
-    done = sorted({r["prompt"] for r in all_rows}, key=[p[0] for p in PROMPTS].index)
-    mean: dict[tuple[str, int], float] = {}
-    queries: dict[tuple[str, int], float] = {}
-    cpu: dict[tuple[str, int], float] = {}
-    for m in METHODS:
-        for b in budgets:
-            sel = [r for r in all_rows if r["method"] == m and r["budget"] == b]
-            vals = [r["r2"] for r in sel if not np.isnan(r["r2"])]
-            mean[(m, b)] = float(np.mean(vals)) if len(vals) == len(sel) and sel else float("nan")
-            queries[(m, b)] = float(np.mean([r["queries"] for r in sel])) if sel else float("nan")
-            cpu[(m, b)] = float(np.mean([r["cpu"] for r in sel])) if sel else float("nan")
-    print(f"\nMean held-out R² over {len(done)} of {n_prompts} prompts ({', '.join(done)}); mean queries used, mean CPU s:")
-    print(f"{'method':>17} | " + " | ".join(f"budget {b:>5}          " for b in budgets))
-    for m in METHODS:
-        cells = [f"{mean[(m, b)]:6.3f} ({queries[(m, b)]:5.0f}q {cpu[(m, b)]:5.1f}s)" for b in budgets]
-        print(f"{m:>17} | " + " | ".join(cells))
-    print("\n" + verdict(mean, budgets), flush=True)
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for m in METHODS:
-        xs = [queries[(m, b)] for b in budgets if not np.isnan(mean[(m, b)])]
-        ys = [mean[(m, b)] for b in budgets if not np.isnan(mean[(m, b)])]
-        if xs:
-            ax.plot(xs, ys, marker="o", label=m, linestyle="--" if m.startswith("shapiq") else "-")
-    ax.set_xscale("log")
-    ax.set_xlabel("queries to the model")
-    ax.set_ylabel("held-out R² (mean over prompts)")
-    ax.set_title(f"Faithfulness vs queries · Gemma-3-270M · {len(done)} prompts, words as features", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = OUT / "faithfulness.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot: {path}")
+                for what in parts:
+                    for name, answers in prompts.items():
+                        held_out(name)
+                        collect(answers, budget, what)
+                        log.info("%s budget %d %s collected (asked %d so far, %.0fs)", name, budget, what,
+                                 sum(a.asked for a in prompts.values()), time.time() - t0)
+            return
+        results: dict[str, dict] = {}
+        for name, answers in prompts.items():
+            try:
+                test, y, noise = held_out(name)
+            except NotCollected as exc:
+                print(f"  {name}: skipped, held-out {exc}", flush=True)
+                continue
+            rows = []
+            for budget in budgets:
+                try:
+                    answers(pool_masks(answers.n, budget))
+                except NotCollected as exc:
+                    print(f"  {name} budget {budget}: skipped, training {exc}", flush=True)
+                    continue
+                rows += run_methods(answers, budget, test, y, shapiq_python)
+            results[name] = {"n": answers.n, "kind": answers.spec.kind, "rows": rows, "noise": noise, "y_test": y}
+            for r in rows:
+                print(f"  {name:>16} {r['method']:>18} budget {r['budget']:5d}: queries {r['queries']:5d} "
+                      f"R² {r['r2']:7.3f} cpu {r['cpu']:6.1f}s {r['note']}", flush=True)
+            print(f"  {name}: noise {noise}; answers asked this run {answers.asked}", flush=True)
+        methods = METHODS + (["shapiq18-SPEX", "shapiq18-ProxySPEX"] if shapiq_python else [])
+        print_table(results, budgets, methods)
+        if args.json:
+            args.json.write_text(json.dumps({name: {"n": res["n"], "noise": res["noise"].to_dict(),
+                                                    "rows": [{k: v for k, v in r.items() if k != "pred"}
+                                                             for r in res["rows"]]}
+                                             for name, res in results.items()}, indent=1))
 
 
 if __name__ == "__main__":
