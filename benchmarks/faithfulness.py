@@ -20,7 +20,7 @@ holds; missing answers are asked from a local server started on demand.
 
     python benchmarks/faithfulness.py --collect        # ask every answer the table needs, fit nothing
     python benchmarks/faithfulness.py                  # the table (from the cache; asks only what is missing)
-    python benchmarks/faithfulness.py --budgets 500 1500 --prompts review notbad --shapiq18 PATH/bin/python
+    python benchmarks/faithfulness.py --offline --budgets 500 --prompts review-but not-bad
 
 Prints per prompt and budget: R² of every method, the noise ceiling, auto as a share of the ceiling, auto − linear
 with its standard error; then means and the #10 targets (auto ≥ linear + 0.05 at 500, auto ≥ 0.85 of the ceiling at
@@ -33,8 +33,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 import warnings
@@ -324,39 +322,9 @@ def shapiq_fourier(cls_name: str, n: int, budget: int, game: Callable[[np.ndarra
     return mobius_to_fourier(SparseMobius(n, keys, np.array(list(captured.values()), dtype=float)))
 
 
-def shapiq18(python: str, cls_name: str, n: int, budget: int, game: Callable[[np.ndarray], np.ndarray],
-             pool: np.ndarray | None) -> SparseFourier:
-    """shapiq ≥1.5 in another interpreter (a Python 3.12 venv): it asks masks over a pipe, we answer them."""
-    worker = _HERE / "_shapiq_worker.py"
-    proc = subprocess.Popen([python, str(worker), cls_name, str(n), str(budget), str(SEED)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
-    if pool is not None:
-        proc.stdin.write(json.dumps({"pool": np.packbits(pool, axis=1).tolist()}) + "\n")
-    else:
-        proc.stdin.write("{}\n")
-    proc.stdin.flush()
-    for line in proc.stdout:
-        msg = json.loads(line)
-        if "masks" in msg:
-            masks = np.unpackbits(np.array(msg["masks"], dtype=np.uint8), axis=1, count=n).astype(bool)
-            proc.stdin.write(json.dumps({"scores": game(masks).tolist()}) + "\n")
-            proc.stdin.flush()
-        elif "moebius" in msg:
-            proc.wait()
-            keys = [tuple(k) for k, _ in msg["moebius"]]
-            return mobius_to_fourier(SparseMobius(n, keys, np.array([v for _, v in msg["moebius"]], dtype=float)))
-        elif "error" in msg:
-            proc.wait()
-            raise RuntimeError(msg["error"])
-    proc.wait()
-    raise RuntimeError(f"shapiq worker exited with {proc.returncode}")
-
-
 # ---- one prompt ---------------------------------------------------------------------------------------------------
 
-def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndarray,
-                shapiq_python: str | None) -> list[dict]:
+def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndarray) -> list[dict]:
     """Every method at one budget; rows with queries, held-out R², CPU seconds and the model's choice."""
     n = answers.n
     pool = pool_masks(n, budget)
@@ -383,9 +351,6 @@ def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndar
     record("proxyspex", lambda g: ProxySPEX(n, n_samples=budget, random_state=SEED).fit(Oracle(g, n, budget)))
     record("shapiq-SPEX", lambda g: shapiq_fourier("SPEX", n, budget, g))
     record("shapiq-ProxySPEX", lambda g: shapiq_fourier("ProxySPEX", n, budget, g, pool=pool))
-    if shapiq_python:
-        record("shapiq18-SPEX", lambda g: shapiq18(shapiq_python, "SPEX", n, budget, g, None))
-        record("shapiq18-ProxySPEX", lambda g: shapiq18(shapiq_python, "ProxySPEX", n, budget, g, pool))
     return rows
 
 
@@ -491,7 +456,6 @@ def main() -> None:
     ap.add_argument("--base-url", default=None, help="reuse a running server (else one starts if needed)")
     ap.add_argument("--collect", action="store_true", help="only ask the answers (budget by budget), fit nothing")
     ap.add_argument("--no-shapiq-spex", action="store_true", help="collect: skip shapiq SPEX's own design")
-    ap.add_argument("--shapiq18", default=None, help="python of a venv with shapiq >= 1.5 (adds its rows)")
     ap.add_argument("--offline", action="store_true",
                     help="never ask the model: rows whose answers are not collected are reported as such")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
@@ -503,7 +467,6 @@ def main() -> None:
     specs = [s for s in PROMPTS if args.prompts is None or s.name in args.prompts]
     args.cache.mkdir(parents=True, exist_ok=True)
     store = ScoreStore(args.cache / "scores")
-    shapiq_python = args.shapiq18 or os.environ.get("SHAPIQ18_PYTHON")
     with ExitStack() as stack:
         model = Model(args.cache, args.base_url, stack, offline=args.offline)
         prompts = {s.name: Answers(s, store, model) for s in specs}
@@ -544,14 +507,13 @@ def main() -> None:
                 except NotCollected as exc:
                     print(f"  {name} budget {budget}: skipped, training {exc}", flush=True)
                     continue
-                rows += run_methods(answers, budget, test, y, shapiq_python)
+                rows += run_methods(answers, budget, test, y)
             results[name] = {"n": answers.n, "kind": answers.spec.kind, "rows": rows, "noise": noise, "y_test": y}
             for r in rows:
                 print(f"  {name:>16} {r['method']:>18} budget {r['budget']:5d}: queries {r['queries']:5d} "
                       f"R² {r['r2']:7.3f} cpu {r['cpu']:6.1f}s {r['note']}", flush=True)
             print(f"  {name}: noise {noise}; answers asked this run {answers.asked}", flush=True)
-        methods = METHODS + (["shapiq18-SPEX", "shapiq18-ProxySPEX"] if shapiq_python else [])
-        print_table(results, budgets, methods)
+        print_table(results, budgets, METHODS)
         if args.json:
             args.json.write_text(json.dumps({name: {"n": res["n"], "noise": res["noise"].to_dict(),
                                                     "rows": [{k: v for k, v in r.items() if k != "pred"}
