@@ -335,10 +335,13 @@ class Runner:
         calls already in flight finish and reach the cache; requests not yet sent are not sent.
 
         `validate(request, completion)` raises when an answer is unusable to the caller (e.g. its scorer cannot
-        score it): such an answer is never cached, a cached one is asked again, and a fresh one is asked once
-        more before the run stops (UnusableAnswerError). `ledger` adds up what this call paid and sent."""
+        score it; default: the adapter's `check_answer`): such an answer is never cached, a cached one is asked
+        again, and a fresh one is asked once more before the run stops (UnusableAnswerError). `ledger` adds up
+        what this call paid and sent."""
         for r in requests:
             self.adapter.check(r)
+        if validate is None:  # at least what the adapter promises for the request (finite logprobs, one text per sample)
+            validate = self.adapter.check_answer
         if self._halted is not None:
             raise self._halted
         state = self._state()
