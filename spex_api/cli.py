@@ -65,6 +65,10 @@ SeedOpt = Annotated[int, typer.Option(help="random_state for the masking design.
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation before spending.")]
 BatchOpt = Annotated[bool, typer.Option("--batch", help="Use the provider's Batch API: half price, results within 24 h per round (OpenAI, Anthropic).")]
 VerboseOpt = Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log retries, pauses and cache events (-vv: debug).")]
+TimeoutOpt = Annotated[float, typer.Option(help="Longest wait in seconds for one answer, retries included (a hung server stops the run).")]
+MaxAttemptsOpt = Annotated[int, typer.Option(help="Attempts per answer on transient failures (429, 5xx, timeouts).")]
+RpmOpt = Annotated[Optional[float], typer.Option(help="Requests per minute (default: no limit).")]
+TpmOpt = Annotated[Optional[float], typer.Option(help="Tokens per minute (default: no limit).")]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -215,11 +219,11 @@ def explain(
     top: int = typer.Option(10, min=1, help="Interactions shown."),
     open_report: bool = typer.Option(False, "--open", help="Open the HTML report (--out x.html) in the browser when written."),
     verbose: VerboseOpt = 0,
-    timeout: float = typer.Option(120.0, help="Longest wait in seconds for one answer, retries included (a hung server stops the run)."),
-    max_attempts: int = typer.Option(6, help="Attempts per answer on transient failures (429, 5xx, timeouts)."),
+    timeout: TimeoutOpt = 120.0,
+    max_attempts: MaxAttemptsOpt = 6,
     concurrency: int = typer.Option(8, help="API calls in flight at once."),
-    rpm: Optional[float] = typer.Option(None, help="Requests per minute (default: no limit)."),
-    tpm: Optional[float] = typer.Option(None, help="Tokens per minute (default: no limit)."),
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
 ) -> None:
     """Explain one prompt: plan, show the cost, query the model, print the top interactions."""
     from spex_api import sdk
@@ -314,11 +318,11 @@ def explain_many(
     yes: YesOpt = False,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No plan, live table or summary (for scripts); errors still go to stderr."),
     verbose: VerboseOpt = 0,
-    timeout: float = typer.Option(120.0, help="Longest wait in seconds for one answer, retries included (a hung server stops the run)."),
-    max_attempts: int = typer.Option(6, help="Attempts per answer on transient failures (429, 5xx, timeouts)."),
+    timeout: TimeoutOpt = 120.0,
+    max_attempts: MaxAttemptsOpt = 6,
     query_concurrency: int = typer.Option(8, help="API calls in flight at once, across the prompts."),
-    rpm: Optional[float] = typer.Option(None, help="Requests per minute (default: no limit)."),
-    tpm: Optional[float] = typer.Option(None, help="Tokens per minute (default: no limit)."),
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
     max_queries: Optional[int] = typer.Option(None, min=0, help="Hard cap on the API calls of the whole batch."),
     backend: str = typer.Option("threads", help="threads (this process) or ray: engine work as Ray tasks, every query through one gateway actor (needs the [ray] extra; joins RAY_ADDRESS if set, else starts a local Ray)."),
 ) -> None:
