@@ -3,6 +3,11 @@
     python benchmarks/engine.py            # full table (~15 min on 2 cores)
     python benchmarks/engine.py --quick    # smaller table (< 3 min)
     python benchmarks/engine.py --crossover  # the SPEX-vs-ProxySPEX sweep behind the planner's auto rule
+    python benchmarks/engine.py --quick --dump DIR  # also write each of our explanations to DIR as JSON
+
+`--dump` writes, per case and our method, the recovered Fourier coefficients (keys and exact float values)
+and the queries spent, as canonical JSON: two trees' outputs compare byte for byte (`cmp -r`), which is how
+a refactor is shown to leave the numerics unchanged.
 
 Every run happens in a forked child process with a CPU-time limit (so a slow peer is stopped after
 --peer-timeout CPU seconds whatever the load on the shared cores, and each run's peak memory is its
@@ -33,6 +38,7 @@ from benchmarks._planted import PlantedFunction, planted_hierarchical, random_ma
 from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
 
 HOLDOUT_SEED = 987_654
+DUMP_DIR: str | None = None  # set by --dump; forked children inherit it
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ def _child(conn, method: str, case: Case, cpu_limit: float) -> None:
         cpu = time.process_time()
         fourier, queries = METHODS[method](f, case.budget)
         cpu = time.process_time() - cpu
+        if DUMP_DIR is not None and method.startswith("ours"):
+            _dump(case, method, fourier, queries)
         X = random_masks(case.n, 1000, HOLDOUT_SEED)
         r2 = r2_score(f.clean(X), fourier.predict(X))
         conn.send({"r2": r2, "queries": queries, "cpu": cpu, "peak_mb": _rss_mb(), "base_mb": base,
@@ -155,6 +163,17 @@ def _child(conn, method: str, case: Case, cpu_limit: float) -> None:
         conn.send({"error": f"{type(exc).__name__}: {exc}"[:80]})
     finally:
         conn.close()
+
+
+def _dump(case: Case, method: str, fourier: SparseFourier, queries: int) -> None:
+    """One explanation as canonical JSON (repr-exact floats, sorted keys) in DUMP_DIR."""
+    import json
+
+    name = f"{case.label} {method}".replace(" ", "_").replace("=", "") + ".json"
+    data = {"case": case.label, "method": method, "queries": int(queries),
+            "keys": [list(map(int, k)) for k in fourier.keys], "values": [float(v) for v in fourier.values]}
+    with open(os.path.join(DUMP_DIR, name), "w", encoding="utf-8") as fh:
+        json.dump(data, fh, sort_keys=True)
 
 
 def _in_child(target: Callable[..., None], args: tuple, cpu_limit: float) -> dict[str, Any]:
@@ -332,7 +351,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller table (< 3 min)")
     parser.add_argument("--crossover", action="store_true", help="SPEX vs ProxySPEX sweep over b")
     parser.add_argument("--peer-timeout", type=float, default=None, help="CPU seconds allowed per shapiq run")
+    parser.add_argument("--dump", metavar="DIR", default=None,
+                        help="write each of our explanations (Fourier keys, values, queries) to DIR as JSON")
     args = parser.parse_args()
+    if args.dump:
+        global DUMP_DIR
+        os.makedirs(args.dump, exist_ok=True)
+        DUMP_DIR = args.dump
     if args.crossover:
         crossover((64, 256, 1000), range(3, 7))
         return

@@ -19,7 +19,7 @@ import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence, cast
 
 import numpy as np
 
@@ -178,7 +178,7 @@ def _as_prompt(prompt: Any, features: str, template: str | None, system: str | N
         raise TypeError(f"prompt must be a string or a MaskedPrompt, got {type(prompt).__name__}")
     if features not in ("words", "sentences", "paragraphs"):
         raise ValueError(f"features must be words, sentences or paragraphs, got {features!r}")
-    return MaskedPrompt.from_text(prompt, granularity=features, template=template, system=system)
+    return MaskedPrompt.from_text(prompt, granularity=cast(Any, features), template=template, system=system)
 
 
 def _price_table(prices: Any) -> Any:
@@ -372,7 +372,8 @@ def _uncached_cost(prompt: Any, adapter: Any, scorer: Any, plan_: Any, random_st
         todo = [r for r in dict.fromkeys(requests) if not runner.is_cached(r)]
         return (float(sum(runner.estimate_cost(r) for r in todo)), float(sum(runner.worst_case_cost(r) for r in todo)))
     finally:
-        runner.cache.close()
+        if runner.cache is not None:
+            runner.cache.close()
 
 
 def _check_labels(labels: Any) -> tuple[str, ...] | None:
@@ -602,7 +603,7 @@ class PromptSkipped(RuntimeError):
     was spent on it."""
 
 
-class BatchResult(list):  # type: ignore[type-arg]
+class BatchResult(list):
     """The explanations of `explain_many`, in order, plus what the batch cost: `cost` is what the provider
     billed the whole batch (an answer two prompts shared counts once; each explanation's own `cost` is what
     that prompt paid), `skipped` the indices of prompts not started because the dollar cap could not cover them."""
@@ -679,8 +680,8 @@ def _metadata(pre: Preview, reference: Any, adapter: Any, original_score: float,
         original_score=original_score,
         prompt=d["messages"],
         text="\n\n".join(parts),
-        feature_texts=[f["text"] for f in d["features"]],
-        feature_spans=[(starts[f["message"]] + f["start"], starts[f["message"]] + f["end"]) for f in d["features"]],
+        feature_texts=tuple(f["text"] for f in d["features"]),
+        feature_spans=tuple((starts[f["message"]] + f["start"], starts[f["message"]] + f["end"]) for f in d["features"]),
         granularity=pre.granularity,
         provider=pre.provider,
         model=pre.model,
@@ -729,7 +730,7 @@ def _run_one(pre: Preview, adapter: Adapter, runner: Runner, io: BackgroundLoop,
     from providers.value_function import LLMValueFunction
 
     meter = _Meter(runner)
-    vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, meter, progress=progress)
+    vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, cast("Runner", meter), progress=progress)  # a Runner view
     explainer = _explainer(pre, lambda masks: io.run(vf(masks)))
     reference = io.run(vf.reference())
     expl = explainer.explain()

@@ -52,7 +52,7 @@ class Game:
 
     def delta(self, t, s):
         """Discrete derivative Δ_T v(S) = Σ_{L⊆T} (−1)^{|T|−|L|} v(S ∪ L)."""
-        return sum((-1) ** (len(t) - len(l)) * self.v(set(s) | set(l)) for l in subsets(t))
+        return sum((-1) ** (len(t) - len(u)) * self.v(set(s) | set(u)) for u in subsets(t))
 
     def rest(self, t):
         return subsets(sorted(set(range(self.n)) - set(t)))
@@ -146,7 +146,7 @@ def brute_fsii(g, k):
 
 
 def brute_mobius(g):
-    return {s: sum((-1) ** (len(s) - len(l)) * g.v(l) for l in subsets(s)) for s in g.coalitions}
+    return {s: sum((-1) ** (len(s) - len(u)) * g.v(u) for u in subsets(s)) for s in g.coalitions}
 
 
 def assert_matches(ours, expect, keys=None, atol=1e-9):

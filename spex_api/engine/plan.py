@@ -45,8 +45,9 @@ class Plan:
 
     def describe(self) -> str:
         """Human-readable summary for the CLI."""
+        b = self.b or 0  # set for SPEX plans, the only ones that print it
         if self.method == "spex":
-            algo = f"SPEX, b={self.b} ({2 ** self.b} bins x 3 groups), BCH t={self.t}"
+            algo = f"SPEX, b={b} ({2 ** b} bins x 3 groups), BCH t={self.t}"
         elif self.method == "exhaustive":
             algo = f"exact transform of all {self.n_queries} masks"
         else:
@@ -56,7 +57,7 @@ class Plan:
             holdout += f" + {self.n_noise} for the repeat-noise estimate ({self.n_noise // 2} masks asked twice)"
         unspent = ""
         if self.total < self.budget and self.method == "spex":
-            unspent = f" ({self.budget - self.total} left unspent: b={self.b + 1} would need {2 * self.n_queries})"
+            unspent = f" ({self.budget - self.total} left unspent: b={b + 1} would need {2 * self.n_queries})"
         return (
             f"{algo}\n"
             f"queries: {self.n_queries} training + {holdout} = at most {self.total} of budget {self.budget}{unspent}\n"

@@ -16,7 +16,7 @@ import pytest
 from fakeserver import FakeServer
 
 from providers.adapters import make_adapter
-from providers.cache import ResponseCache, cache_key
+from providers.cache import cache_key
 from providers.cost import Price, PriceTable
 from providers.errors import UnusableAnswerError, TransportError
 from providers.runner import Runner, pause_from_headers
