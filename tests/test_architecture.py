@@ -67,3 +67,30 @@ def test_importing_every_engine_module_loads_nothing_forbidden():
             + f"bad = [m for m in sys.modules if any(m == b or m.startswith(b + '.') for b in {LOADED_FORBIDDEN!r})]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_every_estimator_keeps_the_contract_and_queries_used_means_what_it_sent():
+    import numpy as np
+
+    from spex_api.engine.estimator import AnswerEstimator, Estimator
+    from spex_api.engine.exhaustive import Exhaustive
+    from spex_api.engine.oracle import Oracle
+    from spex_api.engine.proxyspex import ProxySPEX
+    from spex_api.engine.spex import SPEX
+
+    def f(masks):
+        return masks[:, 0] * 2.0 - masks[:, 1] * masks[:, 2]
+
+    n = 6
+    estimators = [SPEX(n, b=2, max_order=2, random_state=0), ProxySPEX(n, n_samples=40, random_state=0),
+                  Exhaustive(n)]
+    assert all(isinstance(e, Estimator) for e in estimators)
+    assert isinstance(estimators[1], AnswerEstimator) and not isinstance(estimators[2], AnswerEstimator)
+    for estimator in estimators:
+        oracle = Oracle(f, n)
+        first = estimator.fit(oracle)
+        assert first.queries_used == oracle.queries_used > 0
+        again = estimator.fit(oracle)  # every answer is held: nothing is sent, nothing is counted
+        assert again.queries_used == 0 and oracle.queries_used == first.queries_used
+    masks = np.random.default_rng(0).random((40, n)) < 0.5
+    assert estimators[1].fit_answers(masks, f(masks)).queries_used == 0

@@ -45,7 +45,8 @@ class LinearBaseline:
         self.random_state = random_state
 
     def fit(self, masks: np.ndarray, y: np.ndarray) -> Explanation:
-        """Fit on (masks, y) and return an Explanation with method "linear" (queries_used = rows given)."""
+        """Fit on (masks, y) and return an Explanation with method "linear"; it asks nothing, so queries_used is
+        0 (see spex_api.engine.estimator) and diagnostics["rows_used"] says how many answers it fitted on."""
         masks = as_masks(masks, self.n)
         y = np.asarray(y, dtype=float).reshape(-1)
         if len(y) != len(masks):
@@ -78,7 +79,7 @@ class LinearBaseline:
         return Explanation(
             fourier=fourier,
             method="linear",
-            queries_used=len(y),
+            queries_used=0,
             diagnostics={
                 "cv_r2": cv_r2,
                 "train_r2": train_r2,

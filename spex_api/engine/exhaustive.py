@@ -47,6 +47,7 @@ class Exhaustive:
         oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
         start = time.process_time()
         masks = all_masks(self.n)
+        used0 = oracle.queries_used
         y = oracle(masks)
         coefficients = fwht(y) / len(y)  # F(k) = 2^-n sum_x f(x) (-1)^<x,k>; row r of all_masks is mask r
         keep = np.flatnonzero(np.abs(coefficients) > self.tol * max(np.abs(coefficients).max(), 1e-300))
@@ -56,7 +57,7 @@ class Exhaustive:
         return Explanation(
             fourier=fourier,
             method="exhaustive",
-            queries_used=len(masks),
+            queries_used=oracle.queries_used - used0,  # what this call sent (see spex_api.engine.estimator)
             diagnostics={
                 "n_masks": len(masks),
                 "n_coefficients": len(keep),

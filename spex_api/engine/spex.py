@@ -158,8 +158,9 @@ class SPEX:
     def fit(self, value_fn: ValueFunction | Oracle, b: int | None = None) -> Explanation:
         """Query the design (one batch through an Oracle), peel, refit; returns an Explanation.
 
-        `queries_used` counts the distinct design masks (answered now or earlier by a shared Oracle);
-        diagnostics["new_queries"] is what this call added to the Oracle's count.
+        `queries_used` counts the distinct masks this call sent (what it added to the Oracle's count, as for
+        every estimator: see spex_api.engine.estimator); diagnostics["design_distinct"] counts the distinct
+        design masks the fit rests on, answered now or earlier by a shared Oracle.
         """
         cpu0 = time.process_time()
         oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
@@ -212,7 +213,7 @@ class SPEX:
         return Explanation(
             fourier=fourier,
             method="spex",
-            queries_used=distinct,
+            queries_used=oracle.queries_used - used0,
             diagnostics=diagnostics,
         )
 
