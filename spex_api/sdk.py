@@ -86,6 +86,7 @@ class Preview:
     # timeout, max_attempts, concurrency, rpm, tpm for the runner (and the adapter's timeout)
     limits: dict[str, Any] = field(default_factory=dict)
     worst_case_cost: float = 0.0  # most the run can cost on a cold cache (admission under a batch's max_cost)
+    verify_removal: int = 0  # queries for the removal check after the fit (top 1..r features masked)
     # Not a field (asdict/replace/compare skip it) and not pickled (it holds credentials): an unpickled
     # Preview builds its adapter again to run. Set by `preview`.
     _adapter: ClassVar[Adapter | None] = None
@@ -99,8 +100,9 @@ class Preview:
 
     @property
     def n_queries(self) -> int:
-        """Queries the run will send: the plan's total plus the original answer."""
-        return int(self.plan.total) + REFERENCE_QUERIES
+        """Queries the run will send: the plan's total (noise pilot included), the original answer and the
+        removal check's."""
+        return int(self.plan.total) + REFERENCE_QUERIES + self.verify_removal
 
     def renderable(self) -> Any:
         """A rich table of the plan and its price (shown before any spend)."""
@@ -263,12 +265,15 @@ class _RawCompletion:
         return dataclasses.replace(self._scorer.reference_request(messages), raw_completion=True)
 
 
-def _plan(n: int, budget: int, method: str, max_order: int) -> Plan:
-    """The engine's plan for what the budget leaves once the original answer is counted."""
-    from spex_api.engine.planner import minimum_budget, plan
+def _plan(n: int, budget: int, method: str, max_order: int, noise_pairs: int | str = 0) -> Plan:
+    """The engine's plan for what the budget leaves once the original answer is counted (the Explainer's own
+    plan, so the repeat-noise pilot is reserved exactly as the run will spend it)."""
+    from spex_api.engine.explainer import Explainer
+    from spex_api.engine.planner import minimum_budget
 
     try:
-        return plan(n, budget - REFERENCE_QUERIES, method=method, max_order=max_order)
+        return Explainer(_no_queries, n, budget - REFERENCE_QUERIES, method=method, max_order=max_order,
+                         noise_pairs=noise_pairs).plan()
     except ValueError as exc:
         if "below the minimum" not in str(exc):
             raise
@@ -279,11 +284,15 @@ def _plan(n: int, budget: int, method: str, max_order: int) -> Plan:
                          f"the original answer plus {detail}") from None
 
 
+def _no_queries(masks: Any) -> Any:
+    raise AssertionError("planning sends no query")
+
+
 MAX_FEATURES = 5000  # ProxySPEX's tree fits took 21 s of CPU at 2,000 features and 59 queries here, growing with n
 MEMORY_SHARE = 0.5  # of the memory available when planning: what one run's design may take
 
 
-def _feasible_plan(n: int, budget: int, method: str, max_order: int) -> Plan:
+def _feasible_plan(n: int, budget: int, method: str, max_order: int, noise_pairs: int | str = 0) -> Plan:
     """The plan, refused or capped before any query when this machine could not carry it out: too many features
     for the engine to fit in reasonable time, or a design too large for the memory available (the budget is
     then lowered to what fits, and the plan's reason says so)."""
@@ -291,7 +300,7 @@ def _feasible_plan(n: int, budget: int, method: str, max_order: int) -> Plan:
         raise ValueError(f"{n} features is more than the engine can fit in reasonable time (at most {MAX_FEATURES}; "
                          "the tree fits alone took 21 s of CPU at 2,000 features, growing with the feature count): "
                          "use features='sentences' or 'paragraphs', or a shorter text")
-    p = _plan(n, budget, method, max_order)
+    p = _plan(n, budget, method, max_order, noise_pairs)
     limit, need = _memory_available(), _plan_bytes(p)
     if limit is None or need <= MEMORY_SHARE * limit:
         return p
@@ -299,7 +308,7 @@ def _feasible_plan(n: int, budget: int, method: str, max_order: int) -> Plan:
     while need > MEMORY_SHARE * limit:
         capped = max(2, int((capped - REFERENCE_QUERIES) * MEMORY_SHARE * limit / need * 0.9) + REFERENCE_QUERIES)
         try:
-            p = _plan(n, capped, method, max_order)
+            p = _plan(n, capped, method, max_order, noise_pairs)
         except ValueError:
             raise ValueError(f"even the smallest plan for {n} features needs more memory than the "
                              f"{limit / 2**30:.1f} GB available; free memory or use coarser features") from None
@@ -424,6 +433,8 @@ def preview(
     concurrency: int = 8,
     rpm: float | None = None,
     tpm: float | None = None,
+    noise_pairs: int | str = "auto",
+    verify_removal: int = 0,
 ) -> Preview:
     """Validate everything and plan the run without sending a single query (what `--dry-run` shows).
 
@@ -439,6 +450,10 @@ def preview(
     `timeout` is the longest wait in seconds for one answer, retries included (a hung server stops the run
     with a clear error); `max_attempts` per answer; `concurrency` API calls at once; `rpm` / `tpm` requests /
     tokens per minute (None: no limit).
+    `noise_pairs` masked prompts are asked twice before the run to measure the model's repeat noise (the R²
+    ceiling, and whether SPEX can be trusted); "auto" = a few % of the budget (none in batch mode, where each
+    round is a batch), 0 = none. `verify_removal` = r > 0 spends r queries after the fit re-asking the model
+    with the explanation's top 1..r features masked (measured vs predicted change). Both come out of `budget`.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -470,7 +485,13 @@ def preview(
             raise ValueError(f"raw_completion needs a text-completion endpoint, which {adapter.provider} does not serve")
         score = _RawCompletion(score)
     score.validate(adapter)
-    the_plan = _feasible_plan(masked.n_features, int(budget), method, max_order)
+    if isinstance(verify_removal, bool) or not isinstance(verify_removal, (int, np.integer)) \
+            or not 0 <= verify_removal <= masked.n_features:
+        raise ValueError(f"verify_removal must be an integer in [0, {masked.n_features}] (the feature count), "
+                         f"got {verify_removal!r}")
+    if mode == "batch" and noise_pairs == "auto":
+        noise_pairs = 0  # two more rounds, each a batch that may take hours
+    the_plan = _feasible_plan(masked.n_features, int(budget) - int(verify_removal), method, max_order, noise_pairs)
     # the value function prices a separate reference request itself when the scorer asks for one
     n_est = the_plan.total + (0 if score.needs_reference else REFERENCE_QUERIES)
     interactive, worst = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, limits=limits)
@@ -494,6 +515,7 @@ def preview(
         random_state=random_state, cache_dir=cache_dir, labels=tuple(labels) if labels else None,
         granularity=features if isinstance(prompt, str) else None, credentials=credentials, prices=prices,
         mode=mode, interactive_cost=interactive, limits=limits, worst_case_cost=worst,
+        verify_removal=int(verify_removal),
     )
     object.__setattr__(pre, "_adapter", adapter)
     return pre
@@ -706,9 +728,13 @@ def _public_base_url(pre: Preview, adapter: Any) -> str | None:
 def _explainer(pre: Preview, scores: Any) -> Any:
     """The engine's Explainer for a previewed plan (not planned again); `scores(masks)` answers its queries."""
     from spex_api.engine.explainer import Explainer
+    from spex_api.engine.oracle import accepts_repeat
 
+    # without a way to say "re-ask", a cache would answer the re-ask with the first answer: no pilot then
+    pairs = getattr(pre.plan, "n_noise", 0) // 2 if accepts_repeat(scores) else 0
     return Explainer(scores, pre.prompt.n_features, pre.plan.budget, method=pre.method, max_order=pre.max_order,
-                     random_state=pre.random_state, feature_names=pre.prompt.feature_names, plan=pre.plan)
+                     random_state=pre.random_state, feature_names=pre.prompt.feature_names, plan=pre.plan,
+                     noise_pairs=pairs)
 
 
 def _accounts(meter: _Meter, scorer: Any) -> dict[str, Any]:
@@ -731,12 +757,16 @@ def _run_one(pre: Preview, adapter: Adapter, runner: Runner, io: BackgroundLoop,
 
     meter = _Meter(runner)
     vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, cast("Runner", meter), progress=progress)  # a Runner view
-    explainer = _explainer(pre, lambda masks: io.run(vf(masks)))
+    explainer = _explainer(pre, lambda masks, repeat=0: io.run(vf(masks, repeat=repeat)))
     reference = io.run(vf.reference())
     expl = explainer.explain()
     # vf.scorer: the scorer bound to this prompt's original answer
-    return _finish(pre, expl, reference, float(vf.scorer.score_many([reference])[0]), _accounts(meter, vf.scorer),
-                   adapter)
+    original_score = float(vf.scorer.score_many([reference])[0])
+    if pre.verify_removal:
+        from spex_api.engine.removal import check_removal
+
+        expl = check_removal(expl, lambda masks: io.run(vf(masks)), pre.verify_removal, full_score=original_score)
+    return _finish(pre, expl, reference, original_score, _accounts(meter, vf.scorer), adapter)
 
 
 def _confirm(pre: Preview, confirm: bool | None, console: Any, estimate: float | None = None) -> None:
@@ -777,6 +807,8 @@ def explain(
     concurrency: int = 8,
     rpm: float | None = None,
     tpm: float | None = None,
+    noise_pairs: int | str = "auto",
+    verify_removal: int = 0,
     confirm: bool | None = None,
     progress: bool = True,
 ) -> Explanation:
@@ -788,7 +820,8 @@ def explain(
     `confirm=True`); then the run shows a progress bar. Returns a `spex_api.engine.explanation.Explanation`
     with faithfulness, queries_used, cost (dollars) and metadata (a `RunMetadata`: original answer, feature
     texts, prompt, provider, model, scorer). `raw_completion`, `prices`, `mode` ("batch": provider Batch APIs at half price,
-    up to 24 h per round), `timeout`, `max_attempts`, `concurrency`, `rpm`, `tpm`: see `preview`. Ctrl-C
+    up to 24 h per round), `timeout`, `max_attempts`, `concurrency`, `rpm`, `tpm`, `noise_pairs` (repeat-noise
+    estimate and R² ceiling), `verify_removal` (re-ask with the top features masked): see `preview`. Ctrl-C
     stops sending, waits for the answers in flight to reach the cache, and raises.
     """
     pre = preview(
@@ -796,7 +829,7 @@ def explain(
         template=template, system=system, scorer=scorer, labels=labels, budget=budget, max_cost=max_cost,
         method=method, max_order=max_order, cache_dir=cache_dir, random_state=random_state,
         raw_completion=raw_completion, prices=prices, mode=mode, timeout=timeout, max_attempts=max_attempts,
-        concurrency=concurrency, rpm=rpm, tpm=tpm,
+        concurrency=concurrency, rpm=rpm, tpm=tpm, noise_pairs=noise_pairs, verify_removal=verify_removal,
     )
     return run(pre, confirm=confirm, progress=progress)
 

@@ -247,3 +247,16 @@ def test_sentences_render_as_stacked_blocks_in_chromium(browser, tmp_path):
     rows = page.locator("#inter li a.stack")
     assert rows.count() >= 1 and rows.first.inner_text().startswith("S")
     assert errors == [] and requests == []
+
+
+def test_terminal_report_shows_the_removal_check_step_by_step():
+    from rich.console import Console
+
+    console = Console(record=True, width=160)
+    print_report(sample_explanation(noise=True), k=3, console=console)
+    text = console.export_text()
+    assert "Verified removal (top features by shapley masked)" in text
+    assert "-2.100" in text and "-1.800" in text and "+0.300" in text and "“lever,”" in text
+    console = Console(record=True, width=160)
+    print_report(sample_explanation(), k=3, console=console)
+    assert "Verified removal" not in console.export_text()

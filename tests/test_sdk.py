@@ -95,9 +95,13 @@ def test_explain_many_rejects_a_single_string():
 @pytest.mark.live
 def test_explain_end_to_end_on_local_server(local_server, tmp_path):
     expl = sdk.explain(TEXT, base_url=local_server.base_url, template=FEW_SHOT, labels=["True", "False"],
-                       budget=60, cache_dir=str(tmp_path), progress=False)
+                       budget=90, cache_dir=str(tmp_path), progress=False, verify_removal=3)
     assert isinstance(expl, Explanation)
-    assert 0 < expl.queries_used <= 60 and expl.cost == 0.0
+    assert 0 < expl.queries_used <= 90 and expl.cost == 0.0
+    # the repeat-noise pilot (8 masks asked twice, a real re-ask past the cache) and the removal check
+    assert expl.plan.n_noise == 16 and expl.noise.n_pairs == 8 and 0 <= expl.noise.r2_ceiling <= 1
+    steps = expl.removal.steps
+    assert [len(s["removed"]) for s in steps] == [1, 2, 3] and all(np.isfinite(s["measured"]) for s in steps)
     assert expl.faithfulness is not None and np.isfinite(expl.faithfulness)
     meta = expl.metadata
     assert isinstance(meta, RunMetadata) and meta.original_answer.strip() in ("True", "False")

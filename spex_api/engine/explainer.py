@@ -162,12 +162,16 @@ class Explainer:
 
     def _measure_noise(self, oracle: Oracle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pilot: noise_pairs uniform masks (the head of ProxySPEX's stream, so its answers are reused when
-        ProxySPEX runs), each asked, then asked again."""
+        ProxySPEX runs), each asked, then asked again in another order (a server that batches requests sees
+        other batch companions, as it would on any later day)."""
         from spex_api.engine.proxyspex import uniform_masks
 
         masks = uniform_masks(self.n, self.noise_pairs + 2, np.random.default_rng(self.random_state))[2:]
         first = oracle(masks)
-        return masks, first, oracle.repeat(masks)
+        order = np.random.default_rng([self.random_state, 0x5EED]).permutation(len(masks))
+        again = np.empty(len(masks))
+        again[order] = oracle.repeat(masks[order])
+        return masks, first, again
 
     def plan(self) -> Plan:
         """The plan (method, b, exact query counts, reason); no query is sent."""

@@ -12,7 +12,8 @@ from rich.text import Text
 from rich.markup import escape
 
 from spex_api.report._common import (
-    DEFAULT_INDEX, faithfulness_in_words, fmt_cost, fmt_r2, plan_in_words, removal_in_words, shorten, summary, top_rows,
+    DEFAULT_INDEX, faithfulness_in_words, fmt_cost, fmt_r2, plan_in_words, removal_in_words, removal_rows, shorten,
+    summary, top_rows,
 )
 
 _BAR = 20  # width of the magnitude bar, in characters
@@ -63,11 +64,30 @@ def header(expl: Any) -> Panel:
     return Panel("\n".join(lines), title="spex-api explanation", title_align="left", expand=False, width=120)
 
 
+def removal_table(expl: Any, width: int = 48) -> Table | None:
+    """Verified removal: per step, the feature masked next, the predicted and the measured change of score."""
+    rows = removal_rows(expl)
+    if not rows:
+        return None
+    table = Table(title=f"Verified removal (top features by {expl.removal.ranking_index} masked)",
+                  title_justify="left", expand=False)
+    for name, justify in (("masked", "right"), ("+ feature", "left"), ("predicted", "right"),
+                          ("measured", "right"), ("gap", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(str(len(r["removed"])), Text(f"“{shorten(r['last'], width)}”"), f"{r['predicted']:+.3f}",
+                      f"{r['measured']:+.3f}", f"{r['measured'] - r['predicted']:+.3f}")
+    return table
+
+
 def print_report(expl: Any, k: int = 10, index: str = DEFAULT_INDEX, console: Console | None = None) -> None:
-    """Print the header and the interaction table to the terminal."""
+    """Print the header, the interaction table and the removal check (when one was run) to the terminal."""
     console = console or Console()
     console.print(header(expl))
     console.print(interactions_table(expl, k, index))
+    removal = removal_table(expl)
+    if removal is not None:
+        console.print(removal)
     console.print(
         "[dim]effect > 0: keeping these features together raises the score; < 0: lowers it. "
         "Order 1 is a feature alone, order ≥ 2 the extra effect of the combination.[/]"
