@@ -1,0 +1,89 @@
+"""Run one shapiq estimator on one planted function and print its figures as JSON (one line on stdout).
+
+Called by benchmarks/engine.py with another interpreter: shapiq >= 1.5 needs Python >= 3.12 while the
+project runs on 3.11, so the newest shapiq lives in its own venv. Only numpy, scipy and shapiq are needed
+there (the planted function and R² come from this repository via PYTHONPATH).
+
+    <venv>/bin/python benchmarks/_shapiq_child.py '{"kind": "proxyspex", "n": 256, "budget": 1000, ...}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._planted import planted_hierarchical, random_masks  # noqa: E402
+from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, holdout_seed: int) -> dict[str, Any]:
+    """shapiq's SPEX or ProxySPEX; its Fourier transform is captured where it is handed to the Möbius step."""
+    warnings.filterwarnings("ignore")
+    import shapiq
+
+    f = planted_hierarchical(n, n_top=n_top, noise=noise, seed=seed)
+    seen: list[np.ndarray] = []
+
+    def game(masks: np.ndarray) -> np.ndarray:
+        masks = np.asarray(masks).astype(bool)
+        seen.append(np.packbits(masks, axis=1))
+        return f(masks)
+
+    captured: dict[str, Any] = {}
+    approx = (shapiq.SPEX if kind == "spex" else shapiq.ProxySPEX)(n=n, index="FBII", max_order=5, random_state=0)
+    if kind == "proxyspex" and hasattr(approx, "fourier_to_moebius"):  # shapiq >= 1.5: a method
+        method = approx.fourier_to_moebius
+
+        def capture_method(transform: dict) -> dict:
+            captured["fourier"] = dict(transform)
+            return method(transform)
+
+        approx.fourier_to_moebius = capture_method
+    else:  # the sparse base module's function (SPEX, and ProxySPEX in shapiq 1.4)
+        import shapiq.approximator.sparse.base as base
+
+        to_moebius = base.fourier_to_moebius
+
+        def capture(transform: dict) -> dict:
+            captured["fourier"] = dict(transform)
+            return to_moebius(transform)
+
+        base.fourier_to_moebius = capture
+    base_mb = _rss_mb()
+    cpu = time.process_time()
+    approx.approximate(budget, game)
+    cpu = time.process_time() - cpu
+    fourier = SparseFourier.from_dict(n, captured["fourier"])
+    X = random_masks(n, 1000, holdout_seed)
+    return {"r2": r2_score(f.clean(X), fourier.predict(X)), "r2_noisy": r2_score(f(X), fourier.predict(X)),
+            "queries": len(np.unique(np.vstack(seen), axis=0)),
+            "cpu": cpu, "peak_mb": _rss_mb(), "base_mb": base_mb, "terms": len(fourier),
+            "version": getattr(shapiq, "__version__", "?")}
+
+
+def main() -> None:
+    args = json.loads(sys.argv[1])
+    limit = int(np.ceil(args.pop("cpu_limit")))
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 5))
+    try:
+        out = run(**args)
+    except Exception as exc:  # reported in the table, not swallowed
+        out = {"error": f"{type(exc).__name__}: {exc}"[:80]}
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
