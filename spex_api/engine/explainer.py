@@ -20,6 +20,7 @@ from spex_api.engine.baseline import LinearBaseline
 from spex_api.engine import planner
 from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, default_noise_pairs,
                                      minimum_budget)
+from spex_api.engine.hierarchical import HierarchicalLasso
 from spex_api.engine.oracle import Oracle, ValueFunction
 
 
@@ -191,12 +192,24 @@ class Explainer:
 
         return ProxySPEX(self.n, n_samples=p.n_queries, max_order=self.max_order, random_state=self.random_state)
 
+    def _families(self) -> list[str]:
+        """Interaction families compared on the same answers: the planned method, and for ProxySPEX plans
+        also the hierarchical pairwise Lasso (better with few answers, where trees find little)."""
+        return [self._plan.method, "hierarchical"] if self._plan.method == "proxyspex" else [self._plan.method]
+
+    def _fit_family(self, name: str, masks: np.ndarray, y: np.ndarray) -> Explanation:
+        if name == "hierarchical":
+            return HierarchicalLasso(self.n, max_order=min(self.max_order, 3),
+                                     random_state=self.random_state).fit_answers(masks, y)
+        return self._algorithm().fit_answers(masks, y)
+
     def _out_of_fold(self, masks: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        """Out-of-fold predictions of the planned method and the linear fit, each refitted per fold on the
+        """Out-of-fold predictions of every family and the linear fit, each refitted per fold on the
         answers already paid for (no new query)."""
-        out = {self._plan.method: np.empty_like(y), "linear": np.empty_like(y)}
+        out = {name: np.empty_like(y) for name in [*self._families(), "linear"]}
         for train, test in KFold(CROSSVAL_FOLDS, shuffle=True, random_state=self.random_state).split(masks):
-            out[self._plan.method][test] = self._algorithm().fit_answers(masks[train], y[train]).predict(masks[test])
+            for name in self._families():
+                out[name][test] = self._fit_family(name, masks[train], y[train]).predict(masks[test])
             out["linear"][test] = LinearBaseline(self.n, random_state=self.random_state).fit(
                 masks[train], y[train]).predict(masks[test])
         return out
@@ -245,7 +258,10 @@ class Explainer:
             criterion = "holdout_r2" if n_holdout else "cv_r2"
 
         linear = LinearBaseline(self.n, random_state=self.random_state).fit(train_masks, train_y)
-        candidates = {p.method: result, "linear": linear}
+        candidates = {p.method: result}
+        for name in self._families()[1:]:
+            candidates[name] = self._fit_family(name, train_masks, train_y)
+        candidates["linear"] = linear
         if n_holdout:
             preds = {name: cand.predict(holdout_masks) for name, cand in candidates.items()}
         scores: dict[str, dict[str, float]] = {}
@@ -258,10 +274,12 @@ class Explainer:
                 entry["cv_r2"] = cv if cv is not None else _support_cv_r2(
                     train_masks, train_y, cand.fourier.keys, self.n, self.random_state)
             scores[name] = entry
-        main_score = scores[p.method][criterion]
+        # The interaction family with the better score on the answers already paid for stands against linear.
+        family = max(self._families(), key=lambda name: np.nan_to_num(scores[name][criterion], nan=-np.inf))
+        main_score = scores[family][criterion]
         linear_score = scores["linear"][criterion]
         if preds is not None:
-            beats, gain, se = _beats_linear(truth, preds[p.method], preds["linear"])
+            beats, gain, se = _beats_linear(truth, preds[family], preds["linear"])
             use_linear = not beats
             where = "held-out" if n_holdout else f"{CROSSVAL_FOLDS}-fold out-of-fold"
             selection: dict[str, Any] = {"rule": f"one standard error on {where} squared error", "gain": gain,
@@ -269,25 +287,33 @@ class Explainer:
         else:
             use_linear = bool(linear_score > main_score)
             selection = {"rule": "higher cv_r2"}
+        selection["family"] = family
+        selection["families"] = {name: scores[name][criterion] for name in self._families()}
         use_linear = use_linear or not np.isfinite(main_score)
-        chosen = "linear" if use_linear else p.method
+        chosen = "linear" if use_linear else family
         if use_linear and n_holdout:
             # Every paid answer trains the returned fit; its faithfulness stays the held-out figure
             # measured before the slice joined training (conservative for the refit model).
             all_masks, all_y = oracle.answered()
             candidates["linear"] = LinearBaseline(self.n, random_state=self.random_state).fit(all_masks, all_y)
-        diagnostics = dict(result.diagnostics)
+        diagnostics = dict(candidates[family].diagnostics)
+        if family != p.method:
+            diagnostics[p.method] = dict(result.diagnostics)
+        why = (f"{family} chosen among {', '.join(self._families())} by {criterion.replace('_', ' ')} on the "
+               f"answers already paid for (" + ", ".join(f"{k} {v:.3f}" for k, v in selection["families"].items())
+               + ")")
+        selection["why"] = why
         if use_linear:
             diagnostics = {
                 "fallback": "linear",
                 "note": (
-                    f"interactions did not pay on this value function: {p.method} was not more faithful than "
+                    f"interactions did not pay on this value function: {family} was not more faithful than "
                     f"a first-order (linear) fit of the same answers ({criterion.replace('_', ' ')} "
                     f"{main_score:.3f} vs {linear_score:.3f} linear); the linear fit"
                     + (f", refit on all {oracle.queries_used} answers," if n_holdout else "") + " is returned"
                 ),
                 "linear": dict(candidates["linear"].diagnostics),
-                p.method: diagnostics,
+                **{name: dict(candidates[name].diagnostics) for name in self._families()},
             }
         else:
             diagnostics["linear_baseline"] = dict(linear.diagnostics)
@@ -300,7 +326,7 @@ class Explainer:
             "train_r2": scores[chosen]["train_r2"],
             "holdout_r2": scores[chosen].get("holdout_r2"),
             "cv_r2": scores[chosen].get("cv_r2"),
-            p.method: scores[p.method],
+            **{name: scores[name] for name in self._families()},
             "linear": scores["linear"],
         }
         return dataclasses.replace(
