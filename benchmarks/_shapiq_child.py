@@ -32,6 +32,7 @@ def _rss_mb() -> float:
 def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, holdout_seed: int) -> dict[str, Any]:
     """shapiq's SPEX or ProxySPEX; its Fourier transform is captured where it is handed to the Möbius step."""
     warnings.filterwarnings("ignore")
+    base_mb = _rss_mb()  # before importing shapiq, as for the in-process peer
     import shapiq
 
     f = planted_hierarchical(n, n_top=n_top, noise=noise, seed=seed)
@@ -62,7 +63,6 @@ def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, hol
             return to_moebius(transform)
 
         base.fourier_to_moebius = capture
-    base_mb = _rss_mb()
     cpu = time.process_time()
     approx.approximate(budget, game)
     cpu = time.process_time() - cpu
