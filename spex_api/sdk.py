@@ -258,6 +258,10 @@ class _RawCompletion:
             raise AttributeError(name)
         return getattr(self._scorer, name)
 
+    def bind(self, adapter: Any, reference: Any = None) -> "_RawCompletion":
+        """Bind the wrapped scorer and keep the wrapping: the bound scorer's requests stay plain text."""
+        return _RawCompletion(self._scorer.bind(adapter, reference))
+
     def request(self, messages: Any) -> Any:
         return dataclasses.replace(self._scorer.request(messages), raw_completion=True)
 
