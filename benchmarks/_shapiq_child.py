@@ -25,6 +25,10 @@ from benchmarks._planted import planted_hierarchical, random_masks  # noqa: E402
 from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
 
 
+# Prefix of the one result line: shapiq's proxy models may print to stdout too (LightGBM's C++ logger).
+RESULT_TAG = "shapiq-child-result: "
+
+
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -82,7 +86,7 @@ def main() -> None:
         out = run(**args)
     except Exception as exc:  # reported in the table, not swallowed
         out = {"error": f"{type(exc).__name__}: {exc}"[:80]}
-    print(json.dumps(out), flush=True)
+    print(RESULT_TAG + json.dumps(out), flush=True)
 
 
 if __name__ == "__main__":

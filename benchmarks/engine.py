@@ -226,7 +226,8 @@ def run_shapiq18(kind: str, case: Case, cpu_limit: float, python: str | None) ->
                               capture_output=True, text=True, env=env, timeout=10 * cpu_limit + 120)
     except subprocess.TimeoutExpired:
         return {"timeout": cpu_limit}
-    lines = proc.stdout.strip().splitlines()
+    tag = "shapiq-child-result: "  # benchmarks/_shapiq_child.py's RESULT_TAG (stdout may carry LightGBM's logs)
+    lines = [line[len(tag):] for line in proc.stdout.splitlines() if line.startswith(tag)]
     if not lines:  # stopped by SIGXCPU, or died before answering
         if proc.returncode < 0:
             return {"timeout": cpu_limit}
