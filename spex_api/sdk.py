@@ -496,8 +496,9 @@ def preview(
     if mode == "batch" and noise_pairs == "auto":
         noise_pairs = 0  # two more rounds, each a batch that may take hours
     the_plan = _feasible_plan(masked.n_features, int(budget) - int(verify_removal), method, max_order, noise_pairs)
-    # the value function prices a separate reference request itself when the scorer asks for one
-    n_est = the_plan.total + (0 if score.needs_reference else REFERENCE_QUERIES)
+    # the value function prices a separate reference request itself when the scorer asks for one; otherwise
+    # the original answer is one more query, except that an exhaustive design asks the full mask anyway
+    n_est = the_plan.total + (0 if score.needs_reference or the_plan.method == "exhaustive" else REFERENCE_QUERIES)
     interactive, worst = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, limits=limits)
     estimate = (_estimate_cost(masked, adapter, score, n_est, prices, max_cost, batch=True, limits=limits)[0]
                 if mode == "batch" else interactive)
