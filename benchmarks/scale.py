@@ -219,6 +219,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait()
+        proc.stdout.close()
 
 
 if __name__ == "__main__":
