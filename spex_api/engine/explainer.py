@@ -222,7 +222,8 @@ class Explainer:
             pilot = self._measure_noise(oracle)
             estimate = NoiseEstimate.from_pairs(pilot[1], pilot[2], pilot[1])
             ratio = estimate.noise_sd / estimate.score_sd if estimate.score_sd > 0 else None
-            self._plan = self._make_plan(ratio)
+            if self._plan.method == "spex":  # noise only ever turns SPEX down (or warns): other plans stand
+                self._plan = self._make_plan(ratio)
         explanation = self._explain(oracle)
         if pilot is None:
             return explanation
