@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "providers"))
-from fakeserver import FakeServer  # noqa: E402
-
-from providers.cost import Price, PriceTable  # noqa: E402
-from providers.errors import InvalidRequestError, RequestTimeoutError  # noqa: E402
-from spex_api import sdk  # noqa: E402
-from spex_api.cli import app  # noqa: E402
+from providers.cost import Price, PriceTable
+from providers.errors import InvalidRequestError, RequestTimeoutError
+from spex_api import sdk
+from spex_api.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "Review: {content}\nPositive? Answer True or False.\nAnswer:"
@@ -30,15 +27,10 @@ PER_QUERY = 1.0  # dollars: $1 per output token, input free; LabelMargin reads o
 PRICES = PriceTable({"openai-compatible": {"gpt-4o-mini": Price(0.0, 0.0, 1e6 * PER_QUERY)}})
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeServer() as s:
-        yield s
-
-
-@pytest.fixture(autouse=True)
-def clean(server):
-    server.state.control({"reset": True, "latency": 0.0})
+@pytest.fixture
+def server(fake_server):
+    """The shared fake provider (tests/conftest.py), its counters and faults reset for each test."""
+    return fake_server
 
 
 def kw(server, tmp_path, **extra):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakeserver import FakeServer
 
 from providers.adapters import make_adapter
 from providers.prompt import MaskedPrompt
@@ -19,10 +18,10 @@ TEMPLATE = "Review: {content}\nPositive?"
 PROMPTS = ("The pasta was excellent.", "Great staff.")
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeServer() as s:
-        yield s
+@pytest.fixture
+def server(fake_server):
+    """The shared fake provider (tests/conftest.py), its counters and faults reset for each test."""
+    return fake_server
 
 
 def _vf(server, text, scorer):
