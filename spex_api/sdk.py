@@ -359,22 +359,19 @@ def _uncached_cost(prompt: Any, adapter: Any, scorer: Any, plan_: Any, random_st
     from providers.runner import Runner
     from providers.value_function import LLMValueFunction
 
-    from spex_api.engine import explainer as ex
+    from spex_api.engine.explainer import Explainer
 
     def capture(masks: Any) -> Any:
         raise _Design(np.asarray(masks, dtype=bool))
 
+    explainer = Explainer(capture, plan_.n, plan_.budget, method=plan_.requested, max_order=plan_.max_order,
+                          random_state=random_state, plan=plan_)
     try:
-        ex.Explainer(capture, plan_.n, plan_.budget, method=plan_.requested, max_order=plan_.max_order,
-                     random_state=random_state, plan=plan_).explain()
+        explainer.explain()
         return None
     except _Design as probe:
         train = probe.masks
-    masks = [train]
-    if plan_.method != "exhaustive" and not (plan_.method == "proxyspex" and plan_.n_holdout == 0
-                                             and len(train) <= ex.CROSSVAL_MAX_ANSWERS):
-        held = ex._fresh_masks(np.random.default_rng([random_state, 0x401D]), plan_.n_holdout, train)
-        masks.append(held if len(held) >= min(plan_.n_holdout, ex.MIN_FRESH) else held[:0])
+    masks = [train, explainer.holdout_masks(train)]
     runner = Runner(adapter, cache=os.path.expanduser(cache_dir), prices=prices, **limits)
     try:
         vf = LLMValueFunction(prompt, adapter, scorer, runner, progress=False)

@@ -214,6 +214,20 @@ class Explainer:
                 masks[train], y[train]).predict(masks[test])
         return out
 
+    def _cross_validated(self, n_answers: int) -> bool:
+        """Small ProxySPEX budgets: the whole fit is judged by cross-validation over every answer, none withheld."""
+        p = self._plan
+        return p.method == "proxyspex" and p.n_holdout == 0 and n_answers <= CROSSVAL_MAX_ANSWERS
+
+    def holdout_masks(self, train_masks: np.ndarray) -> np.ndarray:
+        """The held-out masks the plan asks after `train_masks` (deterministic under random_state): none for an
+        exhaustive or cross-validated plan, nor when too few unseen masks are left (small n; CV is used then)."""
+        p = self._plan
+        if p.method == "exhaustive" or self._cross_validated(len(train_masks)):
+            return np.zeros((0, self.n), dtype=bool)
+        held = _fresh_masks(np.random.default_rng([self.random_state, 0x401D]), p.n_holdout, train_masks)
+        return held if len(held) >= min(p.n_holdout, MIN_FRESH) else held[:0]
+
     def explain(self) -> Explanation:
         """Spend the plan: training design (+ held-out slice) through one budget-capped Oracle."""
         oracle = Oracle(self.value_fn, self.n, budget=self._plan.total)
@@ -244,16 +258,12 @@ class Explainer:
                                      "n_train": int(oracle.queries_used), "train_r2": r2},
                 feature_names=self.feature_names)
         train_masks, train_y = oracle.answered()
-        if p.method == "proxyspex" and p.n_holdout == 0 and len(train_y) <= CROSSVAL_MAX_ANSWERS:
-            # small budget: judge the whole fit by cross-validation over every answer (no slice withheld)
-            truth, preds, n_holdout = train_y, self._out_of_fold(train_masks, train_y), 0
+        holdout_masks = self.holdout_masks(train_masks)
+        n_holdout = len(holdout_masks)
+        if self._cross_validated(len(train_y)):
+            truth, preds = train_y, self._out_of_fold(train_masks, train_y)
             criterion = "cv_r2"
         else:
-            holdout_masks = _fresh_masks(np.random.default_rng([self.random_state, 0x401D]), p.n_holdout,
-                                         train_masks)
-            if len(holdout_masks) < min(p.n_holdout, MIN_FRESH):
-                holdout_masks = holdout_masks[:0]  # too few unseen masks left (small n): use CV instead
-            n_holdout = len(holdout_masks)
             truth = oracle(holdout_masks) if n_holdout else np.zeros(0)
             preds = None
             criterion = "holdout_r2" if n_holdout else "cv_r2"
