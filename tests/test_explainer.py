@@ -62,15 +62,15 @@ def test_linear_fallback_on_additive_function():
     f = planted_additive(40, noise=0.3, seed=1)
     expl = Explainer(f, 40, 900, method="proxyspex", random_state=1).explain()
     assert expl.method == "linear"
-    assert expl.diagnostics["fallback"] == "linear"
-    assert "interactions did not pay" in expl.diagnostics["note"]
-    assert "proxyspex" in expl.diagnostics  # the rejected result's internals are kept
+    assert expl.diagnostics.fallback == "linear" and expl.diagnostics.method == "linear"
+    assert "interactions did not pay" in expl.diagnostics.reasons[0]
+    assert expl.diagnostics.others["proxyspex"].method == "proxyspex"  # the rejected result's internals are kept
     assert expl.faithfulness == expl.faithfulness_detail["linear"]["holdout_r2"]
     assert expl.faithfulness > expl.faithfulness_detail["proxyspex"]["holdout_r2"]
     assert expl.fourier.degree <= 1
     assert expl.queries_used <= 900
     # the returned linear fit trained on every paid answer, held-out ones included
-    assert expl.diagnostics["linear"]["rows_used"] == expl.queries_used
+    assert expl.diagnostics.rows_used == expl.queries_used
     sel = expl.faithfulness_detail["selection"]
     assert sel["rule"].startswith("one standard error") and sel["gain"] <= sel["se"]
 
@@ -94,7 +94,7 @@ def test_small_budget_cross_validates_the_whole_fit_on_every_answer(hier64):
     f = planted_additive(40, noise=0.3, seed=1)
     lin = Explainer(f, 40, 120, method="proxyspex", random_state=1).explain()
     assert lin.method == "linear" and lin.faithfulness == lin.faithfulness_detail["linear"]["cv_r2"]
-    assert lin.diagnostics["linear"]["rows_used"] == lin.queries_used == 120
+    assert lin.diagnostics.method == "linear" and lin.diagnostics.rows_used == lin.queries_used == 120
 
 
 def test_holdout_zero_uses_cross_validation(hier64):
@@ -156,8 +156,8 @@ def test_linear_baseline_recovers_first_order_terms():
     f = planted_additive(30, noise=0.0, seed=2)
     X = random_masks(30, 400, seed=3)
     expl = LinearBaseline(30).fit(X, f(X))
-    assert expl.method == "linear" and expl.queries_used == 0 and expl.diagnostics["rows_used"] == 400
-    assert expl.diagnostics["cv_r2"] > 0.99
+    assert expl.method == "linear" and expl.queries_used == 0 and expl.diagnostics.rows_used == 400
+    assert expl.diagnostics.cv_r2 > 0.99
     truth = f.fourier.to_dict()
     got = expl.fourier.to_dict()
     for key, value in truth.items():

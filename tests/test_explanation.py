@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from spex_api.engine.diagnostics import Diagnostics, GridPoint, ProxyRefit, ProxySpexDetails, ResidualPass
 from spex_api.engine.explanation import Explanation, Interaction
 from spex_api.engine.fourier import SparseFourier
 from spex_api.engine.metadata import QueryStats, RunMetadata
@@ -59,7 +60,14 @@ def test_json_round_trip(tmp_path):
         feature_names=["a", "b", "c", "d"],
         cost=0.0123,
         metadata={"answer": "yes", "scores": np.arange(3)},
-        diagnostics={"grid": {"max_depth": 3}, "kept": (1, 2)},
+        diagnostics=Diagnostics(
+            method="proxyspex", rows_used=190, n_coefficients=3, cv_mse=0.25, cpu_seconds=1.5,
+            params={"max_depth": 3, "learning_rate": 0.1, "rounds": 40}, reasons=("chosen",),
+            others={"linear": Diagnostics(method="linear", rows_used=190, n_coefficients=2, cv_r2=float("nan"))},
+            details=ProxySpexDetails(
+                grid=(GridPoint(3, 0.1, 40, 0.25),), n_extracted={3: 12}, n_candidates=9, lightgbm_seed=7,
+                refit=ProxyRefit(True, 0.2, 0.22, 1e-3, 2, (ResidualPass(4, 0.19, True),)),
+                cpu_seconds_by_stage={"tune": 1.0})),
     )
     text = e.to_json()
     data = json.loads(text)
@@ -69,7 +77,9 @@ def test_json_round_trip(tmp_path):
     assert (back.method, back.queries_used, back.faithfulness, back.cost) == ("proxyspex", 123, 0.97, 0.0123)
     assert back.feature_names == e.feature_names
     assert back.metadata == {"answer": "yes", "scores": [0, 1, 2]}
-    assert back.diagnostics["grid"] == {"max_depth": 3}
+    # every typed field comes back (a NaN is saved as null, so it reads back as None)
+    assert back.diagnostics == dataclasses.replace(
+        e.diagnostics, others={"linear": dataclasses.replace(e.diagnostics.others["linear"], cv_r2=None)})
     assert back.plan == e.plan
     # A plan dict this version cannot rebuild is kept as a dict rather than losing the explanation.
     odd = Explanation.from_json(make(plan=FakePlan()).to_json())
@@ -77,6 +87,23 @@ def test_json_round_trip(tmp_path):
     path = e.save(tmp_path / "e.json")
     assert Explanation.load(path).interactions("shapley") == e.interactions("shapley")
     assert "proxyspex" in e.summary() and "b × c" in e.summary()
+
+
+def test_diagnostics_saved_before_the_typed_record_still_load():
+    """A file written when diagnostics were a per-algorithm dict: its common figures are read under their old
+    names and every field is kept as saved."""
+    data = json.loads(make().to_json())
+    data["diagnostics"] = {"n_samples": 200, "grid": [{"max_depth": 3}], "n_coefficients": 4, "cpu_seconds": 0.5,
+                           "fallback": "linear", "note": "interactions did not pay"}
+    back = Explanation.from_dict(data).diagnostics
+    assert (back.method, back.rows_used, back.n_coefficients, back.cpu_seconds) == ("proxyspex", 200, 4, 0.5)
+    assert back.fallback == "linear" and back.reasons == ("interactions did not pay",)
+    assert back.legacy == data["diagnostics"]
+    again = Explanation.from_json(Explanation.from_dict(data).to_json()).diagnostics
+    assert again == back  # and it survives being saved again
+    data["diagnostics"] = {"method": "spex", "rows_used": 3, "n_coefficients": 1, "details": {"b": "x"}}
+    with pytest.raises(ValueError, match="diagnostics"):
+        Explanation.from_dict(data)
 
 
 def test_to_shapiq():

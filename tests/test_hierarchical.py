@@ -28,7 +28,7 @@ def test_recovers_planted_pairs_from_few_answers():
     assert r2_score(truth.predict(test), expl.predict(test)) > 0.99
     true_pairs = {k for k in truth.keys if len(k) == 2}
     assert true_pairs <= set(expl.fourier.keys)
-    assert [s["order"] for s in expl.diagnostics["stages"]][:2] == [1, 2]
+    assert [s.order for s in expl.diagnostics.details.stages][:2] == [1, 2]
 
 
 def test_additive_function_keeps_no_pairs():
@@ -36,8 +36,8 @@ def test_additive_function_keeps_no_pairs():
     masks = random_masks(20, 300, seed=4)
     expl = HierarchicalLasso(20, random_state=0).fit_answers(masks, f(masks))
     assert expl.fourier.degree <= 2
-    stages = expl.diagnostics["stages"]
-    assert stages[0]["order"] == 1 and (len(stages) == 1 or not stages[1]["kept"] or expl.fourier.degree == 2)
+    stages = expl.diagnostics.details.stages
+    assert stages[0].order == 1 and (len(stages) == 1 or not stages[1].kept or expl.fourier.degree == 2)
 
 
 def test_strong_triples_need_all_three_pairs():

@@ -69,7 +69,7 @@ def test_recovers_planted_hierarchical_function():
     truth = sorted((k for k in f.fourier.keys if k), key=lambda k: -abs(f.fourier.to_dict()[k]))[:5]
     assert len(top & set(truth)) >= 4
     d = result.diagnostics
-    assert d["refit"]["used"] and d["n_samples"] == 600 and d["chosen"]["max_depth"] == 3
+    assert d.details.refit.used and d.rows_used == 600 and d.params["max_depth"] == 3
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -79,8 +79,9 @@ def test_refit_is_judged_out_of_fold_on_noisy_answers(seed):
     f = planted_hierarchical(64, n_top=10, noise=0.5, seed=seed)
     masks = random_masks(64, 150, seed=seed)
     d = ProxySPEX(64, random_state=seed).fit_answers(masks, f(masks)).diagnostics
-    assert d["refit"]["oof_mse"] > d["refit"]["cv_mse"]
-    assert d["refit"]["oof_mse"] >= d["proxy_cv_mse"] and not d["refit"]["used"]
+    refit = d.details.refit
+    assert refit.oof_mse > refit.cv_mse
+    assert refit.oof_mse >= d.cv_mse and not refit.used
 
 
 class Recorder:
@@ -119,8 +120,9 @@ def test_deterministic_under_random_state_and_ignores_global_rng(monkeypatch):
     b = ProxySPEX(32, n_samples=200, param_grid=SMALL_GRID, random_state=7).fit(f)
     c = ProxySPEX(32, n_samples=200, param_grid=SMALL_GRID, random_state=8).fit(f)
     assert a.fourier.to_dict() == b.fourier.to_dict()
-    assert a.diagnostics["lightgbm_seed"] == b.diagnostics["lightgbm_seed"] != c.diagnostics["lightgbm_seed"]
-    assert seeds[0] == a.diagnostics["lightgbm_seed"] and seeds[-1] == c.diagnostics["lightgbm_seed"]
+    seed_a, seed_b, seed_c = (e.diagnostics.details.lightgbm_seed for e in (a, b, c))
+    assert seed_a == seed_b != seed_c
+    assert seeds[0] == seed_a and seeds[-1] == seed_c
     rec7, rec8 = Recorder(f), Recorder(f)
     ProxySPEX(32, n_samples=50, param_grid=SMALL_GRID, random_state=7, refit=False).fit(rec7)
     ProxySPEX(32, n_samples=50, param_grid=SMALL_GRID, random_state=8, refit=False).fit(rec8)
@@ -162,4 +164,4 @@ def test_max_order_caps_tree_depth():
     f = planted_hierarchical(24, n_top=4, max_degree=4, seed=5)
     result = ProxySPEX(24, n_samples=300, max_order=2).fit(f)
     assert result.fourier.degree <= 2
-    assert {r["max_depth"] for r in result.diagnostics["grid"]} == {2}
+    assert {r.max_depth for r in result.diagnostics.details.grid} == {2}

@@ -116,8 +116,8 @@ def test_planted_hierarchical_recovery(n: int, budget: int, n_top: int) -> None:
     X = random_masks(n, 1000, 1)
     assert r2_score(truth.predict(X), result.predict(X)) > 0.9999
     d = result.diagnostics
-    assert d["b"] == SPEX.largest_b(n, budget) and d["P"] == bch_parity_length(n, 5)
-    assert d["decoded"] >= len(truth) and d["refit"] is True  # the refit screens any spurious decode
+    assert d.details.b == SPEX.largest_b(n, budget) and d.details.P == bch_parity_length(n, 5)
+    assert d.details.decoded >= len(truth) and d.details.refit is not None  # the refit screens any spurious decode
 
 
 def test_isolated_high_order_terms_are_decoded() -> None:
@@ -180,7 +180,7 @@ def test_budget_is_respected_and_checked_before_any_query() -> None:
     assert calls == []
     oracle = Oracle(fn, n, budget=size + 10)
     result = SPEX(n).fit(oracle)  # b chosen from the budget by formula
-    assert result.diagnostics["b"] == 4
+    assert result.diagnostics.details.b == 4
     assert oracle.queries_used <= size + 10 and calls == [oracle.queries_used]
 
 
@@ -192,8 +192,8 @@ def test_pre_answered_design_costs_no_new_queries() -> None:
     oracle(spex.design())  # as the Explainer does: the whole design in one batch first
     spent = oracle.queries_used
     result = spex.fit(oracle)
-    assert oracle.queries_used == spent == result.diagnostics["design_distinct"]
-    assert result.diagnostics["new_queries"] == result.queries_used == 0  # queries_used: what this call sent
+    assert oracle.queries_used == spent == result.diagnostics.rows_used
+    assert result.queries_used == 0  # queries_used: what this call sent
     assert result.fourier.pruned(1e-9).to_dict().keys() == truth.to_dict().keys()
 
 

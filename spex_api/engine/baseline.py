@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.linear_model import LassoCV
 from sklearn.model_selection import KFold
 
+from spex_api.engine.diagnostics import Diagnostics
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import SparseFourier, as_masks, r2_score
 
@@ -46,7 +47,7 @@ class LinearBaseline:
 
     def fit(self, masks: np.ndarray, y: np.ndarray) -> Explanation:
         """Fit on (masks, y) and return an Explanation with method "linear"; it asks nothing, so queries_used is
-        0 (see spex_api.engine.estimator) and diagnostics["rows_used"] says how many answers it fitted on."""
+        0 (see spex_api.engine.estimator) and diagnostics.rows_used says how many answers it fitted on."""
         masks = as_masks(masks, self.n)
         y = np.asarray(y, dtype=float).reshape(-1)
         if len(y) != len(masks):
@@ -80,12 +81,7 @@ class LinearBaseline:
             fourier=fourier,
             method="linear",
             queries_used=0,
-            diagnostics={
-                "cv_r2": cv_r2,
-                "train_r2": train_r2,
-                "alpha": alpha,
-                "rows_used": len(target),
-                "n_nonzero": len(keys) - 1,
-            },
+            diagnostics=Diagnostics(method="linear", rows_used=len(target), n_coefficients=len(fourier),
+                                    train_r2=train_r2, cv_r2=cv_r2, params={"alpha": alpha}),
         )
 

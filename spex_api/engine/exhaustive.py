@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from spex_api.engine.design import EXHAUSTIVE_MAX_N as MAX_N
+from spex_api.engine.diagnostics import Diagnostics
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import SparseFourier, fwht, r2_score
 from spex_api.engine.oracle import Oracle, ValueFunction
@@ -58,10 +59,6 @@ class Exhaustive:
             fourier=fourier,
             method="exhaustive",
             queries_used=oracle.queries_used - used0,  # what this call sent (see spex_api.engine.estimator)
-            diagnostics={
-                "n_masks": len(masks),
-                "n_coefficients": len(keep),
-                "train_r2": r2_score(y, fourier.predict(masks)),
-                "cpu_seconds": time.process_time() - start,
-            },
+            diagnostics=Diagnostics(method="exhaustive", rows_used=len(masks), n_coefficients=len(fourier),
+                                    train_r2=r2_score(y, fourier.predict(masks)), cpu_seconds=time.process_time() - start),
         )

@@ -251,7 +251,7 @@ class Explainer:
         # Each algorithm sends its whole design in one batch, so a provider can run it concurrently.
         result = self._algorithm().fit(oracle)
         if p.method == "exhaustive":  # every mask is answered: the fit is exact, nothing is left to hold out
-            r2 = result.diagnostics["train_r2"]
+            r2 = None if result.diagnostics is None else result.diagnostics.train_r2
             return dataclasses.replace(
                 result, queries_used=int(oracle.queries_used), plan=p, faithfulness=r2,
                 faithfulness_detail={"criterion": "all_masks", "selected": "exhaustive", "n_holdout": 0,
@@ -281,7 +281,7 @@ class Explainer:
             if preds is not None:
                 entry[criterion] = r2_score(truth, preds[name])
             else:
-                cv = cand.diagnostics.get("cv_r2") if name == "linear" else None
+                cv = cand.diagnostics.cv_r2 if name == "linear" and cand.diagnostics is not None else None
                 entry["cv_r2"] = cv if cv is not None else _support_cv_r2(
                     train_masks, train_y, cand.fourier.keys, self.n, self.random_state)
             scores[name] = entry
@@ -307,27 +307,24 @@ class Explainer:
             # measured before the slice joined training (conservative for the refit model).
             all_masks, all_y = oracle.answered()
             candidates["linear"] = LinearBaseline(self.n, random_state=self.random_state).fit(all_masks, all_y)
-        diagnostics = dict(candidates[family].diagnostics)
-        if family != p.method:
-            diagnostics[p.method] = dict(result.diagnostics)
         why = (f"{family} chosen among {', '.join(self._families())} by {criterion.replace('_', ' ')} on the "
                f"answers already paid for (" + ", ".join(f"{k} {v:.3f}" for k, v in selection["families"].items())
                + ")")
         selection["why"] = why
+        reasons: tuple[str, ...] = (why,)
         if use_linear:
-            diagnostics = {
-                "fallback": "linear",
-                "note": (
-                    f"interactions did not pay on this value function: {family} was not more faithful than "
-                    f"a first-order (linear) fit of the same answers ({criterion.replace('_', ' ')} "
-                    f"{main_score:.3f} vs {linear_score:.3f} linear); the linear fit"
-                    + (f", refit on all {oracle.queries_used} answers," if n_holdout else "") + " is returned"
-                ),
-                "linear": dict(candidates["linear"].diagnostics),
-                **{name: dict(candidates[name].diagnostics) for name in self._families()},
-            }
-        else:
-            diagnostics["linear_baseline"] = dict(linear.diagnostics)
+            reasons = (
+                f"interactions did not pay on this value function: {family} was not more faithful than "
+                f"a first-order (linear) fit of the same answers ({criterion.replace('_', ' ')} "
+                f"{main_score:.3f} vs {linear_score:.3f} linear); the linear fit"
+                + (f", refit on all {oracle.queries_used} answers," if n_holdout else "") + " is returned",
+            )
+        others = {name: d for name, cand in candidates.items() if name != chosen
+                  and (d := cand.diagnostics) is not None}
+        own = candidates[chosen].diagnostics
+        assert own is not None  # every estimator records its diagnostics
+        diagnostics = dataclasses.replace(own, fallback="linear" if use_linear else None, reasons=reasons,
+                                          others=others)
         detail = {
             "criterion": criterion,
             "selected": chosen,

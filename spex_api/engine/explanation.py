@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
+from spex_api.engine.diagnostics import Diagnostics
 from spex_api.engine.fourier import Key, SparseFourier
 from spex_api.engine.indices import SparseMobius, canonical_index, fourier_to_mobius, interaction_index
 from spex_api.engine.metadata import RunMetadata
@@ -100,6 +101,16 @@ def _restore_metadata(data: Any) -> Any:
         except (TypeError, ValueError):
             return data  # metadata from another version: keep its fields rather than lose the result
     return data
+
+
+def _restore_diagnostics(data: Any, method: str) -> Diagnostics | None:
+    """The saved Diagnostics; a malformed record is a ValueError naming it (an older file's dict: `legacy`)."""
+    if not data:
+        return None
+    try:
+        return Diagnostics.from_dict(_unjsonable(data), method)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"diagnostics record is malformed ({type(exc).__name__}: {exc})") from None
 
 
 _FAITHFULNESS_KINDS = {"holdout_r2": "held-out R²", "cv_r2": "cross-validated R²", "all_masks": "R² on all masks"}
@@ -269,7 +280,7 @@ class Explanation:
     feature_names: list[str] | None = None
     cost: float | None = None
     metadata: RunMetadata | dict[str, Any] = field(default_factory=dict)  # RunMetadata for runs on a model
-    diagnostics: dict = field(default_factory=dict)
+    diagnostics: Diagnostics | None = None  # how the fit was obtained (every estimator records one)
     noise: NoiseEstimate | None = None
     removal: RemovalCheck | None = None
 
@@ -413,7 +424,7 @@ class Explanation:
             feature_names=data.get("feature_names"),
             cost=data.get("cost"),
             metadata=_restore_metadata(_unjsonable(data.get("metadata") or {})),
-            diagnostics=_unjsonable(data.get("diagnostics") or {}),
+            diagnostics=_restore_diagnostics(data.get("diagnostics"), data["method"]),
             noise=noise,
             removal=removal,
         )

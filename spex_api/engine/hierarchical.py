@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from spex_api.engine.diagnostics import Diagnostics, HierarchicalDetails, LassoStage
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
 from spex_api.engine.proxyspex import uniform_masks
@@ -92,13 +93,13 @@ class HierarchicalLasso:
         folds = max(2, min(self.cv_folds, len(y) // 4))
         keys: list[Key] = [(i,) for i in range(self.n)]
         chi = 1.0 - 2.0 * masks
-        stages = []
+        stages: list[LassoStage] = []
         if y.var() == 0.0:
             best = (keys, np.zeros(self.n), float(y.mean()), 0.0)
         else:
             coef, icpt, mse, _ = _lasso_cv(chi, y, folds, self.random_state)
             best = (keys, coef, icpt, mse)
-            stages.append({"order": 1, "columns": self.n, "cv_mse": mse, "kept": True})
+            stages.append(LassoStage(order=1, columns=self.n, cv_mse=mse, kept=True))
             active = np.flatnonzero(coef)
             m = int(min(len(active), np.floor((1 + np.sqrt(1 + 8 * self.max_pairs)) / 2)))
             top = np.sort(active[np.argsort(-np.abs(coef[active]), kind="stable")[:m]])
@@ -109,7 +110,7 @@ class HierarchicalLasso:
                 basis = np.hstack([chi, fourier_basis(masks, trial[self.n:], self.n)])
                 coef, icpt, mse, _ = _lasso_cv(basis, y, folds, self.random_state)
                 kept = mse < best[3]
-                stages.append({"order": order, "columns": len(offer), "cv_mse": mse, "kept": kept})
+                stages.append(LassoStage(order=order, columns=len(offer), cv_mse=mse, kept=kept))
                 if not kept:
                     break
                 best = (trial, coef, icpt, mse)
@@ -122,6 +123,8 @@ class HierarchicalLasso:
         keys, coef, icpt, mse = best
         nonzero = np.flatnonzero(coef)
         fourier = SparseFourier(self.n, [()] + [keys[i] for i in nonzero], np.concatenate([[icpt], coef[nonzero]]))
-        return Explanation(fourier=fourier, method="hierarchical", queries_used=0, diagnostics={
-            "n_samples": len(y), "stages": stages, "cv_mse": mse, "n_coefficients": len(fourier),
-            "cpu_seconds": time.process_time() - cpu0})
+        diagnostics = Diagnostics(method="hierarchical", rows_used=len(y), n_coefficients=len(fourier), cv_mse=mse,
+                                  cpu_seconds=time.process_time() - cpu0,
+                                  params={"order": max((len(k) for k in fourier.keys), default=0)},
+                                  details=HierarchicalDetails(tuple(stages)))
+        return Explanation(fourier=fourier, method="hierarchical", queries_used=0, diagnostics=diagnostics)

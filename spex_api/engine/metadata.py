@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class _Record(Mapping[str, Any]):
+class Fields:
+    """A dataclass record that writes itself as a plain JSON dict (nested records and sequences included)."""
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: _plain(getattr(self, name)) for name in self._names()}
+
+
+class Record(Fields, Mapping[str, Any]):
     """Read-only mapping view of a dataclass's fields (``record["name"]``, ``.get``, ``in``, ``dict(record)``)."""
 
     def __getitem__(self, key: str) -> Any:
@@ -28,24 +39,19 @@ class _Record(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._names())
 
-    @classmethod
-    def _names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: _plain(getattr(self, name)) for name in self._names()}
-
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, _Record):
+    if isinstance(value, Fields):
         return value.to_dict()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
 @dataclass(frozen=True, eq=True)
-class QueryStats(_Record):
+class QueryStats(Record):
     """How one explanation's queries were served: sent to the model, from the disk cache, label bounds used."""
 
     queries_sent: int = 0
@@ -58,7 +64,7 @@ class QueryStats(_Record):
 
 
 @dataclass(frozen=True, eq=True)
-class RunMetadata(_Record):
+class RunMetadata(Record):
     """The run behind an explanation of a model's answer (see the module doc)."""
 
     original_answer: str | None = None

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import lightgbm as lgb
 import numpy as np
 
+from spex_api.engine.diagnostics import Diagnostics, GridPoint, ProxyRefit, ProxySpexDetails, ResidualPass
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
 from spex_api.engine.indices import subset_patterns
@@ -420,8 +421,9 @@ class ProxySPEX:
         y = oracle(masks)
         query_cpu = time.process_time() - query_cpu
         result = self.fit_answers(masks, y, seed=int(rng.integers(2**31 - 1)))
-        result.diagnostics.update(query_cpu_seconds=query_cpu, wall_seconds=time.perf_counter() - wall0)
-        return replace(result, queries_used=oracle.queries_used - used_before)
+        assert result.diagnostics is not None  # fit_answers always records them
+        diagnostics = replace(result.diagnostics, query_cpu_seconds=query_cpu, wall_seconds=time.perf_counter() - wall0)
+        return replace(result, queries_used=oracle.queries_used - used_before, diagnostics=diagnostics)
 
     def fit_answers(self, masks: np.ndarray, y: np.ndarray, seed: int | None = None) -> Explanation:
         """Fit on answers already paid for ((N, n) bool masks, N scores): proxy, extraction, selection, refit.
@@ -470,12 +472,13 @@ class ProxySPEX:
         n_selected = len(candidates)  # residual passes append their terms after these
         lap("select")
 
-        final, refit_info = None, {"used": False}
+        final: SparseFourier | None = None
+        refit_info: ProxyRefit | None = None
         if self.refit and candidates:
             folds = max(2, min(self.cv_folds, len(y) // 4))
             refit = lasso_refit(candidates, masks, y, self.n, folds, seed)
             lap("refit")
-            passes = []
+            passes: list[ResidualPass] = []
             for _ in range(self.residual_passes):
                 # Terms the trees missed show up in what the refit leaves unexplained: fit the best
                 # configuration to the residual and offer its largest terms to the regression too.
@@ -489,7 +492,7 @@ class ProxySPEX:
                 if not extra:
                     break
                 again = lasso_refit(candidates + sorted(extra), masks, y, self.n, folds, seed)
-                passes.append({"new_terms": len(extra), "cv_mse": again.cv_mse, "kept": again.cv_mse < refit.cv_mse})
+                passes.append(ResidualPass(new_terms=len(extra), cv_mse=again.cv_mse, kept=again.cv_mse < refit.cv_mse))
                 lap("refit")
                 if again.cv_mse >= refit.cv_mse:
                     break
@@ -502,24 +505,18 @@ class ProxySPEX:
                 gate_mse = self._refit_oof_mse(splits, boosters, extra_terms, masks, y, refit.alpha, top_k)
                 lap("refit")
             used = gate_mse < best["cv_mse"]
-            refit_info = {"used": used, "cv_mse": refit.cv_mse, "oof_mse": gate_mse, "alpha": refit.alpha,
-                          "n_nonzero": len(refit.fourier) - 1, "residual_passes": passes}
+            refit_info = ProxyRefit(used=used, cv_mse=refit.cv_mse, oof_mse=gate_mse, alpha=refit.alpha,
+                                    n_nonzero=len(refit.fourier) - 1, residual_passes=tuple(passes))
             if used:
                 final = refit.fourier
         if final is None:
             final = terms[best["max_depth"]].to_fourier()
             lap("extract")
-        diagnostics = {
-            "n_samples": len(masks),
-            "grid": grid,
-            "chosen": {k: best[k] for k in ("max_depth", "learning_rate", "rounds")},
-            "proxy_cv_mse": best["cv_mse"],
-            "n_extracted": {int(d): len(t) for d, t in terms.items()},
-            "n_candidates": len(candidates),
-            "refit": refit_info,
-            "n_coefficients": len(final),
-            "lightgbm_seed": seed,
-            "cpu_seconds": time.process_time() - cpu0,
-            "cpu_seconds_by_stage": stages,
-        }
+        details = ProxySpexDetails(
+            grid=tuple(GridPoint(**r) for r in grid), n_extracted={int(d): len(t) for d, t in terms.items()},
+            n_candidates=len(candidates), lightgbm_seed=seed, refit=refit_info, cpu_seconds_by_stage=stages)
+        diagnostics = Diagnostics(method="proxyspex", rows_used=len(masks), n_coefficients=len(final),
+                                  cv_mse=best["cv_mse"], cpu_seconds=time.process_time() - cpu0,
+                                  params={k: best[k] for k in ("max_depth", "learning_rate", "rounds")},
+                                  details=details)
         return Explanation(fourier=final, method="proxyspex", queries_used=0, diagnostics=diagnostics)

@@ -23,6 +23,7 @@ from scipy.sparse.linalg import cg
 from spex_api.engine.bch import BCHCode, bch_code
 from spex_api.engine.design import SPEX_B_MAX as _B_MAX
 from spex_api.engine.design import spex_largest_b, spex_queries
+from spex_api.engine.diagnostics import Diagnostics, SpexDetails, SpexRefit
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fwht, incidence
 from spex_api.engine.oracle import Oracle, ValueFunction
@@ -159,7 +160,7 @@ class SPEX:
         """Query the design (one batch through an Oracle), peel, refit; returns an Explanation.
 
         `queries_used` counts the distinct masks this call sent (what it added to the Oracle's count, as for
-        every estimator: see spex_api.engine.estimator); diagnostics["design_distinct"] counts the distinct
+        every estimator: see spex_api.engine.estimator); diagnostics.rows_used counts the distinct
         design masks the fit rests on, answered now or earlier by a shared Oracle.
         """
         cpu0 = time.process_time()
@@ -189,27 +190,20 @@ class SPEX:
         codes = self._bin_codes(b)
         found, peel_info = self._peel(U, codes)
         keys = list(found)
-        diagnostics: dict[str, Any] = {
-            "b": b,
-            "t": self.max_order,
-            "P": self.code.P,
-            "n_groups": C,
-            "bins": C * B,
-            "design_size": len(masks),
-            "design_distinct": distinct,
-            "new_queries": oracle.queries_used - used0,
-            "decoder": self.decoder,
-            **peel_info,
-            "decoded": len(keys),
-        }
+        refit: SpexRefit | None = None
+        refit_cv_mse = None
         if self.refit:
-            fourier, refit_info = self._refit(keys, raw, y.reshape(C, P1, B), codes, b, found)
-            diagnostics.update(refit_info)
+            fourier, refit, refit_cv_mse = self._refit(keys, raw, y.reshape(C, P1, B), codes, b, found)
         else:
             fourier = SparseFourier(self.n, keys, np.array(list(found.values()), dtype=float))
-            diagnostics["refit"] = False
-        diagnostics["cpu_seconds"] = time.process_time() - cpu0
-        diagnostics["cpu_seconds_engine"] = diagnostics["cpu_seconds"] - query_cpu
+        cpu = time.process_time() - cpu0
+        details = SpexDetails(b=b, t=self.max_order, P=self.code.P, n_groups=C, bins=C * B, design_size=len(masks),
+                              decoder=self.decoder, **peel_info, decoded=len(keys), cpu_seconds_engine=cpu - query_cpu,
+                              refit=refit)
+        diagnostics = Diagnostics(method="spex", rows_used=distinct, n_coefficients=len(fourier), cv_mse=refit_cv_mse,
+                                  cpu_seconds=cpu, query_cpu_seconds=query_cpu,
+                                  params={"b": b, "t": self.max_order, "refit_z": None if refit is None else refit.z},
+                                  details=details)
         return Explanation(
             fourier=fourier,
             method="spex",
@@ -335,7 +329,7 @@ class SPEX:
         codes: np.ndarray,
         b: int,
         peeled: dict[Key, float],
-    ) -> tuple[SparseFourier, dict[str, Any]]:
+    ) -> tuple[SparseFourier, SpexRefit, float]:
         """Least squares on support + {} + singletons from bin statistics, screened by CV'd |t| threshold.
 
         For candidate keys k, k' the Gram entry over all C (P+1) 2^b samples is
@@ -417,17 +411,10 @@ class SPEX:
         for k, v in peeled.items():
             peel_coef[index[k]] += v
         peel_err = yy_all - 2 * peel_coef @ r_all + peel_coef @ (G_all @ peel_coef)
-        info = {
-            "refit": True,
-            "refit_candidates": K,
-            "refit_all_singletons": all_singles,
-            "refit_z": z_grid[best],
-            "refit_cv_mse": float(cv_err[best] / n_samples),
-            "refit_cv_mse_by_z": {str(z): float(e / n_samples) for z, e in zip(z_grid, cv_err)},
-            "peeled_train_mse": float(peel_err / n_samples),
-            "refit_kept": int(len(keep)),
-        }
-        return fourier, info
+        info = SpexRefit(candidates=K, all_singletons=all_singles, z=z_grid[best],
+                         cv_mse_by_z={str(z): float(e / n_samples) for z, e in zip(z_grid, cv_err)},
+                         peeled_train_mse=float(peel_err / n_samples), kept=int(len(keep)))
+        return fourier, info, float(cv_err[best] / n_samples)
 
 
 def _noise_variance(pool: list[np.ndarray]) -> float:
