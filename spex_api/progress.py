@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from spex_api.report._common import meta, top_rows
+from spex_api.report._common import run_metadata, top_rows
 
 PROMPT: contextvars.ContextVar[int | None] = contextvars.ContextVar("spex_api_batch_prompt", default=None)
 
@@ -106,10 +106,8 @@ class BatchProgress:
             row.answered = int(getattr(expl, "queries_used", row.answered))
             if getattr(expl, "cost", None) is not None:
                 row.spend = float(expl.cost)
-            stats = meta(expl, "stats")
-            hits = stats.get("cache_hits") if isinstance(stats, dict) else getattr(stats, "cache_hits", None)
-            if hits is not None:
-                row.cached = int(hits)
+            if getattr(expl, "metadata", None):  # a run's record: how many answers the cache served
+                row.cached = run_metadata(expl).stats.cache_hits
 
     def failed(self, i: int, exc: BaseException) -> None:
         with self._lock:

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from spex_api.engine.metadata import RunMetadata
+
 # Möbius coefficients read as "the effect of keeping these features together", which is what a report
 # reader wants; the constant term (everything masked) is shown separately as the baseline.
 DEFAULT_INDEX = "mobius"
@@ -44,18 +46,20 @@ def printable(text: Any) -> str:
     return _SURROGATE.sub("\ufffd", str(text))
 
 
-def meta(expl: Any, key: str, default: Any = None) -> Any:
-    """One run fact from the explanation's metadata, whether a plain dict (saved JSON) or a typed record."""
-    data = getattr(expl, "metadata", None)
-    if data is None:
-        return default
-    value = data.get(key, default) if isinstance(data, dict) else getattr(data, key, default)
-    return default if value is None else printable(value) if isinstance(value, str) else value
+def run_metadata(expl: Any) -> RunMetadata:
+    """The run behind the explanation as a typed record (`Explanation.from_json` restores it from a saved file;
+    an engine-only explanation has every field None)."""
+    return RunMetadata.of(getattr(expl, "metadata", None))
+
+
+def text_or_none(value: str | None) -> str | None:
+    """A recorded string made printable (see `printable`); None stays None."""
+    return None if value is None else printable(value)
 
 
 def feature_texts(expl: Any) -> list[str]:
     """Readable text of each feature: the prompt's own words/sentences when recorded, else names."""
-    texts = meta(expl, "feature_texts")
+    texts = run_metadata(expl).feature_texts
     if texts and len(texts) == expl.n:
         return [printable(t) for t in texts]
     if expl.feature_names and len(expl.feature_names) == expl.n:
@@ -95,15 +99,16 @@ def attributions(expl: Any) -> np.ndarray:
 def summary(expl: Any) -> dict[str, Any]:
     """Plan, spend and fit figures shown at the top of every report."""
     plan = expl.plan
+    run = run_metadata(expl)
     return {
-        "provider": meta(expl, "provider"),
-        "model": meta(expl, "model"),
-        "scorer": meta(expl, "scorer"),
-        "answer": meta(expl, "original_answer"),
-        "original_score": meta(expl, "original_score"),
+        "provider": text_or_none(run.provider),
+        "model": text_or_none(run.model),
+        "scorer": text_or_none(run.scorer),
+        "answer": text_or_none(run.original_answer),
+        "original_score": run.original_score,
         "method": printable(expl.method),
         "queries_used": expl.queries_used,
-        "budget": meta(expl, "budget"),
+        "budget": run.budget,
         "cost": expl.cost,
         "faithfulness": expl.faithfulness,
         "faithfulness_kind": expl.faithfulness_kind,
@@ -233,7 +238,8 @@ _SCORERS = {
 
 def scorer_in_words(expl: Any) -> str:
     """What the explained score measures, in a user's words."""
-    name = str(meta(expl, "scorer", ""))
-    labels = meta(expl, "labels") or ["the first label", "the second"]
+    run = run_metadata(expl)
+    name = printable(run.scorer or "")
+    labels = run.labels or ("the first label", "the second")
     words = _SCORERS.get(name.replace("-", "_"), "the scorer's value of each answer")
     return words.format(a=f"“{labels[0]}”", b=f"“{labels[1]}”" if len(labels) > 1 else "the other labels")

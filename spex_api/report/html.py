@@ -15,8 +15,8 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 
 from spex_api.report._common import (
-    DEFAULT_INDEX, faithfulness_in_words, feature_texts, fmt_cost, fmt_r2, meta, plan_in_words, removal_in_words,
-    printable, removal_rows, scorer_in_words, summary,
+    DEFAULT_INDEX, faithfulness_in_words, feature_texts, fmt_cost, fmt_r2, plan_in_words, removal_in_words,
+    printable, removal_rows, run_metadata, scorer_in_words, summary, text_or_none,
 )
 
 POSITIVE = (26, 152, 80)  # keeps the score up
@@ -275,10 +275,11 @@ _env = Environment(autoescape=select_autoescape(default=True, default_for_string
 
 def _spans(expl: Any, texts: list[str]) -> tuple[str, list[tuple[int, int]]]:
     """The prompt text and each feature's (start, end) in it; rebuilt from the feature texts when not recorded."""
-    text, spans = meta(expl, "text"), meta(expl, "feature_spans")
-    if isinstance(text, str) and spans and len(spans) == expl.n:
-        return text, [(int(a), int(b)) for a, b in spans]
-    sep = "\n\n" if meta(expl, "granularity") in ("sentences", "paragraphs") else " "
+    run = run_metadata(expl)
+    text, spans = text_or_none(run.text), run.feature_spans
+    if text is not None and spans and len(spans) == expl.n:
+        return text, list(spans)
+    sep = "\n\n" if run.granularity in ("sentences", "paragraphs") else " "
     out, pos = [], 0
     for t in texts:
         out.append((pos, pos + len(t)))
@@ -304,7 +305,7 @@ def _pieces(expl: Any, texts: list[str]) -> list[dict]:
 
 def _blocks(expl: Any, texts: list[str]) -> bool:
     """Sentences and documents read as blocks, one per line; words flow as text."""
-    granularity = meta(expl, "granularity")
+    granularity = run_metadata(expl).granularity
     if granularity in ("sentences", "paragraphs"):
         return True
     return granularity != "words" and bool(texts) and sum(map(len, texts)) / len(texts) > 40
@@ -320,7 +321,7 @@ def _labels(expl: Any, texts: list[str], blocks: bool) -> tuple[list[str], list[
         short = [squash(t, 18) for t in texts]
         repeated = {t for t in short if short.count(t) > 1}  # "the" twice: say which (its word number)
         return [squash(t, 30) for t in texts], [f"{t} #{i + 1}" if t in repeated else t for i, t in enumerate(short)]
-    letter = "P" if meta(expl, "granularity") == "paragraphs" else "S"
+    letter = "P" if run_metadata(expl).granularity == "paragraphs" else "S"
     badges = [f"{letter}{i + 1}" for i in range(len(texts))]
     return badges, [f"{b} {squash(t, 22)}" for b, t in zip(badges, texts)]
 
