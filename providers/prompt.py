@@ -22,6 +22,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from providers.types import Message
+from spex_api.engine.masks import as_masks
 
 Granularity = Literal["words", "sentences", "paragraphs", "whole"]
 MaskStyle = Literal["placeholder", "remove"]
@@ -326,16 +327,7 @@ class MaskedPrompt:
 
     # ------------------------------------------------------------------ rendering
     def _check(self, masks: Any) -> np.ndarray:
-        m = np.asarray(masks)
-        if m.ndim == 1:
-            m = m[None, :]
-        if m.ndim != 2 or m.shape[1] != self.n_features:
-            raise PromptError(f"mask must have length n_features={self.n_features}, got shape {np.shape(masks)}")
-        if m.dtype != np.bool_:
-            if not np.isin(m, (0, 1)).all():
-                raise PromptError("mask entries must be booleans or 0/1")
-            m = m.astype(bool)
-        return m
+        return as_masks(masks, self.n_features, PromptError)
 
     def render_many(self, masks: Any) -> list[tuple[Message, ...]]:
         """Render an (N, n) mask matrix to N message tuples; vectorised over masks."""

@@ -19,6 +19,7 @@ from providers.adapters.base import Adapter
 from providers.errors import CapExceededError, ConfigurationError
 from providers.runner import Runner, RunnerStats
 from providers.types import Completion, Message, Request
+from spex_api.engine.masks import as_masks
 
 
 ESTIMATE_MASKS = 32  # random masks whose prompts price a typical query
@@ -148,14 +149,10 @@ class LLMValueFunction:
         """
         if not isinstance(repeat, (int, np.integer)) or isinstance(repeat, bool) or repeat < 0:
             raise ConfigurationError(f"repeat must be an integer >= 0, got {repeat!r}")
-        m = np.asarray(masks)
-        if m.ndim == 1:
-            m = m[None, :]
-        if m.ndim != 2 or m.shape[1] != self.n:
-            raise ConfigurationError(f"masks must have shape (N, {self.n}), got {np.shape(masks)}")
+        m = as_masks(masks, self.n, ConfigurationError)
         if getattr(self.scorer, "needs_reference", False):
             await self.reference()
-        requests = [self.scorer.request(msgs) for msgs in self.prompt.render_many(m.astype(bool))]
+        requests = [self.scorer.request(msgs) for msgs in self.prompt.render_many(m)]
         if repeat:
             requests = [dataclasses.replace(r, repeat=int(repeat)) for r in requests]
         self._check_budget(requests)

@@ -7,12 +7,13 @@ on a prompt, the linear fit is what the user gets (and is told so).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.linear_model import LassoCV
-from sklearn.model_selection import KFold
 
 from spex_api.engine.diagnostics import Diagnostics
 from spex_api.engine.explanation import Explanation
-from spex_api.engine.fourier import SparseFourier, as_masks, r2_score
+from spex_api.engine.fourier import SparseFourier, r2_score
+from spex_api.engine.masks import as_answers
+from spex_api.engine.regression import lasso_cv
+from spex_api.engine.seeding import RandomState, check_random_state, stream
 
 
 class LinearBaseline:
@@ -35,7 +36,7 @@ class LinearBaseline:
         cv: int = 5,
         n_alphas: int = 30,
         max_rows: int | None = None,
-        random_state: int = 0,
+        random_state: RandomState = 0,
     ) -> None:
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -44,17 +45,15 @@ class LinearBaseline:
         self.n_alphas = n_alphas
         self.max_rows = max_rows
         self.random_state = random_state
+        self._seed = check_random_state(random_state)
 
     def fit(self, masks: np.ndarray, y: np.ndarray) -> Explanation:
         """Fit on (masks, y) and return an Explanation with method "linear"; it asks nothing, so queries_used is
         0 (see spex_api.engine.estimator) and diagnostics.rows_used says how many answers it fitted on."""
-        masks = as_masks(masks, self.n)
-        y = np.asarray(y, dtype=float).reshape(-1)
-        if len(y) != len(masks):
-            raise ValueError(f"{len(masks)} masks but {len(y)} scores")
+        masks, y = as_answers(masks, y, self.n)
         if len(y) < 2:
             raise ValueError("the linear baseline needs at least 2 answers")
-        rng = np.random.default_rng(self.random_state)
+        rng = stream(self._seed)
         max_rows = max(2000, 4 * self.n) if self.max_rows is None else self.max_rows
         rows = np.sort(rng.choice(len(y), size=max_rows, replace=False)) if len(y) > max_rows else slice(None)
         chi = 1.0 - 2.0 * masks[rows]
@@ -64,17 +63,12 @@ class LinearBaseline:
         if variance == 0.0 or folds < 2:
             keys, values, cv_r2, alpha = [()], np.array([float(target.mean())]), 1.0 if variance == 0.0 else 0.0, None
         else:
-            model = LassoCV(
-                alphas=self.n_alphas,
-                cv=KFold(folds, shuffle=True, random_state=self.random_state),
-                random_state=self.random_state,
-                precompute=True,
-            ).fit(chi, target)
-            nonzero = np.flatnonzero(model.coef_)
+            fit = lasso_cv(chi, target, folds, self._seed, alphas=self.n_alphas)
+            nonzero = np.flatnonzero(fit.coef)
             keys = [()] + [(int(i),) for i in nonzero]
-            values = np.concatenate([[model.intercept_], model.coef_[nonzero]])
-            cv_r2 = float(1.0 - model.mse_path_.mean(axis=1).min() / variance)
-            alpha = float(model.alpha_)
+            values = np.concatenate([[fit.intercept], fit.coef[nonzero]])
+            cv_r2 = 1.0 - fit.cv_mse / variance
+            alpha = fit.alpha
         fourier = SparseFourier(self.n, keys, values)
         train_r2 = r2_score(target, fourier.predict(masks[rows]))
         return Explanation(

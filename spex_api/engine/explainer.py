@@ -15,12 +15,15 @@ import numpy as np
 from sklearn.model_selection import KFold
 
 from spex_api.engine.explanation import Explanation, NoiseEstimate
-from spex_api.engine.fourier import Key, fourier_basis, r2_score
+from spex_api.engine.fourier import r2_score
 from spex_api.engine.baseline import LinearBaseline
 from spex_api.engine import planner
 from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, default_noise_pairs,
                                      minimum_budget)
 from spex_api.engine.hierarchical import HierarchicalLasso
+from spex_api.engine.masks import row_ids
+from spex_api.engine.regression import support_cv_r2
+from spex_api.engine.seeding import RandomState, check_random_state, stream
 from spex_api.engine.oracle import Oracle, ValueFunction
 
 
@@ -46,36 +49,11 @@ def _fresh_masks(rng: np.random.Generator, count: int, seen: np.ndarray) -> np.n
     if count == 0:
         return np.zeros((0, seen.shape[1]), dtype=bool)
     candidates = rng.random((4 * count, seen.shape[1])) < 0.5
-    packed = np.packbits(np.vstack([seen, candidates]), axis=1)
-    _, first, ids = np.unique(packed, axis=0, return_index=True, return_inverse=True)
-    ids = ids.reshape(-1)
+    first, ids = row_ids(np.vstack([seen, candidates]))
     cand_ids = ids[len(seen):]
     unseen = ~np.isin(cand_ids, ids[: len(seen)])
-    first_time = first[cand_ids] == np.arange(len(seen), len(packed))
+    first_time = first[cand_ids] == np.arange(len(seen), len(ids))
     return candidates[np.flatnonzero(unseen & first_time)[:count]]
-
-
-def _support_cv_r2(masks: np.ndarray, y: np.ndarray, keys: Sequence[Key], n: int, random_state: int) -> float:
-    """5-fold CV R² of a least-squares refit on a result's support (when there is no held-out slice).
-
-    A tiny ridge (1e-6 of the mean diagonal) only guards against singular folds. At most
-    max(5000, 4 * #keys) rows (a seeded subsample) are used: plenty for an R² estimate.
-    """
-    folds = min(5, len(y))
-    if folds < 2:
-        return float("nan")
-    rng = np.random.default_rng(random_state)
-    limit = max(5000, 4 * len(keys))
-    if len(y) > limit:
-        rows = np.sort(rng.choice(len(y), size=limit, replace=False))
-        masks, y = masks[rows], y[rows]
-    basis = fourier_basis(masks, keys, n)
-    y_hat = np.empty_like(y)
-    for train, test in KFold(folds, shuffle=True, random_state=random_state).split(basis):
-        gram = basis[train].T @ basis[train]
-        gram[np.diag_indices_from(gram)] += 1e-6 * max(np.trace(gram) / max(len(gram), 1), 1.0)
-        y_hat[test] = basis[test] @ np.linalg.solve(gram, basis[train].T @ y[train])
-    return r2_score(y, y_hat)
 
 
 class Explainer:
@@ -110,7 +88,7 @@ class Explainer:
         budget: int,
         method: str = "auto",
         max_order: int = 5,
-        random_state: int = 0,
+        random_state: RandomState = 0,
         holdout: float = 0.05,
         feature_names: Sequence[str] | None = None,
         min_holdout: int = MIN_HOLDOUT,
@@ -126,7 +104,7 @@ class Explainer:
         self.budget = budget
         self.method = method
         self.max_order = max_order
-        self.random_state = random_state
+        self.random_state = check_random_state(random_state)  # one int: every draw below is a stream of it
         self.holdout = holdout
         self.min_holdout = min_holdout
         self.feature_names = None if feature_names is None else [str(s) for s in feature_names]
@@ -167,9 +145,9 @@ class Explainer:
         other batch companions, as it would on any later day)."""
         from spex_api.engine.proxyspex import uniform_masks
 
-        masks = uniform_masks(self.n, self.noise_pairs + 2, np.random.default_rng(self.random_state))[2:]
+        masks = uniform_masks(self.n, self.noise_pairs + 2, stream(self.random_state))[2:]
         first = oracle(masks)
-        order = np.random.default_rng([self.random_state, 0x5EED]).permutation(len(masks))
+        order = stream(self.random_state, 0x5EED).permutation(len(masks))
         again = np.empty(len(masks))
         again[order] = oracle.repeat(masks[order])
         return masks, first, again
@@ -225,7 +203,7 @@ class Explainer:
         p = self._plan
         if p.method == "exhaustive" or self._cross_validated(len(train_masks)):
             return np.zeros((0, self.n), dtype=bool)
-        held = _fresh_masks(np.random.default_rng([self.random_state, 0x401D]), p.n_holdout, train_masks)
+        held = _fresh_masks(stream(self.random_state, 0x401D), p.n_holdout, train_masks)
         return held if len(held) >= min(p.n_holdout, MIN_FRESH) else held[:0]
 
     def explain(self) -> Explanation:
@@ -282,7 +260,7 @@ class Explainer:
                 entry[criterion] = r2_score(truth, preds[name])
             else:
                 cv = cand.diagnostics.cv_r2 if name == "linear" and cand.diagnostics is not None else None
-                entry["cv_r2"] = cv if cv is not None else _support_cv_r2(
+                entry["cv_r2"] = cv if cv is not None else support_cv_r2(
                     train_masks, train_y, cand.fourier.keys, self.n, self.random_state)
             scores[name] = entry
         # The interaction family with the better score on the answers already paid for stands against linear.

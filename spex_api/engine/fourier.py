@@ -13,26 +13,14 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from spex_api.engine.masks import as_masks
+
 Key = tuple[int, ...]
 
 
 def canonical_key(key: Iterable[int]) -> Key:
     """Sorted tuple of distinct feature indices."""
     return tuple(sorted({int(i) for i in key}))
-
-
-def as_masks(masks: np.ndarray, n: int) -> np.ndarray:
-    """Validate a (N, n) mask array and return it as bool (1-D input is one mask)."""
-    masks = np.asarray(masks)
-    if masks.ndim == 1:
-        masks = masks[None, :]
-    if masks.ndim != 2 or masks.shape[1] != n:
-        raise ValueError(f"masks must have shape (N, {n}), got {masks.shape}")
-    if masks.dtype != bool:
-        if not np.isin(masks, (0, 1)).all():
-            raise ValueError("masks must be boolean or 0/1")
-        masks = masks.astype(bool)
-    return masks
 
 
 def incidence(keys: Sequence[Key], n: int) -> sp.csc_matrix:

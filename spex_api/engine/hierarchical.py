@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -20,21 +19,11 @@ import numpy as np
 from spex_api.engine.diagnostics import Diagnostics, HierarchicalDetails, LassoStage
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
+from spex_api.engine.masks import as_answers
 from spex_api.engine.proxyspex import uniform_masks
+from spex_api.engine.regression import lasso_cv
 from spex_api.engine.oracle import Oracle, ValueFunction
-
-
-def _lasso_cv(basis: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[np.ndarray, float, float, float]:
-    """LassoCV on a Fourier basis: (coefficients, intercept, CV mean squared error, alpha)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LassoCV
-    from sklearn.model_selection import KFold
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = LassoCV(cv=KFold(folds, shuffle=True, random_state=seed), alphas=30, max_iter=3000, tol=1e-4,
-                        precompute=True).fit(basis, y)
-    return model.coef_, float(model.intercept_), float(model.mse_path_.mean(axis=1).min()), float(model.alpha_)
+from spex_api.engine.seeding import RandomState, check_random_state, stream
 
 
 def strong_triples(pairs: Sequence[Key]) -> list[Key]:
@@ -61,7 +50,7 @@ class HierarchicalLasso:
     """
 
     def __init__(self, n: int, max_pairs: int = 600, max_order: int = 3, cv_folds: int = 5,
-                 n_samples: int | None = None, random_state: int = 0) -> None:
+                 n_samples: int | None = None, random_state: RandomState = 0) -> None:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         if max_pairs < 1:
@@ -72,6 +61,7 @@ class HierarchicalLasso:
             raise ValueError(f"cv_folds must be >= 2, got {cv_folds}")
         self.n, self.max_pairs, self.max_order = int(n), int(max_pairs), int(max_order)
         self.cv_folds, self.n_samples, self.random_state = int(cv_folds), n_samples, random_state
+        self._seed = check_random_state(random_state)
 
     def fit(self, value_fn: ValueFunction | Oracle) -> Explanation:
         """Query uniform random masks (one batch) and fit them."""
@@ -79,7 +69,7 @@ class HierarchicalLasso:
 
         oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
         count = self.n_samples if self.n_samples is not None else ProxySPEX.default_samples(self.n)
-        masks = uniform_masks(self.n, int(count), np.random.default_rng(self.random_state))
+        masks = uniform_masks(self.n, int(count), stream(self._seed))
         before = oracle.queries_used
         result = self.fit_answers(masks, oracle(masks))
         return dataclasses.replace(result, queries_used=oracle.queries_used - before)
@@ -87,9 +77,7 @@ class HierarchicalLasso:
     def fit_answers(self, masks: np.ndarray, y: np.ndarray) -> Explanation:
         """Fit on answers already paid for ((N, n) bool masks, N scores); no query is sent."""
         cpu0 = time.process_time()
-        masks, y = np.asarray(masks, dtype=bool), np.asarray(y, dtype=float)
-        if masks.ndim != 2 or masks.shape[1] != self.n or len(y) != len(masks):
-            raise ValueError(f"need (N, {self.n}) masks and N answers, got {masks.shape} and {y.shape}")
+        masks, y = as_answers(masks, y, self.n)
         folds = max(2, min(self.cv_folds, len(y) // 4))
         keys: list[Key] = [(i,) for i in range(self.n)]
         chi = 1.0 - 2.0 * masks
@@ -97,7 +85,7 @@ class HierarchicalLasso:
         if y.var() == 0.0:
             best = (keys, np.zeros(self.n), float(y.mean()), 0.0)
         else:
-            coef, icpt, mse, _ = _lasso_cv(chi, y, folds, self.random_state)
+            coef, icpt, mse, _ = lasso_cv(chi, y, folds, self._seed, max_iter=3000)
             best = (keys, coef, icpt, mse)
             stages.append(LassoStage(order=1, columns=self.n, cv_mse=mse, kept=True))
             active = np.flatnonzero(coef)
@@ -108,7 +96,7 @@ class HierarchicalLasso:
             while offer:
                 trial = keys + offer
                 basis = np.hstack([chi, fourier_basis(masks, trial[self.n:], self.n)])
-                coef, icpt, mse, _ = _lasso_cv(basis, y, folds, self.random_state)
+                coef, icpt, mse, _ = lasso_cv(basis, y, folds, self._seed, max_iter=3000)
                 kept = mse < best[3]
                 stages.append(LassoStage(order=order, columns=len(offer), cv_mse=mse, kept=kept))
                 if not kept:

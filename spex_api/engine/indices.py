@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from spex_api.engine.fourier import Key, SparseFourier, as_masks, incidence
+from spex_api.engine.fourier import Key, SparseFourier, incidence
+from spex_api.engine.masks import as_masks
 
 INDICES = ("fourier", "mobius", "banzhaf", "shapley", "bii", "sii", "k-sii", "fbii", "fsii", "stii")
 

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Union
 
 import numpy as np
 
-from spex_api.engine.fourier import as_masks
+from spex_api.engine.masks import as_masks, pack_rows
 
 ValueFunction = Union[Callable[[np.ndarray], Any], Callable[[np.ndarray], Awaitable[Any]]]
 
@@ -78,15 +78,6 @@ def accepts_repeat(fn: ValueFunction) -> bool:
     return any(p.name == "repeat" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _pack(masks: np.ndarray) -> np.ndarray:
-    """Rows of a bool mask array as (N, w) uint64 bit-words: a compact, hashable-by-row key."""
-    packed = np.packbits(masks, axis=1)
-    pad = (-packed.shape[1]) % 8
-    if pad:
-        packed = np.pad(packed, ((0, 0), (0, pad)))
-    return np.ascontiguousarray(packed).view(np.uint64)
-
-
 class Oracle:
     """Budgeted, de-duplicating access to a value function.
 
@@ -116,7 +107,7 @@ class Oracle:
 
     def count_new(self, masks: np.ndarray) -> int:
         """How many distinct masks in this batch have not been asked yet."""
-        return len(self._index(_pack(as_masks(masks, self.n)))[2])
+        return len(self._index(pack_rows(as_masks(masks, self.n)))[2])
 
     def _index(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Give every distinct row of (memo ∪ batch) an id.
@@ -156,7 +147,7 @@ class Oracle:
         masks = as_masks(masks, self.n)
         if masks.shape[0] == 0:
             return np.zeros(0)
-        keys = _pack(masks)
+        keys = pack_rows(masks)
         memo_ids, row_ids, new_ids, new_rows = self._index(keys)
         if self.budget is not None and self.queries_used + len(new_rows) > self.budget:
             raise BudgetExceededError(

@@ -22,20 +22,16 @@ from spex_api.engine.diagnostics import Diagnostics, GridPoint, ProxyRefit, Prox
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
 from spex_api.engine.indices import subset_patterns
+from spex_api.engine.masks import as_answers, distinct_rows
 from spex_api.engine.oracle import Oracle, ValueFunction
+from spex_api.engine.regression import lasso_cv
+from spex_api.engine.seeding import RandomState, check_random_state, stream
 
 DEFAULT_GRID = {"max_depth": (3, 4, 5), "learning_rate": (0.1,), "n_estimators": (500,)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Masks
-
-
-def _distinct_rows(masks: np.ndarray) -> np.ndarray:
-    """Indices of the first occurrence of each distinct row, in their original order."""
-    packed = np.packbits(masks, axis=1)
-    _, first = np.unique(packed, axis=0, return_index=True)
-    return np.sort(first)
 
 
 def uniform_masks(n: int, n_samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,7 +47,7 @@ def uniform_masks(n: int, n_samples: int, rng: np.random.Generator) -> np.ndarra
         need = n_samples - len(masks)
         draw = rng.random((need + need // 8 + 4, n)) < 0.5
         both = np.concatenate([masks, draw])
-        masks = both[_distinct_rows(both)][:n_samples]
+        masks = both[distinct_rows(both)][:n_samples]
     return masks
 
 
@@ -220,22 +216,11 @@ def lasso_refit(
 
     Returns the refitted (sparse) transform and the CV mean squared error at the chosen alpha.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LassoCV
-    from sklearn.model_selection import KFold
-
     keys = list(keys)
-    basis = fourier_basis(masks, keys, n)
-    folds = KFold(cv_folds, shuffle=True, random_state=random_state)
-    with warnings.catch_warnings():
-        # Small alphas on the path may stop short of tolerance; the CV choice is unaffected.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model = LassoCV(cv=folds, alphas=30, max_iter=5000, tol=1e-5, precompute=True).fit(basis, y)
-    nonzero = np.flatnonzero(model.coef_)
-    fourier = SparseFourier(
-        n, [()] + [keys[i] for i in nonzero], np.concatenate([[model.intercept_], model.coef_[nonzero]])
-    )
-    return RefitResult(fourier, float(model.mse_path_.mean(axis=1).min()), float(model.alpha_))
+    fit = lasso_cv(fourier_basis(masks, keys, n), y, cv_folds, random_state, max_iter=5000, tol=1e-5)
+    nonzero = np.flatnonzero(fit.coef)
+    fourier = SparseFourier(n, [()] + [keys[i] for i in nonzero], np.concatenate([[fit.intercept], fit.coef[nonzero]]))
+    return RefitResult(fourier, fit.cv_mse, fit.alpha)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +259,7 @@ class ProxySPEX:
         max_order: int = 5,
         top_k: int | None = None,
         energy: float | None = None,
-        random_state: int = 0,
+        random_state: RandomState = 0,
         cv_folds: int = 5,
         param_grid: dict[str, Sequence[Any]] | None = None,
         refit: bool = True,
@@ -289,6 +274,7 @@ class ProxySPEX:
         self.top_k = top_k
         self.energy = energy
         self.random_state = random_state
+        self._seed = check_random_state(random_state)
         self.cv_folds = cv_folds
         self.param_grid = param_grid
         self.refit = refit
@@ -414,7 +400,7 @@ class ProxySPEX:
         oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
         if oracle.n != self.n:
             raise ValueError(f"oracle has n={oracle.n}, estimator has n={self.n}")
-        rng = np.random.default_rng(self.random_state)
+        rng = stream(self._seed)
         masks = uniform_masks(self.n, self._samples(), rng)
         used_before = oracle.queries_used
         query_cpu, wall0 = time.process_time(), time.perf_counter()
@@ -429,11 +415,9 @@ class ProxySPEX:
         """Fit on answers already paid for ((N, n) bool masks, N scores): proxy, extraction, selection, refit.
         Lets a caller cross-validate the whole procedure without new queries."""
         cpu0 = time.process_time()
-        masks, y = np.asarray(masks, dtype=bool), np.asarray(y, dtype=float)
-        if masks.ndim != 2 or masks.shape[1] != self.n or len(y) != len(masks):
-            raise ValueError(f"need (N, {self.n}) masks and N answers, got {masks.shape} and {y.shape}")
+        masks, y = as_answers(masks, y, self.n)
         if seed is None:
-            seed = int(np.random.default_rng([self.random_state, 1]).integers(2**31 - 1))
+            seed = int(stream(self._seed, 1).integers(2**31 - 1))
         x = masks.astype(np.float32)
         stages: dict[str, float] = {}
         clock = time.process_time()

@@ -25,8 +25,10 @@ from spex_api.engine.design import SPEX_B_MAX as _B_MAX
 from spex_api.engine.design import spex_largest_b, spex_queries
 from spex_api.engine.diagnostics import Diagnostics, SpexDetails, SpexRefit
 from spex_api.engine.explanation import Explanation
+from spex_api.engine.masks import row_ids
 from spex_api.engine.fourier import Key, SparseFourier, fwht, incidence
 from spex_api.engine.oracle import Oracle, ValueFunction
+from spex_api.engine.seeding import RandomState, check_random_state, stream
 
 # Default Chase work per peeling round (trial words), split over the bins being decoded.
 _CHASE_WORK = 1 << 18
@@ -60,7 +62,7 @@ class SPEX:
         decoder: str = "soft",
         refit: bool = True,
         n_groups: int = 3,
-        random_state: int | np.random.Generator | None = 0,
+        random_state: RandomState = 0,
         chase_depth: int | None = None,
         chase_patterns: int | None = None,
         acceptance: float = 0.9,
@@ -87,12 +89,7 @@ class SPEX:
         self.n_groups = int(n_groups)
         # None means "fresh entropy", fixed once here so design() and fit() agree.
         self.random_state = random_state
-        if isinstance(random_state, np.random.Generator):
-            self._seed = int(random_state.integers(2**63))
-        elif random_state is None:
-            self._seed = int(np.random.SeedSequence().entropy % 2**63)
-        else:
-            self._seed = int(random_state)
+        self._seed = check_random_state(random_state)
         self.chase_depth = chase_depth
         if chase_patterns is not None and int(chase_patterns) < 1:
             raise ValueError(f"chase_patterns must be >= 1 or None, got {chase_patterns}")
@@ -124,8 +121,7 @@ class SPEX:
 
     def _subsampling(self, b: int) -> np.ndarray:
         """(C, n, b) subsampling matrices: the first b of _B_MAX columns drawn from random_state."""
-        rng = np.random.default_rng(self._seed)
-        return rng.integers(0, 2, size=(self.n_groups, self.n, _B_MAX), dtype=np.uint8)[:, :, :b].astype(bool)
+        return stream(self._seed).integers(0, 2, size=(self.n_groups, self.n, _B_MAX), dtype=np.uint8)[:, :, :b].astype(bool)
 
     def _b(self, b: int | None) -> int:
         b = self.b if b is None else int(b)
@@ -182,7 +178,7 @@ class SPEX:
         q0 = time.process_time()
         y = oracle(masks)
         query_cpu = time.process_time() - q0
-        distinct = len(np.unique(np.packbits(masks, axis=1), axis=0))
+        distinct = len(row_ids(masks)[0])
 
         C, P1, B = self.n_groups, self.code.P + 1, 1 << b
         raw = fwht(y.reshape(C, P1, B))  # (C, P+1, 2^b): 2^b * U

@@ -79,7 +79,7 @@ def test_errors_before_spend():
     with pytest.raises(PromptError, match="granularity"):
         MaskedPrompt.from_text("a b", "letters")
     p = MaskedPrompt.from_text("a b c")
-    with pytest.raises(PromptError, match="length n_features=3"):
+    with pytest.raises(PromptError, match=r"shape \(N, 3\)"):
         p.render([1, 0])
     with pytest.raises(PromptError, match="0/1"):
         p.render([1, 2, 0])

@@ -1,0 +1,61 @@
+"""Cross-validated fits on a Fourier basis, shared by every estimator that regresses answers on characters
+(the linear baseline, ProxySPEX's refit, the hierarchical Lasso, the Explainer's support check)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from spex_api.engine.fourier import Key, fourier_basis, r2_score
+from spex_api.engine.seeding import stream
+
+
+class LassoFit(NamedTuple):
+    """A LassoCV fit: coefficients per column, intercept, CV mean squared error at the chosen alpha, alpha."""
+
+    coef: np.ndarray
+    intercept: float
+    cv_mse: float
+    alpha: float
+
+
+def lasso_cv(basis: np.ndarray, y: np.ndarray, folds: int, random_state: int, max_iter: int = 1000,
+             tol: float = 1e-4, alphas: int = 30) -> LassoFit:
+    """LassoCV over `alphas` penalties on shuffled, seeded folds (small alphas that stop short of tolerance
+    are let be: the CV choice is unaffected, so their warning is silenced)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LassoCV
+    from sklearn.model_selection import KFold
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = LassoCV(cv=KFold(folds, shuffle=True, random_state=random_state), alphas=alphas, max_iter=max_iter,
+                        tol=tol, precompute=True).fit(basis, y)
+    return LassoFit(model.coef_, float(model.intercept_), float(model.mse_path_.mean(axis=1).min()),
+                    float(model.alpha_))
+
+
+def support_cv_r2(masks: np.ndarray, y: np.ndarray, keys: Sequence[Key], n: int, random_state: int) -> float:
+    """5-fold CV R² of a least-squares refit on a result's support (when there is no held-out slice).
+
+    A tiny ridge (1e-6 of the mean diagonal) only guards against singular folds. At most
+    max(5000, 4 * #keys) rows (a seeded subsample) are used: plenty for an R² estimate.
+    """
+    from sklearn.model_selection import KFold
+
+    folds = min(5, len(y))
+    if folds < 2:
+        return float("nan")
+    limit = max(5000, 4 * len(keys))
+    if len(y) > limit:
+        rows = np.sort(stream(random_state).choice(len(y), size=limit, replace=False))
+        masks, y = masks[rows], y[rows]
+    basis = fourier_basis(masks, keys, n)
+    y_hat = np.empty_like(y)
+    for train, test in KFold(folds, shuffle=True, random_state=random_state).split(basis):
+        gram = basis[train].T @ basis[train]
+        gram[np.diag_indices_from(gram)] += 1e-6 * max(np.trace(gram) / max(len(gram), 1), 1.0)
+        y_hat[test] = basis[test] @ np.linalg.solve(gram, basis[train].T @ y[train])
+    return r2_score(y, y_hat)
