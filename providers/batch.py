@@ -47,6 +47,7 @@ from providers.errors import (
     TransientError,
     UnexpectedAnswerError,
 )
+from providers.cache import ResponseCache
 from providers.runner import _LEDGER, Ledger, Runner, Validator, _count
 from providers.types import Completion, Message, Request
 
@@ -166,7 +167,7 @@ class OpenAIBatchAPI(BatchAPI):
                       done=(counts.completed + counts.failed) if counts else 0, total=counts.total if counts else 0,
                       failure=failure or ("rejected" if b.status == "failed" else ""))
 
-    async def results(self, batch_id: str) -> AsyncIterator[Outcome]:  # type: ignore[override]
+    async def results(self, batch_id: str) -> AsyncIterator[Outcome]:
         client = self.adapter.client()
         b = await client.batches.retrieve(batch_id)
         for file_id in (b.output_file_id, b.error_file_id):
@@ -210,7 +211,7 @@ class AnthropicBatchAPI(BatchAPI):
         return Status(ended=b.processing_status == "ended", state=b.processing_status,
                       cancelled=b.cancel_initiated_at is not None, done=total - c.processing, total=total)
 
-    async def results(self, batch_id: str) -> AsyncIterator[Outcome]:  # type: ignore[override]
+    async def results(self, batch_id: str) -> AsyncIterator[Outcome]:
         async for item in await self.adapter.client().messages.batches.results(batch_id):
             r = item.result
             if r.type == "succeeded":
@@ -301,14 +302,15 @@ class BatchRunner(Runner):
     Batch-API price (what estimates, caps and reported cost use); `list_price` is the interactive one.
     """
 
-    def __init__(self, adapter: Adapter, cache: Any, *, poll_initial: float | None = None, poll_max: float | None = None,
+    def __init__(self, adapter: Adapter, cache: str | os.PathLike[str] | ResponseCache | None, *, poll_initial: float | None = None, poll_max: float | None = None,
                  max_rounds: int = 3, max_batch_requests: int | None = None, max_batch_bytes: int | None = None,
                  **kwargs: Any) -> None:
         if cache is None:
             raise ConfigurationError("batch mode needs a cache directory: answers land there and running batches "
                                      "are journaled there, so a stopped run resumes without paying twice")
         self.api = batch_api(adapter)
-        super().__init__(adapter, cache=cache, **kwargs)
+        self.disk = cache if isinstance(cache, ResponseCache) else ResponseCache(cache)  # the runner's cache too
+        super().__init__(adapter, cache=self.disk, **kwargs)
         self.list_price = self.price
         self.price = self.price.batch()
         poll_initial = POLL_INITIAL if poll_initial is None else poll_initial
@@ -320,7 +322,7 @@ class BatchRunner(Runner):
         self.poll_initial, self.poll_max, self.max_rounds = poll_initial, poll_max, max_rounds
         self.max_batch_requests = min(max_batch_requests or self.api.max_requests, self.api.max_requests)
         self.max_batch_bytes = min(max_batch_bytes or self.api.max_bytes, self.api.max_bytes)
-        self.journal = Journal(self.cache.directory)
+        self.journal = Journal(self.disk.directory)
         self.batches_submitted = 0
         self.batches_resumed = 0
         self._locks: dict[Any, asyncio.Lock] = {}
@@ -457,7 +459,7 @@ class BatchRunner(Runner):
 
     async def _submit(self, todo: dict[str, Request]) -> list[dict[str, Any]]:
         """Submit batches for as much of `todo` as the caps allow; journal each before waiting for it."""
-        records = []
+        records: list[dict[str, Any]] = []
         for endpoint, chunk in self._chunks(todo):
             part, worst = self._fit(chunk)
             if not part:
@@ -562,7 +564,8 @@ class BatchRunner(Runner):
             raise self._stop(InvalidRequestError(f"batch {batch_id} was rejected: {st.failure[:500]}"))
         requests = dict(zip(rec["keys"], (_request_from_json(d) for d in rec["requests"])))
         got: dict[str, Completion] = {}
-        spent, fatal, retry = 0.0, None, 0
+        spent, retry = 0.0, 0
+        fatal: FatalAPIError | None = None
         seen: set[str] = set()
         async for out in await self._api_call(lambda: _listed(self.api.results(batch_id))):
             request = requests.get(out.key)
@@ -576,7 +579,7 @@ class BatchRunner(Runner):
                     fatal = InvalidRequestError(f"batch {batch_id}: {out.code or out.status}: {out.message}",
                                                 out.status)
                 continue
-            hit = self._cached(request, out.key, validate)  # another process collected it first: paid there
+            hit = self._cached(self.disk, request, out.key, validate)  # another process collected it first: paid there
             if hit is not None:
                 got[out.key] = hit
                 _count("cached")
@@ -603,7 +606,7 @@ class BatchRunner(Runner):
                                 out.key, exc)
                     retry += 1
                     continue
-            self.cache.put(out.key, completion)  # durable before anyone uses it
+            self.disk.put(out.key, completion)  # durable before anyone uses it
             got[out.key] = completion
         missing = len(requests) - len(seen)
         self._release(rec, spent)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence, cast
 
 import numpy as np
 
@@ -161,8 +161,11 @@ class MaskedPrompt:
             plan: list[str | tuple[int, int]] = []
             for item in msg:
                 if isinstance(item, str):
-                    if item:
-                        plan.append(plan.pop() + item if plan and isinstance(plan[-1], str) else item)
+                    last = plan[-1] if plan else None
+                    if item and isinstance(last, str):
+                        plan[-1] = last + item  # adjacent fixed text joins into one piece
+                    elif item:
+                        plan.append(item)
                 elif plan and isinstance(plan[-1], tuple) and plan[-1][1] == int(item):
                     plan[-1] = (plan[-1][0], int(item) + 1)
                 else:
@@ -231,7 +234,8 @@ class MaskedPrompt:
         placeholder: str,
     ) -> "MaskedPrompt":
         before, after = _split_template(template)
-        roles, slots = [], []
+        roles: list[str] = []
+        slots: list[list[str | int]] = []
         if system is not None:
             roles.append("system")
             slots.append([system])
@@ -273,6 +277,8 @@ class MaskedPrompt:
         if not msgs:
             raise PromptError("empty prompt: no messages")
         for mi, m in enumerate(msgs):
+            role: Any
+            content: Any
             if isinstance(m, Message):
                 role, content, flag = m.role, m.content, False
             elif isinstance(m, dict):
@@ -340,7 +346,7 @@ class MaskedPrompt:
             elif len(plan) <= 3 and sum(isinstance(p, tuple) for p in plan) == 1:  # [pre,] run [, post]
                 k = next(i for i, p in enumerate(plan) if isinstance(p, tuple))
                 pre, post = "".join(plan[:k]), "".join(plan[k + 1 :])  # type: ignore[arg-type]
-                a, b = plan[k]  # type: ignore[misc]
+                a, b = cast("tuple[int, int]", plan[k])
                 per_message.append([pre + "".join(r[a:b]) + post for r in rows])
             else:
                 per_message.append(

@@ -24,6 +24,7 @@ import email.utils
 import ipaddress
 import logging
 import math
+import os
 import re
 import time
 import weakref
@@ -241,7 +242,7 @@ class Runner:
     def __init__(
         self,
         adapter: Adapter,
-        cache: str | ResponseCache | None = None,
+        cache: str | os.PathLike[str] | ResponseCache | None = None,
         concurrency: int = 8,
         rpm: float | None = None,
         tpm: float | None = None,
@@ -270,7 +271,7 @@ class Runner:
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise ConfigurationError(f"timeout must be a positive number of seconds (or None), got {timeout}")
         self.adapter = adapter
-        self.cache = ResponseCache(cache) if isinstance(cache, str) or hasattr(cache, "__fspath__") else cache
+        self.cache: ResponseCache | None = cache if cache is None or isinstance(cache, ResponseCache) else ResponseCache(cache)
         self.concurrency = concurrency
         self.rpm = rpm
         self.tpm = tpm
@@ -415,7 +416,7 @@ class Runner:
         alone, between network waits in an otherwise idle process, cost ~180 µs (measured here)."""
         misses = []
         for i, r in enumerate(requests):
-            calls = [(sub, key, None if self.cache is None else self._cached(sub, key, validate))
+            calls = [(sub, key, None if self.cache is None else self._cached(self.cache, sub, key, validate))
                      for sub, key in self._calls(r)]
             if all(hit is not None for _, _, hit in calls):
                 self.stats.cache_hits += len(calls)
@@ -425,14 +426,15 @@ class Runner:
                 misses.append((i, calls))
         return misses
 
-    def _cached(self, request: Request, key: str, validate: Validator | None) -> Completion | None:
+    @staticmethod
+    def _cached(cache: ResponseCache, request: Request, key: str, validate: Validator | None) -> Completion | None:
         """A cache hit the caller can use; an unusable one (cached before answers were checked) is a miss."""
-        hit = self.cache.get(key)
+        hit = cache.get(key)
         if hit is not None and validate is not None:
             try:
                 validate(request, hit)
             except Exception as exc:  # noqa: BLE001 - whatever the caller's check raises means "unusable"
-                log.warning("cached answer %s in %s is unusable (%s); asking again", key, self.cache.directory, exc)
+                log.warning("cached answer %s in %s is unusable (%s); asking again", key, cache.directory, exc)
                 return None
         return hit
 
@@ -624,7 +626,7 @@ class Runner:
                 log.warning("%s: the provider asked for a pause; no call is sent for %.1f s", self.adapter, wait)
             self._pause_until = max(self._pause_until, until)
 
-    async def _claim_or_wait(self, request: Request, key: str, validate: Validator | None
+    async def _claim_or_wait(self, cache: ResponseCache, request: Request, key: str, validate: Validator | None
                              ) -> tuple[Completion | None, bool]:
         """(None, True): this caller claimed the call and sends it. (answer, False): another caller sent it
         meanwhile. While another holds the claim, wait for its answer; if it fails or dies, its claim goes and
@@ -632,14 +634,14 @@ class Runner:
         process) is not waited for: (None, False), sent unclaimed."""
         delay, deadline = 0.02, time.monotonic() + self.adapter.timeout + 30.0
         while True:
-            if self.cache.claim(key):
+            if cache.claim(key):
                 # Look (again): a holder caches its answer before releasing, so a claim won after a release
                 # must find that answer here rather than pay for it a second time.
-                hit = self._cached(request, key, validate)
+                hit = self._cached(cache, request, key, validate)
                 if hit is not None:
-                    self.cache.release(key)
+                    cache.release(key)
                 return hit, hit is None
-            hit = self._cached(request, key, validate)
+            hit = self._cached(cache, request, key, validate)
             if hit is not None or time.monotonic() > deadline:
                 return hit, False
             if delay == 0.02:
@@ -657,6 +659,7 @@ class Runner:
         await self._reserve(reserved, state)
         charged = reserved  # until we know better, an attempt counts at its worst case
         sent = claimed = False
+        cache = self.cache
         try:
             async with state.slots:
                 if state.rpm is not None:
@@ -668,8 +671,8 @@ class Runner:
                 await self._honour_pause()
                 if self._abort is not None:
                     raise _Aborted
-                if self.cache is not None:
-                    hit, claimed = await self._claim_or_wait(request, key, validate)
+                if cache is not None:
+                    hit, claimed = await self._claim_or_wait(cache, request, key, validate)
                     if hit is not None:  # another caller answered it meanwhile: nothing to send or pay
                         charged = 0.0
                         self.stats.cache_hits += 1
@@ -727,15 +730,15 @@ class Runner:
                 charged = 0.0
             raise
         else:
-            if self.cache is not None:  # durable before anyone uses the answer (the claim goes in `finally`)
-                self.cache.put(key, completion)
+            if cache is not None:  # durable before anyone uses the answer (the claim goes in `finally`)
+                cache.put(key, completion)
             charged = self.price.cost(completion.usage)
             self._add_usage(completion.usage)
             self._pause(headers)
             return completion
         finally:
-            if claimed:
-                self.cache.release(key)  # after the answer is cached: a waiting process finds it
+            if claimed and cache is not None:
+                cache.release(key)  # after the answer is cached: a waiting process finds it
             if not sent:  # a call never sent does not count against max_queries
                 self._queries_reserved -= 1
             else:

@@ -180,7 +180,7 @@ class Scorer:
                 del self.__dict__["_init_depth"]
                 object.__setattr__(self, "_sealed", True)
 
-        cls.__init__ = sealed_init  # type: ignore[method-assign]
+        setattr(cls, "__init__", sealed_init)  # the subclass's own __init__, sealed once it returns
 
     def __setattr__(self, name: str, value: Any) -> None:
         if self._sealed:
@@ -702,6 +702,8 @@ class AnswerSimilarity(Scorer):
     def score_many(self, completions: Sequence[Completion]) -> np.ndarray:
         """Mean similarity over each completion's samples, all texts compared in one `similarities` call."""
         reference = self._require_bound()
+        if reference is None:  # needs_reference: _require_bound refuses an unbound reference
+            raise ScorerError("bind the scorer with the reference answer before scoring")
         if any(not c.texts for c in completions):
             raise ScoringError("the completion has no answer text")
         sims = self.similarities([t for c in completions for t in c.texts], reference.text)

@@ -122,7 +122,7 @@ class LLMValueFunction:
         if r.max_queries is not None:
             calls = sum(1 if self.adapter.multi_sample else q.samples for q in todo)
             left = r.queries_left
-            if calls > left:
+            if left is not None and calls > left:
                 raise CapExceededError(f"this batch needs {calls} API calls but max_queries leaves {left}; "
                                        "nothing was sent")
 

@@ -7,9 +7,9 @@ Exit codes: 0 success, 1 runtime failure (the model or network failed, a cap was
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import sys
 import tempfile
 from enum import Enum
 from pathlib import Path
@@ -357,9 +357,9 @@ def explain_many(
         for i, expl in enumerate(results):
             if i not in failed:
                 stem = out_dir / f"{i:0{width}d}"
-                _guard("run", lambda e=expl, p=stem: e.save(p.with_suffix(".json")))
+                _guard("run", functools.partial(expl.save, stem.with_suffix(".json")))
                 if html:
-                    _guard("run", lambda e=expl, p=stem: write_html(e, p.with_suffix(".html")))
+                    _guard("run", functools.partial(write_html, expl, stem.with_suffix(".html")))
         if not quiet:
             err.print(Text(f"wrote {len(results) - len(failed)} explanations to {out_dir}"), highlight=False)
     if failed:
@@ -465,4 +465,4 @@ def main() -> None:  # pragma: no cover - `python -m spex_api.cli`
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

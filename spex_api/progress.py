@@ -181,11 +181,13 @@ class BatchProgress:
                 took = _clock(r.ended - r.started) if r.ended is not None and r.started is not None else "–"
                 if r.status == "done" and r.expl is not None:
                     r2 = "–" if r.expl.faithfulness is None else f"{r.expl.faithfulness:.2f}"
-                    cells = [Text(r.expl.method, style="green"), str(r.answered), str(r.cached), f"${r.spend:.4f}",
-                             r2] + ([took, escape(_strongest(r.expl))] if wide else [])
+                    cells: list[Text | str] = [Text(r.expl.method, style="green"), str(r.answered), str(r.cached),
+                                               f"${r.spend:.4f}", r2]
+                    cells += [took, escape(_strongest(r.expl))] if wide else []
                 else:
                     cells = [Text(r.status, style=_STYLE[r.status]), str(r.answered), str(r.cached),
-                             f"${r.spend:.4f}", "–"] + ([took, ""] if wide else [])
+                             f"${r.spend:.4f}", "–"]
+                    cells += [took, ""] if wide else []
                     if r.note:
                         notes.append(Text(f"prompt {i} {r.status}: {r.note}", style=_STYLE[r.status]))
                 t.add_row(str(i), escape(r.label), *cells)

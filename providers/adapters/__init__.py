@@ -39,6 +39,7 @@ def make_adapter(provider: str, model: str, base_url: str | None = None, api_key
             raise ConfigurationError(f"provider {provider!r} needs base_url (e.g. 'http://127.0.0.1:8080/v1')")
         options.setdefault("prompt_logprobs", p == "vllm")  # only vLLM is known to teacher-force prompts
         return CompatibleAdapter(model, base_url, api_key or NO_KEY, http_client, timeout, **options)
+    cls: type[Adapter]
     if p in ("openai", "openai-responses"):
         cls, env = (OpenAIAdapter if p == "openai" else OpenAIResponsesAdapter), "OPENAI_API_KEY"
         p = "openai"  # one price table and cache scope; the endpoint keeps the two APIs' answers apart

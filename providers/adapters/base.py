@@ -104,7 +104,7 @@ class Adapter(ABC):
 
         The server is `endpoint_identity(base_url)` (scheme, host, port, path; no credentials), so two servers
         serving the same model name never share answers. The official APIs (no base_url) keep their old keys."""
-        material = {"provider": self.provider, "endpoint": self.endpoint(request), "model": self.model,
+        material: dict[str, Any] = {"provider": self.provider, "endpoint": self.endpoint(request), "model": self.model,
                     "body": self.body(request)}
         if self.base_url is not None:
             material["server"] = endpoint_identity(self.base_url)
@@ -357,7 +357,8 @@ def merge_completions(parts: list[Completion]) -> Completion:
     usage = parts[0].usage
     for p in parts[1:]:
         usage = usage + p.usage
-    lps = None if any(p.logprobs is None for p in parts) else tuple(s for p in parts for s in p.logprobs)
+    lps = (tuple(s for p in parts for s in (p.logprobs or ())) if all(p.logprobs is not None for p in parts)
+           else None)
     return Completion(texts=tuple(t for p in parts for t in p.texts), logprobs=lps,
                       prompt_logprobs=parts[0].prompt_logprobs, usage=usage, model=parts[0].model,
                       finish_reasons=tuple(f for p in parts for f in p.finish_reasons))

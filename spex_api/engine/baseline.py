@@ -10,7 +10,7 @@ import numpy as np
 
 from spex_api.engine.diagnostics import Diagnostics
 from spex_api.engine.explanation import Explanation
-from spex_api.engine.fourier import SparseFourier, r2_score
+from spex_api.engine.fourier import Key, SparseFourier, r2_score
 from spex_api.engine.masks import as_answers
 from spex_api.engine.regression import lasso_cv
 from spex_api.engine.seeding import RandomState, check_random_state, stream
@@ -60,6 +60,7 @@ class LinearBaseline:
         target = y[rows]
         folds = min(self.cv, len(target))
         variance = float(target.var())
+        keys: list[Key]
         if variance == 0.0 or folds < 2:
             keys, values, cv_r2, alpha = [()], np.array([float(target.mean())]), 1.0 if variance == 0.0 else 0.0, None
         else:

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, Callable, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -210,7 +210,7 @@ def _need(ok: bool, field_name: str, what: str, got: Any) -> None:
         raise ValueError(f"{field_name} must be {what}, got {_show(got)}")
 
 
-_META_TYPES = {  # metadata fields the reports read, and the JSON types they must have
+_META_TYPES: dict[str, tuple[type | Callable[[Any], bool], str]] = {  # metadata fields the reports read, and the JSON types they must have
     **dict.fromkeys(("original_answer", "text", "provider", "model", "scorer", "base_url", "granularity"),
                     (str, "a string")),
     **dict.fromkeys(("original_score", "estimated_cost"), (_is_num, "a number")),
@@ -342,7 +342,8 @@ class Explanation:
     @property
     def faithfulness_kind(self) -> str:
         """How `faithfulness` was measured: on a held-out slice, out of fold, or on every mask (exact)."""
-        return _FAITHFULNESS_KINDS.get(self.faithfulness_detail.get("criterion"), "held-out R²")
+        criterion = self.faithfulness_detail.get("criterion")
+        return _FAITHFULNESS_KINDS.get(criterion, "held-out R²") if isinstance(criterion, str) else "held-out R²"
 
     def summary(self, k: int = 10, index: str = "fourier") -> str:
         """Short human-readable report: method, queries, faithfulness and the top interactions."""
@@ -407,7 +408,7 @@ class Explanation:
         """Rebuild a saved explanation; anything malformed or oversized is a ValueError naming the field."""
         _check_saved(data)
         coefficients = data["fourier"]
-        values = [math.nan if v is None else v for v in coefficients["values"]]
+        values = np.array([math.nan if v is None else v for v in coefficients["values"]], dtype=float)
         fourier = SparseFourier(int(data["n"]), [tuple(k) for k in coefficients["keys"]], values)
         try:
             noise = None if data.get("noise") is None else NoiseEstimate.from_dict(data["noise"])

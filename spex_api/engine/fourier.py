@@ -85,7 +85,7 @@ class SparseFourier:
 
     @classmethod
     def from_dict(cls, n: int, coefficients: Mapping[Iterable[int], float]) -> "SparseFourier":
-        return cls(n, list(coefficients.keys()), np.fromiter(coefficients.values(), float))
+        return cls(n, [canonical_key(k) for k in coefficients], np.fromiter(coefficients.values(), float))
 
     def to_dict(self) -> dict[Key, float]:
         return dict(zip(self.keys, self.values.tolist()))

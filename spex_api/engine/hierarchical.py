@@ -32,7 +32,7 @@ def strong_triples(pairs: Sequence[Key]) -> list[Key]:
     neighbours: dict[int, set[int]] = {}
     for a, b in pairs:
         neighbours.setdefault(a, set()).add(b)
-    out = []
+    out: list[Key] = []
     for a, b in sorted(have):
         for c in sorted(neighbours.get(b, set())):
             if (a, c) in have:

@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
-from typing import Any, Awaitable, Callable, Union
+from typing import Any, Awaitable, Callable, Union, cast
 
 import numpy as np
 
@@ -138,7 +138,9 @@ class Oracle:
             )
         if len(masks) == 0:
             return np.zeros(0)
-        fn = functools.partial(self.fn, repeat=repeat) if accepts_repeat(self.fn) else self.fn
+        fn: ValueFunction = self.fn
+        if accepts_repeat(fn):  # it takes the keyword: tell it which asking this is
+            fn = functools.partial(cast("Callable[..., Any]", fn), repeat=repeat)
         scores = call_value_function(fn, masks)
         self.queries_used += len(masks)
         return scores

@@ -13,7 +13,7 @@ import itertools
 import time
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import lightgbm as lgb
 import numpy as np
@@ -189,9 +189,9 @@ def select_coefficients(fourier: SparseFourier, energy: float | None = None, top
     return [fourier.keys[i] for i in idx[_ranked(fourier.values[idx], energy, top_k)]]
 
 
-def downward_closure(keys: Sequence[Key]) -> list[Key]:
+def downward_closure(keys: Iterable[Key]) -> list[Key]:
     """Every non-empty subset of every key (hierarchical functions have downward-closed supports)."""
-    groups = {}
+    groups: dict[int, list[Key]] = {}
     for key in keys:
         groups.setdefault(len(key), []).append(key)
     found: set[Key] = set()
@@ -366,10 +366,10 @@ class ProxySPEX:
                 callbacks=[lgb.early_stopping(max(10, cap // 50), verbose=False)],
                 return_cvbooster=True,
             )
-            curve = cv["valid l2-mean"]
+            curve = cast("list[float]", cv["valid l2-mean"])
             best = int(np.argmin(curve))
             results.append({"max_depth": depth, "learning_rate": rate, "rounds": best + 1, "cv_mse": float(curve[best])})
-            fold_boosters[(depth, rate)] = cv["cvbooster"].boosters
+            fold_boosters[(depth, rate)] = cast(lgb.CVBooster, cv["cvbooster"]).boosters
         return results, splits, fold_boosters
 
     def _refit_oof_mse(self, splits: list, boosters: dict[int, tuple[list, int]], extra: set[Key],

@@ -181,7 +181,7 @@ def faithfulness_in_words(expl: Any) -> list[str]:
     r2 = expl.faithfulness
     kind = expl.faithfulness_detail.get("criterion") if expl.faithfulness_detail else None
     on = {"cv_r2": "answers it was not fitted on (cross-validation)", "all_masks": "every possible masking"}.get(
-        kind, "held-out masked prompts it was not fitted on")
+        str(kind), "held-out masked prompts it was not fitted on")
     if r2 is None:
         lines = ["Faithfulness was not measured: no query was set aside to check the explanation."]
     else:
@@ -194,8 +194,8 @@ def faithfulness_in_words(expl: Any) -> list[str]:
         text = (f"The model itself is not perfectly repeatable: asking {noise.n_pairs} masked prompts twice gave "
                 f"answers that differ by sd {noise.noise_sd:.3g}, against a score spread of sd {noise.score_sd:.3g}. "
                 f"So no explanation could exceed R² ≈ {noise.r2_ceiling:.2f} (the noise ceiling)")
-        share = noise.share(r2) if r2 is not None else None
-        lines.append(text + (f"; this one reaches {share:.0%} of it." if share is not None else "."))
+        reached = noise.share(r2) if r2 is not None else None
+        lines.append(text + (f"; this one reaches {reached:.0%} of it." if reached is not None else "."))
     return lines
 
 
