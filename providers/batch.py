@@ -245,19 +245,23 @@ def _request_from_json(d: dict[str, Any]) -> Request:
 
 
 class Journal:
-    """Submitted batches on disk (one JSON file each, written atomically) under a cache directory's `batches/`."""
+    """Submitted batches on disk (one JSON file each, written atomically) under a cache directory's `batches/`
+    (made on first use: a runner built to price a plan touches no disk)."""
 
     def __init__(self, cache_dir: str) -> None:
         self.directory = os.path.join(cache_dir, "batches")
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._lock_path = os.path.join(self.directory, "journal.lock")
+
+    def _made(self) -> str:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        return self.directory
 
     def _path(self, tag: str) -> str:
         return os.path.join(self.directory, f"{tag}.json")
 
     def write(self, record: dict[str, Any]) -> None:
         """Store a record durably (temp file, fsync, rename) before anything relies on it."""
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=self._made(), suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, separators=(",", ":"))
             f.flush()
@@ -270,7 +274,7 @@ class Journal:
 
     def records(self) -> list[dict[str, Any]]:
         out = []
-        for name in sorted(os.listdir(self.directory)):
+        for name in sorted(os.listdir(self._made())):
             if name.endswith(".json"):
                 try:
                     with open(os.path.join(self.directory, name)) as f:
@@ -282,6 +286,7 @@ class Journal:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Exclusive across processes (the OS drops it when its holder dies)."""
+        self._made()
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if fcntl is not None:

@@ -128,15 +128,32 @@ def _private_files(directory: str) -> None:
 
 
 class ResponseCache:
-    """Completions on disk by key; each `put` is committed before it returns (durable across kill -9)."""
+    """Completions on disk by key; each `put` is committed before it returns (durable across kill -9).
+
+    The directory is made and opened on first use, so a runner built to price a plan (`spex_api.preview`,
+    `--dry-run`) touches no disk until its run looks an answer up."""
 
     def __init__(self, directory: str | os.PathLike[str], size_limit: int = 2**32) -> None:
         self.directory = os.fspath(directory)
-        _private_dirs(self.directory)
-        # No eviction of paid answers: 'none' policy; size_limit only matters for diskcache's culling.
-        self._cache = diskcache.Cache(self.directory, size_limit=size_limit, eviction_policy="none")
-        _private_files(self.directory)
-        self._claims = _Claims.of(self.directory)
+        self._size_limit = size_limit
+        self._opened: tuple[diskcache.Cache, _Claims] | None = None
+        self._opening = threading.Lock()
+
+    def _open(self) -> tuple[diskcache.Cache, _Claims]:
+        """The disk cache and its claims, opened once (threads of one run may ask at the same moment)."""
+        if self._opened is None:
+            with self._opening:
+                if self._opened is None:
+                    _private_dirs(self.directory)
+                    # No eviction of paid answers: 'none' policy; size_limit only matters for diskcache's culling.
+                    cache = diskcache.Cache(self.directory, size_limit=self._size_limit, eviction_policy="none")
+                    _private_files(self.directory)
+                    self._opened = (cache, _Claims.of(self.directory))
+        return self._opened
+
+    @property
+    def _cache(self) -> diskcache.Cache:
+        return self._open()[0]
 
     def get(self, key: str) -> Completion | None:
         """The cached answer, or None on a miss. An entry that cannot be read back (truncated, corrupted, not an
@@ -166,11 +183,11 @@ class ResponseCache:
     def claim(self, key: str) -> bool:
         """Mark `key` as being sent by this caller; False if anyone else holds it, another runner of this same
         process included. The holder's death (kill -9 too) drops its claim."""
-        return self._claims.take(key)
+        return self._open()[1].take(key)
 
     def release(self, key: str) -> None:
         """Drop this process's claim on `key` (after its answer is stored, so a waiting process finds it)."""
-        self._claims.drop(key)
+        self._open()[1].drop(key)
 
     def __contains__(self, key: str) -> bool:
         return key in self._cache
@@ -179,7 +196,8 @@ class ResponseCache:
         return len(self._cache)
 
     def close(self) -> None:
-        self._cache.close()
+        if self._opened is not None:
+            self._opened[0].close()
 
     def __repr__(self) -> str:
         return f"ResponseCache({self.directory!r})"

@@ -310,21 +310,23 @@ class Runner:
         """API calls max_queries still allows (None without a cap); calls in flight are already taken."""
         return None if self.max_queries is None else self.max_queries - self._queries_reserved
 
-    def worst_case_cost(self, request: Request) -> float:
-        """Upper bound on what one request can cost (all samples, max_tokens each, prompt bound)."""
+    def worst_case_cost(self, request: Request, price: Price | None = None) -> float:
+        """Upper bound on what one request can cost (all samples, max_tokens each, prompt bound), at the runner's
+        price or `price` (e.g. a batch runner's interactive list price)."""
         calls = 1 if self.adapter.multi_sample else request.samples
-        per_call = worst_case_cost(self.price, self.adapter.input_token_bound(request),
+        per_call = worst_case_cost(self.price if price is None else price, self.adapter.input_token_bound(request),
                                    self.adapter.output_token_bound(request),
                                    request.samples if self.adapter.multi_sample else 1)
         return per_call * calls
 
-    def estimate_cost(self, request: Request, output_tokens: int | None = None) -> float:
-        """Typical cost of one request: estimated prompt tokens, `output_tokens` (default max_tokens) per sample."""
+    def estimate_cost(self, request: Request, output_tokens: int | None = None, price: Price | None = None) -> float:
+        """Typical cost of one request: estimated prompt tokens, `output_tokens` (default max_tokens) per sample,
+        at the runner's price or `price`."""
         calls = 1 if self.adapter.multi_sample else request.samples
         out = (self.adapter.output_token_bound(request) if output_tokens is None else output_tokens) * request.samples
         inp = self.adapter.estimate_input_tokens(request) * calls
         # a fixed prefix the provider caches is read at the cached-input price on every call after the first
-        return self.price.cost(Usage(inp, out, min(self.adapter.cached_prefix_tokens(request), inp) * calls))
+        return (self.price if price is None else price).cost(Usage(inp, out, min(self.adapter.cached_prefix_tokens(request), inp) * calls))
 
     def is_cached(self, request: Request) -> bool:
         """True if every call of this request is in the cache (it would cost nothing)."""

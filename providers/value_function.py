@@ -16,6 +16,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from providers.adapters.base import Adapter
+from providers.cost import Price
 from providers.errors import CapExceededError, ConfigurationError
 from providers.runner import Runner, RunnerStats
 from providers.types import Completion, Message, Request
@@ -79,22 +80,23 @@ class LLMValueFunction:
         except ValueError:  # ScorerError: the scorer needs its reference answer first
             return self.scorer.reference_request(messages)
 
-    def estimate_cost(self, n_queries: int) -> float:
+    def estimate_cost(self, n_queries: int, price: Price | None = None) -> float:
         """Dollars for n_queries masked prompts (plus the reference answer when the scorer needs one): each priced
         as the mean of ESTIMATE_MASKS random masks keeping each feature with probability 1/2, as SPEX, ProxySPEX
         and the held-out slice do (placeholders make masked prompts longer than the original, removal shorter),
-        with max_tokens per sample; cached answers would make it cheaper."""
+        with max_tokens per sample; cached answers would make it cheaper. `price`: instead of the runner's."""
         if n_queries < 0:
             raise ConfigurationError("n_queries must be >= 0")
         masks = np.random.default_rng(0).random((ESTIMATE_MASKS, self.n)) < 0.5
-        per_query = float(np.mean([self.runner.estimate_cost(self._request_for(msgs))
+        per_query = float(np.mean([self.runner.estimate_cost(self._request_for(msgs), price=price)
                                    for msgs in self.prompt.render_many(masks)]))
         ref = 0.0
         if getattr(self.scorer, "needs_reference", False) and self._reference is None:
-            ref = self.runner.estimate_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())))
+            ref = self.runner.estimate_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())),
+                                            price=price)
         return n_queries * per_query + ref
 
-    def worst_case_cost(self, n_queries: int) -> float:
+    def worst_case_cost(self, n_queries: int, price: Price | None = None) -> float:
         """Most dollars n_queries masked prompts (plus the reference answer when the scorer needs one) can cost
         on a cold cache: every prompt token billed uncached (masked prompts bounded by the unmasked one plus a
         placeholder per feature), every answer running to max_tokens. Used to admit prompts under one cap."""
@@ -106,8 +108,9 @@ class LLMValueFunction:
                                                                         full.messages[-1].content + "x" * pad),))
         ref = 0.0
         if getattr(self.scorer, "needs_reference", False) and self._reference is None:
-            ref = self.runner.worst_case_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())))
-        return n_queries * self.runner.worst_case_cost(longest) + ref
+            ref = self.runner.worst_case_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())),
+                                              price=price)
+        return n_queries * self.runner.worst_case_cost(longest, price=price) + ref
 
     def _check_budget(self, requests: list[Request]) -> None:
         """Refuse a batch, before sending any of it, when its uncached part cannot fit the runner's caps."""

@@ -27,9 +27,10 @@ from spex_api.engine.metadata import QueryStats, RunMetadata
 
 if TYPE_CHECKING:
     from providers.adapters.base import Adapter
-    from providers.cost import PriceTable
+    from providers.cost import Price, PriceTable
     from providers.prompt import MaskedPrompt
     from providers.runner import Runner
+    from providers.value_function import LLMValueFunction
     from spex_api.engine.explanation import Explanation
     from spex_api.engine.plan import Plan
 
@@ -90,9 +91,18 @@ class Preview:
     # Not a field (asdict/replace/compare skip it) and not pickled (it holds credentials): an unpickled
     # Preview builds its adapter again to run. Set by `preview`.
     _adapter: ClassVar[Adapter | None] = None
+    # The runner and value function `preview` built for the run (neither a field nor pickled, like _adapter):
+    # `run` takes them once; a second run, or an unpickled Preview, builds its own.
+    _session: ClassVar[_Session | None] = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_adapter"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_adapter", "_session")}
+
+    def _take_session(self, adapter: Any) -> _Session | None:
+        """The session `preview` built, for one run through `adapter` (None if there is none for it)."""
+        session = self._session
+        object.__setattr__(self, "_session", None)
+        return session if session is not None and session.runner.adapter is adapter else None
 
     @property
     def local(self) -> bool:
@@ -351,14 +361,11 @@ class _Design(Exception):
         self.masks = masks
 
 
-def _uncached_cost(prompt: Any, adapter: Any, scorer: Any, plan_: Any, random_state: int, cache_dir: str,
-                   prices: Any, limits: dict[str, Any]) -> tuple[float, float] | None:
-    """(estimate, worst case) in dollars of the plan's queries the disk cache lacks, found without sending
-    anything: the design is generated as the run will (same random_state) and each of its requests looked up,
-    the held-out masks too. None when the design cannot be known ahead (it is left to the cold estimate)."""
-    from providers.runner import Runner
-    from providers.value_function import LLMValueFunction
-
+def _uncached_cost(session: _Session, plan_: Any, random_state: int) -> tuple[float, float] | None:
+    """(estimate, worst case) in dollars, at interactive prices, of the plan's queries the disk cache lacks, found
+    without sending anything: the design is generated as the run will (same random_state) and each of its
+    requests, as the session's value function builds them, looked up in its runner's cache, the held-out masks
+    too. None when the design cannot be known ahead (it is left to the cold estimate)."""
     from spex_api.engine.explainer import Explainer
 
     def capture(masks: Any) -> Any:
@@ -372,18 +379,15 @@ def _uncached_cost(prompt: Any, adapter: Any, scorer: Any, plan_: Any, random_st
     except _Design as probe:
         train = probe.masks
     masks = [train, explainer.holdout_masks(train)]
-    runner = Runner(adapter, cache=os.path.expanduser(cache_dir), prices=prices, **limits)
-    try:
-        vf = LLMValueFunction(prompt, adapter, scorer, runner, progress=False)
-        full = prompt.render(prompt.full_mask())
-        bound = vf.scorer  # the requests as the run builds them (settings resolved for this adapter)
-        requests = [bound.reference_request(full) if bound.needs_reference else bound.request(full)]
-        requests += [vf._request_for(m) for m in prompt.render_many(np.concatenate(masks))]
-        todo = [r for r in dict.fromkeys(requests) if not runner.is_cached(r)]
-        return (float(sum(runner.estimate_cost(r) for r in todo)), float(sum(runner.worst_case_cost(r) for r in todo)))
-    finally:
-        if runner.cache is not None:
-            runner.cache.close()
+    runner, vf, price = session.runner, session.value_function, session.list_price
+    prompt = vf.prompt
+    full = prompt.render(prompt.full_mask())
+    bound = vf.scorer  # the requests as the run builds them (settings resolved for this adapter)
+    requests = [bound.reference_request(full) if bound.needs_reference else bound.request(full)]
+    requests += [vf._request_for(m) for m in prompt.render_many(np.concatenate(masks))]
+    todo = [r for r in dict.fromkeys(requests) if not runner.is_cached(r)]
+    return (float(sum(runner.estimate_cost(r, price=price) for r in todo)),
+            float(sum(runner.worst_case_cost(r, price=price) for r in todo)))
 
 
 def _check_labels(labels: Any) -> tuple[str, ...] | None:
@@ -496,12 +500,16 @@ def preview(
     # the value function prices a separate reference request itself when the scorer asks for one; otherwise
     # the original answer is one more query, except that an exhaustive design asks the full mask anyway
     n_est = the_plan.total + (0 if score.needs_reference or the_plan.method == "exhaustive" else REFERENCE_QUERIES)
-    interactive, worst = _estimate_cost(masked, adapter, score, n_est, prices, max_cost, limits=limits)
-    estimate = (_estimate_cost(masked, adapter, score, n_est, prices, max_cost, batch=True, limits=limits)[0]
-                if mode == "batch" else interactive)
+    # the run's runner and value function, built once: they price the plan here and spend it in `run`
+    session = _Session.build(masked, adapter, score, mode, cache_dir, max_cost, prices, limits)
+    vf = session.value_function
+    # the value function prices the original answer itself when the scorer asks for it separately; the
+    # worst case (cold cache, every answer at max_tokens) is at interactive prices, as admission reads it
+    interactive, worst = vf.estimate_cost(n_est, session.list_price), vf.worst_case_cost(n_est, session.list_price)
+    estimate = vf.estimate_cost(n_est) if mode == "batch" else interactive  # the batch runner's batch prices
     if max_cost is not None and cache_dir and os.path.isdir(os.path.expanduser(cache_dir)) and interactive > 0:
         # under a cap, price only what the cache lacks: a warm cache runs even with max_cost=0
-        warm = _uncached_cost(masked, adapter, score, the_plan, random_state, cache_dir, prices, limits)
+        warm = _uncached_cost(session, the_plan, random_state)
         if warm is not None:
             estimate, interactive, worst = estimate * warm[0] / interactive, warm[0], warm[1]
     if max_cost is not None and estimate > max_cost:
@@ -520,6 +528,7 @@ def preview(
         verify_removal=int(verify_removal),
     )
     object.__setattr__(pre, "_adapter", adapter)
+    object.__setattr__(pre, "_session", session)
     return pre
 
 
@@ -536,27 +545,6 @@ def _check_limits(**limits: Any) -> dict[str, Any]:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
             raise ValueError(f"{name} must be a positive number per minute (or None for no limit), got {v!r}")
     return {**limits, "timeout": float(t), "max_attempts": int(attempts), "concurrency": int(conc)}
-
-
-def _estimate_cost(prompt: Any, adapter: Any, scorer: Any, n_queries: int, prices: Any = None,
-                   max_cost: float | None = None, batch: bool = False, limits: dict[str, Any] | None = None
-                   ) -> tuple[float, float]:
-    """Dollars for the run before any cache hit, from the value function's own estimate (the unmasked
-    prompt's tokens and max_tokens per answer: an upper-side figure, as masked prompts are shorter; the
-    original answer is added by the estimate when the scorer asks for it separately), and the worst case
-    (cold cache, every answer at max_tokens). The runner built here also refuses a max_cost it could not
-    enforce (an unpriced remote server). `batch`: at Batch-API prices (refused here when the provider has no
-    batch API)."""
-    from providers.batch import batch_api
-    from providers.runner import Runner
-    from providers.value_function import LLMValueFunction
-
-    runner = Runner(adapter, max_cost=max_cost, prices=prices, **(limits or {}))
-    if batch:
-        batch_api(adapter)
-        runner.price = runner.price.batch()
-    vf = LLMValueFunction(prompt, adapter, scorer, runner, progress=False)
-    return float(vf.estimate_cost(n_queries)), float(vf.worst_case_cost(n_queries))
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -680,12 +668,43 @@ def _make_runner(pre: Preview, adapter: Any, max_cost: float | None, max_queries
     call cap (`max_queries`, HTTP calls across a batch) is open unless asked for, because one query may be
     several HTTP calls (sampling scorers, retries).
     """
+    return _runner_for(pre.mode, pre.cache_dir, adapter, max_cost, pre.prices, pre.limits, max_queries)
+
+
+def _runner_for(mode: str, cache_dir: str | None, adapter: Any, max_cost: float | None, prices: Any,
+                limits: dict[str, Any], max_queries: int | None = None) -> Runner:
+    """The runner of `_make_runner` from its settings (the disk cache opens on first use). It also refuses a
+    max_cost it could not enforce (an unpriced remote server), and batch mode on a provider without a batch API."""
     from providers.batch import BatchRunner
     from providers.runner import Runner
 
-    cache = os.path.expanduser(pre.cache_dir) if pre.cache_dir else None
-    kind = BatchRunner if pre.mode == "batch" else Runner
-    return kind(adapter, cache=cache, max_cost=max_cost, prices=pre.prices, max_queries=max_queries, **pre.limits)
+    cache = os.path.expanduser(cache_dir) if cache_dir else None
+    kind = BatchRunner if mode == "batch" else Runner
+    return kind(adapter, cache=cache, max_cost=max_cost, prices=prices, max_queries=max_queries, **limits)
+
+
+@dataclass
+class _Session:
+    """What `preview` builds for the run: the runner (disk cache, caps, limits, retries) and the prompt's value
+    function over a `_Meter` of it, which prices the plan before any spend and then spends it."""
+
+    runner: Runner
+    meter: _Meter
+    value_function: LLMValueFunction
+
+    @classmethod
+    def build(cls, prompt: Any, adapter: Any, scorer: Any, mode: str, cache_dir: str | None, max_cost: float | None,
+              prices: Any, limits: dict[str, Any]) -> "_Session":
+        from providers.value_function import LLMValueFunction
+
+        runner = _runner_for(mode, cache_dir, adapter, max_cost, prices, limits)
+        meter = _Meter(runner)
+        return cls(runner, meter, LLMValueFunction(prompt, adapter, scorer, cast("Runner", meter), progress=False))
+
+    @property
+    def list_price(self) -> Price:
+        """Interactive prices (a batch runner's own price is the Batch API's)."""
+        return getattr(self.runner, "list_price", self.runner.price)
 
 
 def _metadata(pre: Preview, reference: Any, adapter: Any, original_score: float,
@@ -753,12 +772,18 @@ def _finish(pre: Preview, expl: Explanation, reference: Any, original_score: flo
                                metadata=_metadata(pre, reference, adapter, original_score, accounts))
 
 
-def _run_one(pre: Preview, adapter: Adapter, runner: Runner, io: BackgroundLoop, progress: bool) -> Explanation:
-    """Original answer, then the planned queries; returns the Explanation with cost and metadata."""
+def _run_one(pre: Preview, adapter: Adapter, runner: Runner, io: BackgroundLoop, progress: bool,
+             session: _Session | None = None) -> Explanation:
+    """Original answer, then the planned queries; returns the Explanation with cost and metadata. `session`: the
+    value function `preview` built over this runner (else one is built here, over the runner it is given)."""
     from providers.value_function import LLMValueFunction
 
-    meter = _Meter(runner)
-    vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, cast("Runner", meter), progress=progress)  # a Runner view
+    if session is not None and session.runner is runner:
+        meter, vf = session.meter, session.value_function
+        vf.progress = progress
+    else:
+        meter = _Meter(runner)
+        vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, cast("Runner", meter), progress=progress)  # a Runner view
     explainer = _explainer(pre, lambda masks, repeat=0: io.run(vf(masks, repeat=repeat)))
     reference = io.run(vf.reference())
     expl = explainer.explain()
@@ -844,12 +869,17 @@ def run(pre: Preview, *, confirm: bool | None = None, progress: bool = True) -> 
     console.print(pre.renderable())
     _confirm(pre, confirm, console)
     with ExitStack() as stack:
+        starts_server = pre.local and not pre.base_url
         adapter = _live_adapter(pre, stack, console)
-        runner = _make_runner(pre, adapter, pre.max_cost)
+        session = pre._take_session(adapter)
+        runner = session.runner if session is not None else _make_runner(pre, adapter, pre.max_cost)
+        if starts_server:
+            # the scorer binds again against the server started now (its tokenizer can set max_tokens)
+            session = None
         io = BackgroundLoop()
         stack.callback(io.close)
         try:
-            return _run_one(pre, adapter, runner, io, progress)
+            return _run_one(pre, adapter, runner, io, progress, session)
         except KeyboardInterrupt:
             io.settle(runner, Interrupted("interrupted"))  # paid answers in flight reach the cache first
             raise

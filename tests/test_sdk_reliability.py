@@ -74,6 +74,27 @@ def test_the_first_failure_stops_the_batch(server, tmp_path):
     assert server.stats()["requests"] <= 2  # the failing call (and at most one already in flight), not 3 more prompts
 
 
+# ---- issue 13: preview builds the run's runner and value function once ---------------------------------------
+def test_run_spends_through_the_runner_and_value_function_preview_built(server, tmp_path, monkeypatch):
+    from providers import runner as runner_module
+    from providers import value_function as vf_module
+
+    built = {"runner": 0, "value function": 0}
+    for name, cls in (("runner", runner_module.Runner), ("value function", vf_module.LLMValueFunction)):
+        def counting(self, *args, _real=cls.__init__, _name=name, **kwargs):
+            built[_name] += 1
+            _real(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "__init__", counting)
+    settings = {k: v for k, v in kw(server, tmp_path).items() if k != "progress"}
+    pre = sdk.preview(PROMPTS[0], max_cost=100.0, **settings)  # a cap and a cache directory: the warm probe runs too
+    assert built == {"runner": 1, "value function": 1} and server.stats()["requests"] == 0
+    expl = sdk.run(pre, progress=False)
+    assert built == {"runner": 1, "value function": 1}  # the run spent through what the preview priced with
+    assert expl.cost == pytest.approx(server.stats()["paid_total"] * PER_QUERY) == 16.0
+    again = sdk.run(pre, progress=False)  # a second run of the same preview has its own accounts
+    assert built == {"runner": 2, "value function": 2} and again.cost == 0.0 and again.metadata.stats.cache_hits > 0
+
+
 # ---- 15: knobs reach the runner; a hung server stops within the user's timeout -----------------------------
 def test_runner_knobs_are_validated_and_used(server, tmp_path):
     pre = sdk.preview(PROMPTS[0], **{k: v for k, v in kw(server, tmp_path).items() if k != "progress"},
