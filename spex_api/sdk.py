@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence, cast
 
 import numpy as np
 
+from spex_api.engine import aio
 from spex_api.engine.metadata import QueryStats, RunMetadata
 
 if TYPE_CHECKING:
@@ -548,14 +549,10 @@ def _check_limits(**limits: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- running
-class BackgroundLoop:
-    """One event loop on a background thread: every query of a run (or a batch) goes through it, so one
-    runner's rate limiter, semaphore and cache serve all explanations, while the engine stays synchronous."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="spex-api-io", daemon=True)
-        self.thread.start()
+class BackgroundLoop(aio.BackgroundLoop):
+    """The engine's background loop (spex_api.engine.aio) for a run or a batch: every query goes through it,
+    so one runner's rate limiter, semaphore and cache serve all explanations, while the engine stays
+    synchronous; it also carries which prompt of a batch asks, and settles a stopped run."""
 
     def run(self, coro: Any) -> Any:
         """Run coro on the loop and wait; which prompt of a batch the calling thread works for goes along."""
@@ -564,7 +561,7 @@ class BackgroundLoop:
         tag = PROMPT.get()
         if tag is not None:
             coro = _tagged(tag, coro)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        return super().run(coro)
 
     def settle(self, runner: Any, reason: BaseException) -> None:
         """Stop `runner` sending (runs in progress and later ones raise `reason`) and wait, at most the answer
@@ -581,17 +578,6 @@ class BackgroundLoop:
             await runner.drain(grace)
 
         asyncio.run_coroutine_threadsafe(stop_and_drain(), self.loop).result(grace + 5)
-
-    def close(self) -> None:
-        """Close the loop's async generators first (each SDK client closes with them: no socket outlives the
-        loop), then stop and close the loop."""
-        try:
-            asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop).result(10)
-        except Exception as exc:  # noqa: BLE001 - closing clients must not mask the run's own outcome
-            log.debug("closing the event loop's clients failed: %s", exc)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
 
 
 async def _tagged(tag: int, coro: Any) -> Any:

@@ -1,5 +1,6 @@
 """The shared core: sparse Fourier evaluation and the de-duplicating, budgeted oracle."""
 
+import asyncio
 import itertools
 
 import numpy as np
@@ -54,6 +55,11 @@ def test_oracle_accepts_async_and_rejects_bad_scores():
 
     X = all_masks(4)
     assert np.allclose(Oracle(af, 4)(X), f.predict(X))
+
+    async def inside_a_running_loop():  # a notebook or an async app calls the synchronous engine
+        return Oracle(af, 4)(X)
+
+    assert np.allclose(asyncio.run(inside_a_running_loop()), f.predict(X))
     with pytest.raises(ValueFunctionError, match="non-finite"):
         Oracle(lambda m: np.where(m[:, 0], np.inf, 0.0), 4)(X)
     with pytest.raises(ValueFunctionError, match="shape"):

@@ -7,14 +7,13 @@ validates answers, never asks the same mask twice, and refuses to go over the qu
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import functools
 import inspect
 from typing import Any, Awaitable, Callable, Union, cast
 
 import numpy as np
 
+from spex_api.engine.aio import run_sync
 from spex_api.engine.masks import as_masks, pack_rows
 
 ValueFunction = Union[Callable[[np.ndarray], Any], Callable[[np.ndarray], Awaitable[Any]]]
@@ -30,19 +29,7 @@ class BudgetExceededError(RuntimeError):
 
 def _run_maybe_async(fn: ValueFunction, masks: np.ndarray) -> Any:
     out = fn(masks)
-    if not inspect.isawaitable(out):
-        return out
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(out))
-    # Called from inside a running loop (a notebook, an async app): finish on a private loop.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, _await(out)).result()
-
-
-async def _await(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
+    return run_sync(out) if inspect.isawaitable(out) else out
 
 
 def validate_scores(scores: Any, n_rows: int) -> np.ndarray:
