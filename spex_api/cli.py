@@ -58,7 +58,7 @@ BaseUrlOpt = Annotated[Optional[str], typer.Option(help="Base URL of an OpenAI-c
 FeaturesOpt = Annotated[Granularity, typer.Option(help="What a feature is.")]
 ScorerOpt = Annotated[str, typer.Option(help="auto, label-margin, answer-logprob, frequency, semantic (meaning, needs the semantic extra) or similarity (strings) (auto: label-margin when --labels are given).")]
 LabelsOpt = Annotated[Optional[str], typer.Option(help="Comma-separated answer labels for label-margin, e.g. True,False.")]
-MethodOpt = Annotated[str, typer.Option(help="auto, spex or proxyspex.")]
+MethodOpt = Annotated[str, typer.Option(help="auto, spex, proxyspex, adaptive (ProxySPEX asked in rounds) or exhaustive.")]
 MaxOrderOpt = Annotated[int, typer.Option(min=1, help="Largest interaction order SPEX decodes.")]
 CacheDirOpt = Annotated[str, typer.Option(help="Disk cache of paid answers ('' disables it).")]
 SeedOpt = Annotated[int, typer.Option(help="random_state for the masking design.")]

@@ -82,9 +82,11 @@ class Preview:
 
     @property
     def rounds(self) -> int:
-        """Rounds of queries, each waiting for the one before: the original answer, the design, and the
-        held-out slice when there is one. In batch mode each round is one batch (split only by the limits)."""
-        return 2 + bool(self.plan.n_holdout and self.plan.method != "exhaustive")
+        """Rounds of queries, each waiting for the one before: the original answer, the design (an adaptive design:
+        one per round), and the held-out slice when there is one. In batch mode each round is one batch (split
+        only by the limits)."""
+        design = max(1, len(self.plan.rounds))
+        return 1 + design + bool(self.plan.n_holdout and self.plan.method != "exhaustive")
     # timeout, max_attempts, concurrency, rpm, tpm for the runner (and the adapter's timeout)
     limits: dict[str, Any] = field(default_factory=dict)
     worst_case_cost: float = 0.0  # most the run can cost on a cold cache (admission under a batch's max_cost)
@@ -145,7 +147,10 @@ class Preview:
                       f"{1 - self.estimated_cost / self.interactive_cost:.0%})")
         row("est. cost", price + cap)
         if self.mode == "batch":
-            rounds = "original answer, design" + (", held-out slice" if self.rounds == 3 else "")
+            design = (f"{len(self.plan.rounds)} adaptive design rounds, each chosen from the answers before it"
+                      if self.plan.adaptive else "design")
+            rounds = f"original answer, {design}" + (", held-out slice" if self.plan.n_holdout and
+                                                       self.plan.method != "exhaustive" else "")
             row("latency", f"batch mode: {self.rounds} batches, one per round ({rounds}); each ends within "
                                  f"24 h (often minutes), so up to {24 * self.rounds} h in all. A stopped run resumes "
                                  "its batches on rerun")
@@ -366,8 +371,12 @@ def _uncached_cost(session: _Session, plan_: Any, random_state: int) -> tuple[fl
     """(estimate, worst case) in dollars, at interactive prices, of the plan's queries the disk cache lacks, found
     without sending anything: the design is generated as the run will (same random_state) and each of its
     requests, as the session's value function builds them, looked up in its runner's cache, the held-out masks
-    too. None when the design cannot be known ahead (it is left to the cold estimate)."""
+    too. None when the design cannot be known ahead (it is left to the cold estimate): an adaptive design's later
+    rounds depend on the answers to its first."""
     from spex_api.engine.explainer import Explainer
+
+    if plan_.adaptive:
+        return None
 
     def capture(masks: Any) -> Any:
         raise _Design(np.asarray(masks, dtype=bool))

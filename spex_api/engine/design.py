@@ -26,3 +26,10 @@ def spex_largest_b(n: int, budget: int, max_order: int = 5, n_groups: int = 3) -
     if budget < 2 * per_bin:
         return None
     return min(int(budget // per_bin).bit_length() - 1, SPEX_B_MAX)
+
+
+def adaptive_rounds(n_samples: int, rounds: int = 2, first_share: float = 0.5) -> tuple[int, ...]:
+    """Training masks per round of an adaptive design: round 1 gets first_share, later rounds share the rest evenly."""
+    first = int(round(first_share * n_samples))
+    rest = n_samples - first
+    return (first, *(rest // (rounds - 1) + (i < rest % (rounds - 1)) for i in range(rounds - 1)))

@@ -64,7 +64,8 @@ class Explainer:
     value_fn: callable (sync or async) mapping a (N, n) bool mask array (True = kept) to N floats.
     n: number of features.
     budget: hard cap on distinct masks sent to value_fn.
-    method: "auto", "spex", "proxyspex" or "exhaustive" (see `spex_api.engine.planner.plan`).
+    method: "auto", "spex", "proxyspex", "adaptive" (ProxySPEX asked in rounds) or "exhaustive" (see
+        `spex_api.engine.planner.plan`).
     max_order: largest interaction order sought (SPEX: BCH correction capacity t).
     random_state: seeds every random draw (algorithm, held-out masks, baseline folds).
     holdout: fraction of the budget spent on held-out uniform random masks (0 = none; the
@@ -166,6 +167,12 @@ class Explainer:
             from spex_api.engine.spex import SPEX
 
             return SPEX(self.n, max_order=self.max_order, b=p.b, random_state=self.random_state)
+        if p.adaptive:  # one call to the value function (one provider batch) per round
+            from spex_api.engine.adaptive import AdaptiveProxySPEX
+
+            return AdaptiveProxySPEX(self.n, n_samples=p.n_queries, rounds=len(p.rounds),
+                                     first_share=p.rounds[0] / p.n_queries, max_order=self.max_order,
+                                     random_state=self.random_state)
         from spex_api.engine.proxyspex import ProxySPEX
 
         return ProxySPEX(self.n, n_samples=p.n_queries, max_order=self.max_order, random_state=self.random_state)
@@ -226,7 +233,8 @@ class Explainer:
 
     def _explain(self, oracle: Oracle) -> Explanation:
         p = self._plan
-        # Each algorithm sends its whole design in one batch, so a provider can run it concurrently.
+        # Each algorithm sends its design in one batch per round (adaptive plans: several), so a provider can run
+        # each round concurrently.
         result = self._algorithm().fit(oracle)
         if p.method == "exhaustive":  # every mask is answered: the fit is exact, nothing is left to hold out
             r2 = None if result.diagnostics is None else result.diagnostics.train_r2

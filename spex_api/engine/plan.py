@@ -20,6 +20,8 @@ class Plan:
     n_holdout: uniform random masks held out to measure faithfulness (0 = no measurement).
     total: n_queries + n_holdout + n_noise, the most queries the run can send (<= budget).
     n_noise: queries of the repeat-noise pilot (n_noise/2 uniform masks, each asked twice; 0 = no noise estimate).
+    rounds: training queries per adaptive round (ProxySPEX only; each round's masks are chosen from the answers
+        of the rounds before, and sum(rounds) = n_queries); empty = the non-adaptive design, asked at once.
     """
 
     method: str
@@ -34,6 +36,12 @@ class Plan:
     b: int | None = None
     t: int | None = None
     n_noise: int = 0
+    rounds: tuple[int, ...] = ()
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the training design is asked in several rounds, each chosen from the answers before it."""
+        return len(self.rounds) > 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +49,10 @@ class Plan:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        kept = {k: v for k, v in data.items() if k in names}
+        if "rounds" in kept:  # a JSON list
+            kept["rounds"] = tuple(int(r) for r in kept["rounds"])
+        return cls(**kept)
 
     def describe(self) -> str:
         """Human-readable summary for the CLI."""
@@ -50,6 +61,10 @@ class Plan:
             algo = f"SPEX, b={b} ({2 ** b} bins x 3 groups), BCH t={self.t}"
         elif self.method == "exhaustive":
             algo = f"exact transform of all {self.n_queries} masks"
+        elif self.adaptive:
+            later = " + ".join(str(r) for r in self.rounds[1:])
+            algo = (f"ProxySPEX on {self.n_queries} masks in {len(self.rounds)} adaptive rounds ({self.rounds[0]} "
+                    f"uniform, then {later} concentrated on the features the earlier answers found active)")
         else:
             algo = f"ProxySPEX on {self.n_queries} uniform random masks"
         holdout = f"{self.n_holdout} held-out masks" if self.n_holdout else "no held-out slice (faithfulness via CV)"

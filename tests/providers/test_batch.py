@@ -251,6 +251,28 @@ def test_official_sdk_batch_shapes(emulator) -> None:
     asyncio.run(go())
 
 
+def test_adaptive_design_in_batch_mode_sends_one_batch_per_round_and_says_so(emulator, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from spex_api import sdk
+
+    monkeypatch.setattr("providers.batch.POLL_INITIAL", 0.02)
+    monkeypatch.setattr("providers.batch.POLL_MAX", 0.1)
+    kw = dict(provider="openai", model="gpt-4o-mini", base_url=emulator.base_url, api_key="sk-test-batch",
+              template="Is this review positive? Answer True or False.\nReview: {content}\nAnswer:",
+              labels=["True", "False"], budget=90, cache_dir=str(tmp_path), prices=PRICES, method="adaptive")
+    pre = sdk.preview("the food was cold but the staff were lovely and quick", mode="batch", **kw)
+    assert pre.plan.adaptive and pre.rounds == 1 + len(pre.plan.rounds)  # original answer, then each round
+    console = Console(record=True, width=200)
+    console.print(pre.renderable())
+    shown = console.export_text()
+    assert f"{pre.rounds} batches, one per round" in shown and "2 adaptive design rounds" in shown
+    expl = sdk.run(pre, confirm=False, progress=False)
+    assert emulator.created == pre.rounds
+    assert sorted(set(emulator.forwarded.values())) == [1]  # every request paid once
+    assert expl.queries_used <= pre.n_queries
+
+
 def test_explain_in_batch_mode_plans_at_batch_prices_sends_one_batch_per_round_and_reruns_free(emulator, tmp_path,
                                                                                                 monkeypatch):
     from rich.console import Console
