@@ -21,7 +21,8 @@ from spex_api.engine.design import adaptive_rounds
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import SparseFourier, incidence
 from spex_api.engine.oracle import Oracle, ValueFunction
-from spex_api.engine.proxyspex import ProxySPEX, _distinct_rows, uniform_masks
+from spex_api.engine.masks import distinct_rows
+from spex_api.engine.proxyspex import ProxySPEX, uniform_masks
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def focused_masks(n: int, count: int, active: np.ndarray, keep: float, rng: np.r
     prob[active] = keep
     draw = rng.random((2 * count + 8, n)) < prob
     both = np.concatenate([seen, draw])
-    first = _distinct_rows(both)
+    first = distinct_rows(both)
     return both[first[first >= len(seen)]][:count]
 
 
