@@ -184,6 +184,8 @@ class Answers:
             self.store.put(fresh, scores)
             known.update(zip(fresh, map(float, scores)))
             self.asked += len(rows)
+            log.info("%s: %d answers asked (%d of this call's %d missing)", self.spec.name, self.asked,
+                     start + len(rows), len(missing))
         return np.array([known[k] for k in keys], dtype=float)
 
 
@@ -196,8 +198,10 @@ class Model:
 
     scorer_name = "label-margin True/False raw-completion"
 
-    def __init__(self, cache: Path, base_url: str | None, stack: ExitStack, offline: bool = False) -> None:
+    def __init__(self, cache: Path, base_url: str | None, stack: ExitStack, offline: bool = False,
+                 threads: int | None = None, parallel: int = 4) -> None:
         self.cache, self.base_url, self.stack, self.offline = cache, base_url, stack, offline
+        self.threads, self.parallel = threads, parallel
         self.io: Any = None
         self.fns: dict[str, Any] = {}
         self.previews: dict[str, Any] = {}
@@ -223,7 +227,8 @@ class Model:
                 if self.base_url is None:
                     from providers.local import LocalServer
 
-                    self.base_url = self.stack.enter_context(LocalServer()).base_url
+                    server = LocalServer(threads=self.threads, n_parallel=self.parallel)
+                    self.base_url = self.stack.enter_context(server).base_url
                 self.io = BackgroundLoop()
                 self.stack.callback(self.io.close)
             from providers.adapters import make_adapter
@@ -372,6 +377,9 @@ def collect(answers: Answers, budget: int, what: str) -> None:
     n = answers.n
     if what == "pool":
         answers(pool_masks(n, budget))
+        auto = Explainer(answers, n, budget, method="auto", random_state=SEED)  # its plan: nothing is asked
+        if auto.plan().method == "proxyspex":  # auto's own held-out slice at budgets above cross-validation's
+            answers(auto.holdout_masks(pool_masks(n, auto.plan().n_queries)))
     elif what == "spex":
         b = spex_b(n, budget)
         if b:
@@ -451,24 +459,33 @@ def main() -> None:
     ap.add_argument("--budgets", type=int, nargs="+", default=[500, 1500])
     ap.add_argument("--holdout", type=int, default=200, help="fresh held-out masks per prompt (R²)")
     ap.add_argument("--repeats", type=int, default=60, help="held-out masks asked twice (noise ceiling)")
-    ap.add_argument("--prompts", nargs="*", default=None, help="prompt names (default: all ten)")
+    ap.add_argument("--prompts", nargs="*", default=None, help="prompt names, asked in this order (default: all ten)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="score store and runner cache")
     ap.add_argument("--base-url", default=None, help="reuse a running server (else one starts if needed)")
     ap.add_argument("--collect", action="store_true", help="only ask the answers (budget by budget), fit nothing")
+    ap.add_argument("--parts", nargs="+", choices=["pool", "spex", "shapiq-spex"], default=["pool", "spex", "shapiq-spex"],
+                    help="collect: which designs to ask, in this order per budget")
     ap.add_argument("--no-shapiq-spex", action="store_true", help="collect: skip shapiq SPEX's own design")
     ap.add_argument("--offline", action="store_true",
                     help="never ask the model: rows whose answers are not collected are reported as such")
+    ap.add_argument("--threads", type=int, default=None, help="llama-server threads (default: half the cores)")
+    ap.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     budgets = sorted(args.budgets)
-    specs = [s for s in PROMPTS if args.prompts is None or s.name in args.prompts]
+    by_name = {s.name: s for s in PROMPTS}
+    unknown = sorted(set(args.prompts or ()) - set(by_name))
+    if unknown:
+        ap.error(f"unknown prompts {unknown}; known: {sorted(by_name)}")
+    specs = PROMPTS if args.prompts is None else [by_name[name] for name in args.prompts]  # in the order given
     args.cache.mkdir(parents=True, exist_ok=True)
     store = ScoreStore(args.cache / "scores")
     with ExitStack() as stack:
-        model = Model(args.cache, args.base_url, stack, offline=args.offline)
+        model = Model(args.cache, args.base_url, stack, offline=args.offline, threads=args.threads,
+                      parallel=args.parallel)
         prompts = {s.name: Answers(s, store, model) for s in specs}
         tests: dict[str, tuple[np.ndarray, np.ndarray, NoiseEstimate]] = {}
         t0 = time.time()
@@ -484,14 +501,15 @@ def main() -> None:
             return tests[name]
 
         if args.collect:  # budget by budget, part by part: linear/auto/ProxySPEX at the small budget first
-            parts = ("pool", "spex") + (() if args.no_shapiq_spex else ("shapiq-spex",))
+            parts = [p for p in args.parts if not (args.no_shapiq_spex and p == "shapiq-spex")]
             for budget in budgets:
                 for what in parts:
                     for name, answers in prompts.items():
                         held_out(name)
                         collect(answers, budget, what)
-                        log.info("%s budget %d %s collected (asked %d so far, %.0fs)", name, budget, what,
-                                 sum(a.asked for a in prompts.values()), time.time() - t0)
+                        asked = sum(a.asked for a in prompts.values())
+                        log.info("%s budget %d %s collected (asked %d so far, %.0fs, %.2f queries/s)", name,
+                                 budget, what, asked, time.time() - t0, asked / max(time.time() - t0, 1e-9))
             return
         results: dict[str, dict] = {}
         for name, answers in prompts.items():
