@@ -61,7 +61,7 @@ def test_explainer_records_the_family_it_chose():
 
     expl = Explainer(f, 30, 200, random_state=0).explain()
     sel = expl.faithfulness_detail["selection"]
-    assert set(sel["families"]) == {"proxyspex", "hierarchical"}
+    assert set(sel["families"]) == {"proxyspex", "hierarchical", "kernel"}
     assert sel["family"] == max(sel["families"], key=sel["families"].get)
     assert sel["family"] in sel["why"]
     assert expl.method == sel["family"] and sum(calls) == expl.queries_used <= 200

@@ -167,7 +167,7 @@ _DETAILS: dict[str, type[SpexDetails] | type[ProxySpexDetails] | type[Hierarchic
 class Diagnostics(Fields):
     """How one fit was obtained (see the module doc).
 
-    method: the estimator that made this fit ("spex", "proxyspex", "hierarchical", "exhaustive", "linear").
+    method: the estimator that made this fit ("spex", "proxyspex", "hierarchical", "kernel", "exhaustive", "linear").
     rows_used: distinct answers the fit rests on (SPEX: distinct design masks, asked now or earlier).
     n_coefficients: Fourier coefficients of the fit, the constant included.
     train_r2, cv_r2, cv_mse: on the answers it was fitted on; the CV figures where the method computes them

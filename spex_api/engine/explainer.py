@@ -21,6 +21,7 @@ from spex_api.engine import planner
 from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, default_noise_pairs,
                                      minimum_budget)
 from spex_api.engine.hierarchical import HierarchicalLasso
+from spex_api.engine.kernel import FourierRidge
 from spex_api.engine.masks import row_ids
 from spex_api.engine.regression import support_cv_r2
 from spex_api.engine.seeding import RandomState, check_random_state, stream
@@ -37,6 +38,9 @@ def _beats_linear(y: np.ndarray, pred: np.ndarray, pred_linear: np.ndarray) -> t
     return gain > se, gain, se
 
 
+# Most answers the kernel family is fitted on: an N x N eigendecomposition per prior setting (cubic in N; on
+# 500 answers about a second of CPU for the whole grid). At these budgets the fit is cross-validated anyway.
+KERNEL_MAX_ANSWERS = CROSSVAL_MAX_ANSWERS
 # Fewest unseen held-out masks worth an R² (below it, small-n runs fall back to cross-validation).
 MIN_FRESH = 10
 
@@ -179,13 +183,20 @@ class Explainer:
 
     def _families(self) -> list[str]:
         """Interaction families compared on the same answers: the planned method, and for ProxySPEX plans
-        also the hierarchical pairwise Lasso (better with few answers, where trees find little)."""
-        return [self._plan.method, "hierarchical"] if self._plan.method == "proxyspex" else [self._plan.method]
+        also the hierarchical pairwise Lasso (better with few answers, where trees find little) and, up to
+        KERNEL_MAX_ANSWERS answers, the Fourier kernel ridge (many small terms, the shape of noisy LLM scores)."""
+        p = self._plan
+        if p.method != "proxyspex":
+            return [p.method]
+        return [p.method, "hierarchical"] + (["kernel"] if p.n_queries <= KERNEL_MAX_ANSWERS else [])
 
     def _fit_family(self, name: str, masks: np.ndarray, y: np.ndarray) -> Explanation:
         if name == "hierarchical":
             return HierarchicalLasso(self.n, max_order=min(self.max_order, 3),
                                      random_state=self.random_state).fit_answers(masks, y)
+        if name == "kernel":
+            return FourierRidge(self.n, max_order=min(self.max_order, 3),
+                                random_state=self.random_state).fit_answers(masks, y)
         return self._algorithm().fit_answers(masks, y)
 
     def _out_of_fold(self, masks: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
