@@ -25,6 +25,10 @@ from spex_api.engine.regression import lasso_cv
 from spex_api.engine.oracle import Oracle, ValueFunction
 from spex_api.engine.seeding import RandomState, check_random_state, stream
 
+# Penalties on each LassoCV path: 12 rather than 30 cut the fit of 950 answers at n=256 from 6.5 to 3.8 s CPU
+# (load ~11 on 2 cores) with held-out R² within 0.005 on the planted 20-top function, clean and noise 0.3.
+N_ALPHAS = 12
+
 
 def strong_triples(pairs: Sequence[Key]) -> list[Key]:
     """Triples {a, b, c} all three of whose pairs are in `pairs` (strong hierarchy one order up)."""
@@ -85,7 +89,7 @@ class HierarchicalLasso:
         if y.var() == 0.0:
             best = (keys, np.zeros(self.n), float(y.mean()), 0.0)
         else:
-            coef, icpt, mse, _ = lasso_cv(chi, y, folds, self._seed, max_iter=3000)
+            coef, icpt, mse, _ = lasso_cv(chi, y, folds, self._seed, max_iter=3000, alphas=N_ALPHAS)
             best = (keys, coef, icpt, mse)
             stages.append(LassoStage(order=1, columns=self.n, cv_mse=mse, kept=True))
             active = np.flatnonzero(coef)
@@ -96,7 +100,7 @@ class HierarchicalLasso:
             while offer:
                 trial = keys + offer
                 basis = np.hstack([chi, fourier_basis(masks, trial[self.n:], self.n)])
-                coef, icpt, mse, _ = lasso_cv(basis, y, folds, self._seed, max_iter=3000)
+                coef, icpt, mse, _ = lasso_cv(basis, y, folds, self._seed, max_iter=3000, alphas=N_ALPHAS)
                 kept = mse < best[3]
                 stages.append(LassoStage(order=order, columns=len(offer), cv_mse=mse, kept=kept))
                 if not kept:
