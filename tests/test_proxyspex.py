@@ -8,7 +8,8 @@ import pytest
 
 from benchmarks._planted import planted_hierarchical, random_masks
 from spex_api.engine.fourier import SparseFourier, r2_score
-from spex_api.engine.proxyspex import ProxySPEX, downward_closure, select_coefficients, tree_fourier, uniform_masks
+from spex_api.engine.proxyspex import (ProxySPEX, downward_closure, grow_candidates, select_coefficients, tree_fourier,
+                                      uniform_masks)
 from spex_api.engine.oracle import BudgetExceededError, Oracle, ValueFunctionError
 
 SMALL_GRID = {"max_depth": (3,), "n_estimators": (200,)}
@@ -149,7 +150,8 @@ def test_budget_is_checked_before_any_query():
 def test_bad_input_is_rejected_before_queries():
     for kwargs in ({"n": 0}, {"n": 5, "n_samples": 3}, {"n": 5, "energy": 1.5}, {"n": 5, "top_k": 0},
                    {"n": 5, "cv_folds": 1}, {"n": 5, "param_grid": {"depth": (3,)}}, {"n": 5, "max_order": 0},
-                   {"n": 5, "residual_passes": -1}, {"n": 5, "tune_rows": 3}):
+                   {"n": 5, "residual_passes": -1}, {"n": 5, "tune_rows": 3}, {"n": 5, "grow_rounds": -1},
+                   {"n": 5, "grow_terms": 0}):
         with pytest.raises(ValueError):
             ProxySPEX(**kwargs)
     with pytest.raises(ValueError, match="oracle has n=4"):
@@ -165,3 +167,27 @@ def test_max_order_caps_tree_depth():
     result = ProxySPEX(24, n_samples=300, max_order=2).fit(f)
     assert result.fourier.degree <= 2
     assert {r.max_depth for r in result.diagnostics.details.grid} == {2}
+
+
+def test_growth_offers_the_missing_child_of_a_found_term_and_nothing_on_noise():
+    # The fit knows (3,) and (3, 7) but not the triple one feature above the pair: its residual asks for it.
+    n = 40
+    truth = SparseFourier(n, [(), (3,), (3, 7), (3, 7, 9)], [0.5, 2.0, 1.0, 0.8])
+    masks = random_masks(n, 400, seed=4)
+    y = truth.predict(masks)
+    fit = SparseFourier(n, [(), (3,), (3, 7)], [0.5, 2.0, 1.0])
+    assert grow_candidates(fit, masks, y, max_new=5, max_order=5) == [(3, 7, 9)]
+    assert grow_candidates(fit, masks, y, max_new=5, max_order=2) == []  # a triple exceeds max_order
+    noise = np.random.default_rng(0).normal(size=len(y))
+    assert grow_candidates(truth, masks, y + noise, max_new=5, max_order=5) == []
+
+
+def test_growth_rounds_find_terms_the_trees_missed():
+    f = planted_hierarchical(128, n_top=12, seed=4)
+    masks = random_masks(128, 800, seed=5)
+    X = random_masks(128, 500, seed=6)
+    grown = ProxySPEX(128, random_state=0).fit_answers(masks, f(masks), seed=1)
+    plain = ProxySPEX(128, random_state=0, grow_rounds=0).fit_answers(masks, f(masks), seed=1)
+    rounds = grown.diagnostics.details.refit.growth
+    assert rounds and rounds[0].kept and plain.diagnostics.details.refit.growth == ()
+    assert r2_score(f.clean(X), grown.predict(X)) > r2_score(f.clean(X), plain.predict(X)) + 0.01

@@ -85,7 +85,8 @@ class GridPoint(Fields):
 
 @dataclass(frozen=True)
 class ResidualPass(Fields):
-    """One residual pass of ProxySPEX's refit: terms a tree on the residual offered, and whether they stayed."""
+    """One candidate pass of ProxySPEX's refit (a tree on the residual, or hierarchical growth): terms
+    offered, the refit's CV error with them, and whether they stayed."""
 
     new_terms: int
     cv_mse: float
@@ -106,11 +107,13 @@ class ProxyRefit(Fields):
     alpha: float
     n_nonzero: int
     residual_passes: tuple[ResidualPass, ...] = ()
+    growth: tuple[ResidualPass, ...] = ()  # hierarchical growth rounds (grow_candidates), after the residual passes
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ProxyRefit":
         return cls(bool(data["used"]), float(data["cv_mse"]), float(data["oof_mse"]), float(data["alpha"]),
-                   int(data["n_nonzero"]), tuple(ResidualPass.from_dict(p) for p in data.get("residual_passes", ())))
+                   int(data["n_nonzero"]), tuple(ResidualPass.from_dict(p) for p in data.get("residual_passes", ())),
+                   tuple(ResidualPass.from_dict(p) for p in data.get("growth", ())))
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,16 @@ import numpy as np
 
 from spex_api.engine.diagnostics import Diagnostics, GridPoint, ProxyRefit, ProxySpexDetails, ResidualPass
 from spex_api.engine.explanation import Explanation
-from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
+from spex_api.engine.fourier import Key, SparseFourier, fourier_basis, incidence
 from spex_api.engine.indices import subset_patterns
 from spex_api.engine.masks import as_answers, distinct_rows
 from spex_api.engine.oracle import Oracle, ValueFunction
 from spex_api.engine.regression import lasso_cv
 from spex_api.engine.seeding import RandomState, check_random_state, stream
 
-DEFAULT_GRID = {"max_depth": (3, 4, 5), "learning_rate": (0.1,), "n_estimators": (500,)}
+# Penalties of a growth round's Lasso, relative to the previous round's.
+GROW_ALPHAS = np.geomspace(4.0, 1.0 / 16.0, 7)
+DEFAULT_GRID = {"max_depth": (3, 5), "learning_rate": (0.1,), "n_estimators": (500,)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,17 +212,53 @@ class RefitResult:
 
 
 def lasso_refit(
-    keys: Sequence[Key], masks: np.ndarray, y: np.ndarray, n: int, cv_folds: int, random_state: int
+    keys: Sequence[Key], masks: np.ndarray, y: np.ndarray, n: int, cv_folds: int, random_state: int,
+    alphas: int | np.ndarray = 30,
 ) -> RefitResult:
     """Cross-validated Lasso on the Fourier basis of the training masks; the intercept is F(∅).
+
+    alphas: how many penalties on sklearn's automatic path, or the penalties themselves.
 
     Returns the refitted (sparse) transform and the CV mean squared error at the chosen alpha.
     """
     keys = list(keys)
-    fit = lasso_cv(fourier_basis(masks, keys, n), y, cv_folds, random_state, max_iter=5000, tol=1e-5)
+    fit = lasso_cv(fourier_basis(masks, keys, n), y, cv_folds, random_state, max_iter=5000, tol=1e-5,
+                   alphas=alphas)
     nonzero = np.flatnonzero(fit.coef)
     fourier = SparseFourier(n, [()] + [keys[i] for i in nonzero], np.concatenate([[fit.intercept], fit.coef[nonzero]]))
     return RefitResult(fourier, fit.cv_mse, fit.alpha)
+
+
+def grow_candidates(fourier: SparseFourier, masks: np.ndarray, y: np.ndarray, max_new: int,
+                    max_order: int) -> list[Key]:
+    """Hierarchical growth: up to max_new keys S ∪ {i} (S the constant or a term of `fourier`, i any
+    feature not in S) whose parity correlates with the fit's residual beyond the universal threshold.
+
+    Trees miss small high-order terms of hierarchical functions, but such a term's parent S is usually
+    found, so the correlation of the residual with χ_S·χ_i over every (S, i) is one matrix product.
+    A candidate's least-squares coefficient alone is that correlation / N, with standard error
+    σ_residual / √N; only those beyond sqrt(2 ln #pairs) standard errors (what pure noise stays under)
+    are offered, so noisy answers add few false terms. Ranked by |correlation|, at most max_new.
+    """
+    n = fourier.n
+    parents = [()] + [k for k in fourier.keys if k and len(k) < max_order]
+    residual = y - fourier.predict(masks)
+    chi = 1.0 - 2.0 * masks
+    scores = np.abs((fourier_basis(masks, parents, n) * residual[:, None]).T @ chi)
+    scores[incidence(parents, n).T.toarray().astype(bool)] = 0.0
+    threshold = np.sqrt(2.0 * np.log(scores.size)) * residual.std() * np.sqrt(len(y))
+    have = set(fourier.keys)
+    order = np.argsort(-scores, axis=None, kind="stable")[: 4 * max_new]
+    order = order[scores.reshape(-1)[order] > threshold]
+    new: list[Key] = []
+    for parent, feature in zip(*np.divmod(order, n)):
+        key = tuple(sorted(parents[parent] + (int(feature),)))
+        if key not in have:
+            have.add(key)
+            new.append(key)
+            if len(new) == max_new:
+                break
+    return new
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +281,11 @@ class ProxySPEX:
     rule keeps too few terms for the refit: held-out R² 0.86-0.93 on planted n=256 functions at
     1,000 queries, against >= 0.98 this way.) refit: LassoCV on those candidates; residual_passes
     times (default 0), a tree fitted to what the refit leaves proposes more candidates, kept only if
-    the CV error drops. The refit replaces the proxy's coefficients only when it predicts better out of
+    the CV error drops. grow_rounds times (default 10), hierarchical growth (grow_candidates) offers up to
+    grow_terms (default N // 10, at least 20) terms one feature above the refit's support that its residual
+    asks for beyond the noise threshold, kept while the CV error drops: trees miss small high-order terms
+    of hierarchical functions (planted n=256, 155 terms, 1,000 answers: held-out R² 0.95 -> 1.000 with
+    growth; the default depth grid {3, 5} instead of {3, 4, 5} pays for it in CPU). The refit replaces the proxy's coefficients only when it predicts better out of
     fold: when the tuning folds cover every answer, each fold re-selects its candidates from trees that
     never saw it, since the refit's own CV error is optimistic after selecting on all answers. (On real
     Gemma-270M answers that bias let refits through that generalised worse than the proxy: mean R² on
@@ -264,6 +306,8 @@ class ProxySPEX:
         param_grid: dict[str, Sequence[Any]] | None = None,
         refit: bool = True,
         residual_passes: int = 0,
+        grow_rounds: int = 10,
+        grow_terms: int | None = None,
         tune_rows: int | None = 2000,
         min_child_samples: int | None = None,
         n_jobs: int = 1,
@@ -279,6 +323,8 @@ class ProxySPEX:
         self.param_grid = param_grid
         self.refit = refit
         self.residual_passes = residual_passes
+        self.grow_rounds = grow_rounds
+        self.grow_terms = grow_terms
         self.tune_rows = tune_rows
         self.min_child_samples = min_child_samples
         self.n_jobs = n_jobs
@@ -305,6 +351,10 @@ class ProxySPEX:
             raise ValueError(f"tune_rows must be >= 8 or None, got {self.tune_rows}")
         if self.residual_passes < 0:
             raise ValueError(f"residual_passes must be >= 0, got {self.residual_passes}")
+        if self.grow_rounds < 0:
+            raise ValueError(f"grow_rounds must be >= 0, got {self.grow_rounds}")
+        if self.grow_terms is not None and self.grow_terms < 1:
+            raise ValueError(f"grow_terms must be >= 1 or None, got {self.grow_terms}")
         if self.cv_folds < 2:
             raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
         self._grid()
@@ -488,9 +538,30 @@ class ProxySPEX:
                 extra_terms = set(candidates[n_selected:])
                 gate_mse = self._refit_oof_mse(splits, boosters, extra_terms, masks, y, refit.alpha, top_k)
                 lap("refit")
+            growth: list[ResidualPass] = []
+            grow_terms = self.grow_terms if self.grow_terms is not None else max(20, len(y) // 10)
+            for _ in range(self.grow_rounds):
+                # Hierarchical growth: terms one feature above the refit's support that its residual asks for;
+                # the regression on support + offers replaces the refit while its CV error drops. The gate
+                # above judged the tree-selected refit: growth only adds terms beyond the noise threshold.
+                new = grow_candidates(refit.fourier, masks, y, grow_terms, self.max_order)
+                lap("grow")
+                if not new:
+                    break
+                offer = candidates + sorted(set(new) - set(candidates))
+                # the penalty moves little between rounds: search a short path around the last one
+                again = lasso_refit(offer, masks, y, self.n, folds, seed, alphas=refit.alpha * GROW_ALPHAS)
+                kept = again.cv_mse < refit.cv_mse
+                growth.append(ResidualPass(new_terms=len(new), cv_mse=again.cv_mse, kept=kept))
+                lap("grow")
+                if not kept:
+                    break
+                refit = again
+                candidates = offer
             used = gate_mse < best["cv_mse"]
             refit_info = ProxyRefit(used=used, cv_mse=refit.cv_mse, oof_mse=gate_mse, alpha=refit.alpha,
-                                    n_nonzero=len(refit.fourier) - 1, residual_passes=tuple(passes))
+                                    n_nonzero=len(refit.fourier) - 1, residual_passes=tuple(passes),
+                                    growth=tuple(growth))
             if used:
                 final = refit.fourier
         if final is None:

@@ -22,8 +22,8 @@ class LassoFit(NamedTuple):
 
 
 def lasso_cv(basis: np.ndarray, y: np.ndarray, folds: int, random_state: int, max_iter: int = 1000,
-             tol: float = 1e-4, alphas: int = 30) -> LassoFit:
-    """LassoCV over `alphas` penalties on shuffled, seeded folds (small alphas that stop short of tolerance
+             tol: float = 1e-4, alphas: int | np.ndarray = 30) -> LassoFit:
+    """LassoCV over `alphas` penalties (a count on sklearn's automatic path, or the penalties themselves) on shuffled, seeded folds (small alphas that stop short of tolerance
     are let be: the CV choice is unaffected, so their warning is silenced)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LassoCV
