@@ -14,6 +14,10 @@ the other. Requests that fail inside a batch (the batch expired, 429/5xx lines) 
 (at most `max_rounds` batches per round); invalid requests stop the run, as interactive ones do. A batch
 cancelled by someone else (the dashboard, another script) stops the run after caching what it answered.
 
+Merged rounds: the explanations of one `explain_many` are members of `gather_rounds`; each member's round
+waits until every active member has asked, so the requests of all prompts of a round go out as one batch
+(an answer two prompts need is asked once) and come back to each prompt.
+
 Resumable: each submitted batch is journaled in `<cache directory>/batches/` (batch id, the requests, their
 keys) before this process waits for it. A process that is stopped or killed while a batch runs leaves the
 journal behind; a rerun that needs any of those keys attaches to the running batch instead of submitting
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -35,7 +40,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator, Sequence
+from typing import Any, AsyncIterator, Hashable, Iterable, Iterator, Sequence
 
 from providers.adapters.base import Adapter, encode_body
 from providers.errors import (
@@ -297,6 +302,17 @@ class Journal:
 
 
 # ------------------------------------------------------------------------------------------------ runner
+@dataclass
+class _Ask:
+    """One caller's misses waiting for the merged round (gather_rounds)."""
+
+    member: Hashable
+    todo: dict[str, Request]
+    validate: Validator | None
+    ledger: Ledger | None
+    answers: "asyncio.Future[dict[str, Completion]]"
+
+
 class BatchRunner(Runner):
     """A Runner that sends each run's uncached requests as provider batches at batch prices (see module doc).
 
@@ -331,11 +347,34 @@ class BatchRunner(Runner):
         self.batches_submitted = 0
         self.batches_resumed = 0
         self._locks: dict[Any, asyncio.Lock] = {}
+        self._members: set[Hashable] = set()  # gather_rounds: callers whose rounds are merged
+        self._waiting: list[_Ask] = []  # their asks of the round being gathered
+
+    def gather_rounds(self, members: Iterable[Hashable]) -> None:
+        """Merge the rounds of these callers (the prompts of one explain_many; call it on the runner's loop
+        before they run): a `run(..., member=m)` waits until every member still active waits too, then the
+        requests of all of them go out as one batch (split only at the provider's limits and under max_cost),
+        an answer several of them asked for once, and each caller gets its own answers back."""
+        self._members = set(members)
+        self._flush_if_ready()
+
+    def leave(self, member: Hashable) -> None:
+        """A member of `gather_rounds` asks nothing more (its explanation ended): the others stop waiting for it."""
+        self._members.discard(member)
+        self._flush_if_ready()
+
+    def stop(self, reason: BaseException) -> None:
+        super().stop(reason)
+        waiting, self._waiting = self._waiting, []
+        for ask in waiting:
+            if not ask.answers.done():
+                ask.answers.set_exception(reason)
 
     async def run(self, requests: Sequence[Request], validate: Validator | None = None,
-                  ledger: Ledger | None = None) -> list[Completion]:
+                  ledger: Ledger | None = None, member: Hashable | None = None) -> list[Completion]:
         """Completions in order: cached ones at once, the rest through batches (see the module doc). An answer
-        `validate` rejects is never cached; its request goes into the follow-up batch."""
+        `validate` rejects is never cached; its request goes into the follow-up batch. A `member` of
+        `gather_rounds` sends its misses in the round's merged batch."""
         for r in requests:
             self.adapter.check(r)
         if getattr(self, "_halted", None) is not None:  # stop() refuses later runs until resume()
@@ -351,7 +390,10 @@ class BatchRunner(Runner):
         try:
             misses = self._look_up(unique, results, validate)
             todo = {key: sub for _, calls in misses for sub, key, hit in calls if hit is None}
-            answers = await self._collect(todo, validate) if todo else {}
+            if todo and member is not None and member in self._members:
+                answers = await self._merged(member, todo, validate)
+            else:
+                answers = await self._collect(todo, validate) if todo else {}
             for i, calls in misses:
                 results[i] = self._done([hit if hit is not None else answers[key] for _, key, hit in calls])
         finally:
@@ -364,8 +406,65 @@ class BatchRunner(Runner):
         answer = dict(zip(unique, results))
         return [answer[r] for r in requests]
 
+    # ---- merged rounds (gather_rounds) ---------------------------------------------------------------
+    async def _merged(self, member: Hashable, todo: dict[str, Request], validate: Validator | None
+                      ) -> dict[str, Completion]:
+        """Wait for the round's merged batch; this caller's answers, its ledger credited with what it paid."""
+        ask = _Ask(member, todo, validate, _LEDGER.get(), asyncio.get_running_loop().create_future())
+        self._waiting.append(ask)
+        self._flush_if_ready()
+        return await ask.answers
+
+    def _flush_if_ready(self) -> None:
+        """Send the waiting callers' requests as one round once every active member waits."""
+        if not self._waiting or not self._members <= {a.member for a in self._waiting}:
+            return
+        asks, self._waiting = self._waiting, []
+        # its own empty context: what the round pays is credited to each caller's ledger in _round, not to
+        # whichever caller happened to complete the round
+        asyncio.get_running_loop().create_task(self._round(asks), context=contextvars.Context())
+
+    async def _round(self, asks: list["_Ask"]) -> None:
+        todo: dict[str, Request] = {}
+        checks: dict[Request, list[Validator]] = {}
+        for a in asks:
+            for k, r in a.todo.items():
+                todo.setdefault(k, r)
+                if a.validate is not None:
+                    checks.setdefault(r, []).append(a.validate)
+
+        def validate(request: Request, completion: Completion) -> None:  # every asker's check must pass
+            for check in checks.get(request, ()):
+                check(request, completion)
+
+        log.info("round of %d callers: %d distinct requests (%d asked)", len(asks), len(todo),
+                 sum(len(a.todo) for a in asks))
+        paid: dict[str, float] = {}
+        try:
+            answers = await self._collect(todo, validate, paid)
+        except BaseException as exc:  # noqa: BLE001 - every caller of the round gets it
+            for a in asks:
+                if not a.answers.done():
+                    a.answers.set_exception(exc)
+            return
+        owned: set[str] = set()
+        for a in asks:  # the first asker of an answer paid for it; later ones shared it
+            if a.ledger is not None:
+                for k in a.todo:
+                    if k in paid and k not in owned:
+                        a.ledger.paid += paid[k]
+                        a.ledger.sent += 1
+                    elif k in paid:
+                        a.ledger.shared += 1
+                    else:
+                        a.ledger.cached += 1
+            owned.update(k for k in a.todo if k in paid)
+            if not a.answers.done():
+                a.answers.set_result({k: answers[k] for k in a.todo})
+
     # ---- one run: attach, submit what fits, wait, repeat for what failed -------------------------------
-    async def _collect(self, todo: dict[str, Request], validate: Validator | None) -> dict[str, Completion]:
+    async def _collect(self, todo: dict[str, Request], validate: Validator | None,
+                       paid: dict[str, float] | None = None) -> dict[str, Completion]:
         answers: dict[str, Completion] = {}
         tries: dict[str, int] = {}  # batches each request went out in (a tight max_cost splits a round: not a retry)
         while todo:
@@ -394,7 +493,7 @@ class BatchRunner(Runner):
             if not mine:  # nothing fits the cap right now; waiting for concurrent runs on this runner
                 await self._state().budget_changed.wait()
                 continue
-            tasks = [asyncio.ensure_future(self._finish(rec, todo, validate)) for rec in mine]
+            tasks = [asyncio.ensure_future(self._finish(rec, todo, validate, paid)) for rec in mine]
             try:
                 done = await asyncio.gather(*tasks)
             except BaseException:  # the others stay journaled: a rerun collects them
@@ -544,10 +643,11 @@ class BatchRunner(Runner):
                     raise
                 await asyncio.sleep(min(self.backoff_initial * 2 ** attempt, self.backoff_max))
 
-    async def _finish(self, rec: dict[str, Any], todo: dict[str, Request], validate: Validator | None
-                      ) -> dict[str, Completion]:
-        """Wait for a batch to end; cache every answer in it; return those this run asked for. Failures that a
-        follow-up batch may fix are left out (the caller resubmits them); others stop the run."""
+    async def _finish(self, rec: dict[str, Any], todo: dict[str, Request], validate: Validator | None,
+                      paid: dict[str, float] | None = None) -> dict[str, Completion]:
+        """Wait for a batch to end; cache every answer in it; return those this run asked for (and what each
+        fresh one cost in `paid`). Failures that a follow-up batch may fix are left out (the caller resubmits
+        them); others stop the run."""
         batch_id, delay = rec["batch_id"], self.poll_initial
         state = ""
         while True:
@@ -613,6 +713,8 @@ class BatchRunner(Runner):
                     continue
             self.disk.put(out.key, completion)  # durable before anyone uses it
             got[out.key] = completion
+            if paid is not None:
+                paid[out.key] = cost
         missing = len(requests) - len(seen)
         self._release(rec, spent)
         self.journal.remove(rec["tag"])

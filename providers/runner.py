@@ -319,14 +319,17 @@ class Runner:
                                    request.samples if self.adapter.multi_sample else 1)
         return per_call * calls
 
-    def estimate_cost(self, request: Request, output_tokens: int | None = None, price: Price | None = None) -> float:
-        """Typical cost of one request: estimated prompt tokens, `output_tokens` (default max_tokens) per sample,
-        at the runner's price or `price`."""
+    def estimate_cost(self, request: Request, output_tokens: int | None = None, price: Price | None = None,
+                      input_tokens: float | None = None, cached_tokens: float | None = None) -> float:
+        """Typical cost of one request at the runner's price or `price`: prompt tokens per call (`input_tokens`,
+        default the adapter's estimate) of which `cached_tokens` (default the adapter's cached prefix) are read
+        from the provider's prompt cache, and `output_tokens` (default max_tokens) per sample."""
         calls = 1 if self.adapter.multi_sample else request.samples
         out = (self.adapter.output_token_bound(request) if output_tokens is None else output_tokens) * request.samples
-        inp = self.adapter.estimate_input_tokens(request) * calls
+        inp = round(self.adapter.estimate_input_tokens(request) if input_tokens is None else input_tokens)
+        cached = round(self.adapter.cached_prefix_tokens(request) if cached_tokens is None else cached_tokens)
         # a fixed prefix the provider caches is read at the cached-input price on every call after the first
-        return (self.price if price is None else price).cost(Usage(inp, out, min(self.adapter.cached_prefix_tokens(request), inp) * calls))
+        return (self.price if price is None else price).cost(Usage(inp * calls, out, min(cached, inp) * calls))
 
     def is_cached(self, request: Request) -> bool:
         """True if every call of this request is in the cache (it would cost nothing)."""

@@ -10,7 +10,8 @@ whose estimated cost no longer fits the runner's `max_cost` or `max_queries`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import logging
+from typing import Any, Sequence
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,11 +20,13 @@ from providers.adapters.base import Adapter
 from providers.cost import Price
 from providers.errors import CapExceededError, ConfigurationError
 from providers.runner import Runner, RunnerStats
-from providers.types import Completion, Message, Request
+from providers.types import Completion, Message, Request, Usage
 from spex_api.engine.masks import as_masks
 
+log = logging.getLogger(__name__)
 
 ESTIMATE_MASKS = 32  # random masks whose prompts price a typical query
+COUNTED_PROMPTS = 4  # of them, distinct masked prompts whose tokens the endpoint counts exactly (free calls)
 
 
 class LLMValueFunction:
@@ -62,6 +65,7 @@ class LLMValueFunction:
         self.n = int(n)
         self.queries = 0
         self._reference: Completion | None = None
+        self._calibrated: tuple[float, float, int | None] | bool | None = None
 
     def __repr__(self) -> str:
         return f"LLMValueFunction(n={self.n}, adapter={self.adapter!r}, scorer={self.scorer!r})"
@@ -80,21 +84,82 @@ class LLMValueFunction:
         except ValueError:  # ScorerError: the scorer needs its reference answer first
             return self.scorer.reference_request(messages)
 
+    def _sample(self) -> np.ndarray:
+        """ESTIMATE_MASKS random masks keeping each feature with probability 1/2, as SPEX, ProxySPEX and the
+        held-out slice ask them (placeholders make masked prompts longer than the original, removal shorter)."""
+        return np.random.default_rng(0).random((ESTIMATE_MASKS, self.n)) < 0.5
+
+    def _calibration(self, price: Price | None = None) -> tuple[float, float, int | None] | None:
+        """Exact prompt tokens as a line in the share of features kept, (tokens with none kept, tokens the
+        features add when all are kept, exact tokens of the cacheable prefix or None): least squares through
+        COUNTED_PROMPTS distinct masked prompts counted by the endpoint's free token counter (every feature
+        masked, none masked, then random masks of the sample), and, with a cacheable prefix, one of them counted
+        without it. None without a counter or when prompt tokens are free (the adapter's estimate is used).
+        Asked once per value function (and remembered per endpoint by the adapter)."""
+        if self._calibrated is None:
+            self._calibrated = False
+            candidates = np.concatenate([np.zeros((1, self.n), bool), np.ones((1, self.n), bool), self._sample()])
+            first = np.unique(candidates, axis=0, return_index=True)[1]
+            rows = candidates[np.sort(first)][:COUNTED_PROMPTS]
+            if (self.runner.price if price is None else price).input > 0:
+                sample = [self._request_for(m) for m in self.prompt.render_many(rows)]
+                bare = self.adapter.without_prefix(sample[0])
+                counts = self.adapter.count_prompt_tokens_now(sample + ([bare] if bare is not None else []))
+                if counts:
+                    slope, intercept = np.polyfit(rows.mean(axis=1), np.asarray(counts[: len(rows)], float), 1)
+                    self._calibrated = (float(intercept), float(slope),
+                                        counts[0] - counts[-1] if bare is not None else None)
+                    log.debug("exact prompt tokens = %.1f + %.1f x share kept (from %d counts); prefix %s tokens",
+                              *self._calibrated[:2], len(rows), self._calibrated[2])
+        return self._calibrated if isinstance(self._calibrated, tuple) else None
+
+    def estimate_masks(self, masks: Any, requests: Sequence[Request] | None = None, price: Price | None = None
+                       ) -> float:
+        """Typical dollars of these masks' queries (`requests`: theirs as the run builds them, default the
+        scoring requests) at the runner's price or `price`: prompt tokens from `_calibration` (else the
+        adapter's estimate), the cacheable prefix at the cached-input price, max_tokens per sample."""
+        m = np.atleast_2d(np.asarray(masks, dtype=bool))
+        fit = self._calibration(price)
+        a, r = self.adapter, self.runner
+        if requests is None:
+            requests = [self._request_for(msgs) for msgs in self.prompt.render_many(m)]
+        if fit is None:
+            return float(sum(r.estimate_cost(q, price=price) for q in requests))
+        tokens = fit[0] + fit[1] * m.mean(axis=1)
+        return float(sum(r.estimate_cost(q, price=price, input_tokens=t, cached_tokens=a.cached_prefix_tokens(q, fit[2]))
+                         for q, t in zip(requests, tokens)))
+
+    def typical_cost(self, price: Price | None = None) -> float:
+        """Dollars of a typical masked query: the mean over the ESTIMATE_MASKS sample (`estimate_masks`)."""
+        return self.estimate_masks(self._sample(), price=price) / ESTIMATE_MASKS
+
+    def prefix_write(self, price: Price | None = None) -> tuple[str, float]:
+        """(the cacheable prefix, what its first use costs above a cache read): the provider writes the prefix
+        to its cache on the first call (Anthropic at 1.25x the input price; OpenAI bills it uncached) and serves
+        it from the cache afterwards. ("", 0.0) when nothing is cached."""
+        full = self._full_request()
+        fit = self._calibration(price)
+        n = self.adapter.cached_prefix_tokens(full, None if fit is None else fit[2])
+        if not n:
+            return "", 0.0
+        p = self.runner.price if price is None else price
+        return self.adapter.cacheable_prefix(full), p.cost(Usage(n, 0, 0, n)) - p.cost(Usage(n, 0, n, 0))
+
     def estimate_cost(self, n_queries: int, price: Price | None = None) -> float:
         """Dollars for n_queries masked prompts (plus the reference answer when the scorer needs one): each priced
-        as the mean of ESTIMATE_MASKS random masks keeping each feature with probability 1/2, as SPEX, ProxySPEX
-        and the held-out slice do (placeholders make masked prompts longer than the original, removal shorter),
-        with max_tokens per sample; cached answers would make it cheaper. `price`: instead of the runner's."""
+        as the mean of the ESTIMATE_MASKS sample (`estimate_masks`), with one cache write of the fixed prefix;
+        cached answers would make it cheaper. `price`: instead of the runner's."""
         if n_queries < 0:
             raise ConfigurationError("n_queries must be >= 0")
-        masks = np.random.default_rng(0).random((ESTIMATE_MASKS, self.n)) < 0.5
-        per_query = float(np.mean([self.runner.estimate_cost(self._request_for(msgs), price=price)
-                                   for msgs in self.prompt.render_many(masks)]))
+        per_query = self.typical_cost(price)
         ref = 0.0
         if getattr(self.scorer, "needs_reference", False) and self._reference is None:
-            ref = self.runner.estimate_cost(self.scorer.reference_request(self.prompt.render(self.prompt.full_mask())),
-                                            price=price)
-        return n_queries * per_query + ref
+            full = self.scorer.reference_request(self.prompt.render(self.prompt.full_mask()))
+            fit = self._calibration(price)
+            ref = self.runner.estimate_cost(full, price=price, input_tokens=None if fit is None else fit[0] + fit[1],
+                                            cached_tokens=None if fit is None else
+                                            self.adapter.cached_prefix_tokens(full, fit[2]))
+        return n_queries * per_query + ref + (self.prefix_write(price)[1] if n_queries or ref else 0.0)
 
     def worst_case_cost(self, n_queries: int, price: Price | None = None) -> float:
         """Most dollars n_queries masked prompts (plus the reference answer when the scorer needs one) can cost

@@ -74,6 +74,18 @@ class Gateway:
         self._runner = sdk._make_runner(first, self._adapter, max_cost, max_queries)
         self._vfs: dict[int, Any] = {}
         self._meters: dict[int, Any] = {}
+        self._merged = False
+
+    async def gather_rounds(self, members: list[int]) -> None:
+        """Batch mode: each round of these prompts goes out as one batch (BatchRunner.gather_rounds). A task
+        blocked on the gateway frees its CPU, so every member's task gets to ask."""
+        self._merged = True
+        self._runner.gather_rounds(members)
+
+    async def leave(self, i: int) -> None:
+        """Prompt i's task ended: the other prompts' rounds stop waiting for it."""
+        if self._merged:
+            self._runner.leave(i)
 
     def _value_function(self, i: int) -> Any:
         """Prompt i's value function (built on first use; a retried task finds the same one)."""
@@ -83,7 +95,7 @@ class Gateway:
             from spex_api.sdk import _Meter
 
             pre = self._previews[i]
-            self._meters[i] = _Meter(self._runner)
+            self._meters[i] = _Meter(self._runner, i if self._merged else None)
             self._vfs[i] = LLMValueFunction(pre.prompt, self._adapter, pre.scorer, self._meters[i], progress=False)
         return self._vfs[i]
 
@@ -171,6 +183,8 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
         gateway = ray.remote(Gateway).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(
             previews, (secret and secret.get("base_url")) or adapter.base_url,  # user:pass@ kept for the gateway
             secret and secret.get("api_key"), max_cost, max_queries)
+        if previews[0].mode == "batch":  # before any task asks
+            ray.get(gateway.gather_rounds.remote(list(admitted)))
         task = ray.remote(_explain_task).options(**{"num_cpus": 1, "max_retries": TASK_RETRIES, **(ray_options or {})})
         public = _public_base_url(previews[0], adapter)
         refs = {task.remote(previews[i], i, gateway, public): i for i in admitted}
@@ -183,6 +197,7 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 i = refs[ready[0]]
+                gateway.leave.remote(i)
                 try:
                     results[i] = ray.get(ready[0])
                     if tracker is not None:

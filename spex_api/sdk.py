@@ -367,12 +367,10 @@ class _Design(Exception):
         self.masks = masks
 
 
-def _uncached_cost(session: _Session, plan_: Any, random_state: int) -> tuple[float, float] | None:
-    """(estimate, worst case) in dollars, at interactive prices, of the plan's queries the disk cache lacks, found
-    without sending anything: the design is generated as the run will (same random_state) and each of its
-    requests, as the session's value function builds them, looked up in its runner's cache, the held-out masks
-    too. None when the design cannot be known ahead (it is left to the cold estimate): an adaptive design's later
-    rounds depend on the answers to its first."""
+def _run_requests(prompt: Any, vf: Any, plan_: Any, random_state: int) -> tuple[list[Any], np.ndarray] | None:
+    """Every distinct request the run will send and its mask, found without sending anything: the original
+    answer (the full mask), and the design generated as the run will (same random_state) with its held-out
+    masks. None when the design cannot be known ahead."""
     from spex_api.engine.explainer import Explainer
 
     if plan_.adaptive:
@@ -388,16 +386,74 @@ def _uncached_cost(session: _Session, plan_: Any, random_state: int) -> tuple[fl
         return None
     except _Design as probe:
         train = probe.masks
-    masks = [train, explainer.holdout_masks(train)]
-    runner, vf, price = session.runner, session.value_function, session.list_price
-    prompt = vf.prompt
     full = prompt.render(prompt.full_mask())
     bound = vf.scorer  # the requests as the run builds them (settings resolved for this adapter)
+    masks = np.concatenate([prompt.full_mask()[None, :], train, explainer.holdout_masks(train)])
     requests = [bound.reference_request(full) if bound.needs_reference else bound.request(full)]
-    requests += [vf._request_for(m) for m in prompt.render_many(np.concatenate(masks))]
-    todo = [r for r in dict.fromkeys(requests) if not runner.is_cached(r)]
+    requests += [vf._request_for(m) for m in prompt.render_many(masks[1:])]
+    first = dict(zip(reversed(requests), range(len(requests) - 1, -1, -1)))  # request -> its first row
+    rows = sorted(first.values())
+    return [requests[i] for i in rows], masks[rows]
+
+
+PROBE_MAX_QUERIES = 20_000  # estimates render every planned request up to this many; larger plans are sampled
+
+
+def _probeable(plan_: Any) -> bool:
+    """Whether an estimate may render the plan's every request (a few ms per hundred; larger plans are priced
+    from a sample, where duplicates no longer matter)."""
+    return plan_ is not None and int(plan_.total) <= PROBE_MAX_QUERIES
+
+
+def _uncached_cost(session: _Session, plan_: Any, random_state: int) -> tuple[float, float] | None:
+    """(estimate, worst case) in dollars, at interactive prices, of the plan's queries the disk cache lacks
+    (`_run_requests`, as the session's value function builds them, each looked up in its runner's cache). None
+    when the design cannot be known ahead (it is left to the cold estimate): an adaptive design's later rounds
+    depend on the answers to its first."""
+    runner, vf, price = session.runner, session.value_function, session.list_price
+    found = _run_requests(vf.prompt, vf, plan_, random_state)
+    if found is None:
+        return None
+    todo = [r for r in found[0] if not runner.is_cached(r)]
     return (float(sum(runner.estimate_cost(r, price=price) for r in todo)),
             float(sum(runner.worst_case_cost(r, price=price) for r in todo)))
+
+
+def estimate_many(previews: Sequence[Preview]) -> float:
+    """Dollars the previewed prompts cost when run together by `explain_many` (before cache hits): their own
+    estimates, less what they share: a request several prompts send (e.g. every feature masked, when they
+    share instructions) is asked once, and a fixed prefix the provider caches is written once for all of them.
+    Computed from the plans alone; nothing is sent (the endpoint's free token counter excepted)."""
+    seen: set[Any] = set()
+    prefixes: set[str] = set()
+    total = 0.0
+    for pre in previews:
+        total += pre.estimated_cost
+        if pre.estimated_cost == 0:
+            continue
+        vf = _pricing_function(pre.prompt, _preview_adapter(pre), pre.scorer, pre.prices, pre.mode == "batch",
+                               pre.limits)
+        found = _run_requests(pre.prompt, vf, pre.plan, pre.random_state) if _probeable(pre.plan) else None
+        requests, masks = found or ([], np.zeros((0, 0), bool))
+        shared = [i for i, r in enumerate(requests) if r in seen]
+        seen.update(requests)
+        if shared:
+            total -= vf.estimate_masks(masks[shared], [requests[i] for i in shared])
+        prefix, write = vf.prefix_write()
+        if prefix in prefixes:
+            total -= write
+        prefixes.add(prefix)
+    return max(total, 0.0)
+
+
+def _preview_adapter(pre: Preview) -> Any:
+    """The adapter the preview built (an unpickled one builds it again: the same endpoint, no spend)."""
+    if pre._adapter is None:
+        secret = pre.credentials
+        object.__setattr__(pre, "_adapter", _make_adapter(
+            pre.provider, pre.model, (secret and secret.get("base_url")) or pre.base_url,
+            secret and secret.get("api_key"), pre.prices, _timeout(pre)))
+    return pre._adapter
 
 
 def _check_labels(labels: Any) -> tuple[str, ...] | None:
@@ -515,8 +571,10 @@ def preview(
     vf = session.value_function
     # the value function prices the original answer itself when the scorer asks for it separately; the
     # worst case (cold cache, every answer at max_tokens) is at interactive prices, as admission reads it
-    interactive, worst = vf.estimate_cost(n_est, session.list_price), vf.worst_case_cost(n_est, session.list_price)
-    estimate = vf.estimate_cost(n_est) if mode == "batch" else interactive  # the batch runner's batch prices
+    design: dict[str, Any] = dict(plan_=the_plan, random_state=random_state, extra=int(verify_removal))
+    interactive = _design_estimate(vf, n_est, price=session.list_price, **design)
+    worst = vf.worst_case_cost(n_est, session.list_price)
+    estimate = _design_estimate(vf, n_est, **design) if mode == "batch" else interactive  # at batch prices
     if max_cost is not None and cache_dir and os.path.isdir(os.path.expanduser(cache_dir)) and interactive > 0:
         # under a cap, price only what the cache lacks: a warm cache runs even with max_cost=0
         warm = _uncached_cost(session, the_plan, random_state)
@@ -555,6 +613,37 @@ def _check_limits(**limits: Any) -> dict[str, Any]:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
             raise ValueError(f"{name} must be a positive number per minute (or None for no limit), got {v!r}")
     return {**limits, "timeout": float(t), "max_attempts": int(attempts), "concurrency": int(conc)}
+
+
+def _design_estimate(vf: Any, n_queries: int, plan_: Any, random_state: int, extra: int = 0,
+                     price: Any = None) -> float:
+    """Dollars for the run before any cache hit at the runner's price or `price`: the very requests the plan
+    will send (`_run_requests`: the design as the run generates it, duplicates once), plus the noise pilot's
+    re-asks and `extra` queries (the removal check) at a typical masked prompt's price, and one cache write of
+    the fixed prefix; when the design cannot be known ahead (or is too large to render), n_queries typical
+    masked prompts. Prompt tokens come from the endpoint's free token counter where it has one
+    (`LLMValueFunction.estimate_masks`), answers at max_tokens."""
+    found = _run_requests(vf.prompt, vf, plan_, random_state) if _probeable(plan_) else None
+    if found is None:
+        return float(vf.estimate_cost(n_queries, price))
+    requests, masks = found
+    more = int(getattr(plan_, "n_noise", 0)) + extra
+    return float(vf.estimate_masks(masks, requests, price) + more * vf.typical_cost(price)
+                 + vf.prefix_write(price)[1])
+
+
+def _pricing_function(prompt: Any, adapter: Any, scorer: Any, prices: Any, batch: bool,
+                      limits: dict[str, Any] | None) -> Any:
+    """A value function that prices this prompt's queries (interactive or Batch-API prices) and sends nothing."""
+    from providers.batch import batch_api
+    from providers.runner import Runner
+    from providers.value_function import LLMValueFunction
+
+    runner = Runner(adapter, prices=prices, **(limits or {}))
+    if batch:
+        batch_api(adapter)
+        runner.price = runner.price.batch()
+    return LLMValueFunction(prompt, adapter, scorer, runner, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -616,6 +705,7 @@ class BatchResult(list):
     that prompt paid), `skipped` the indices of prompts not started because the dollar cap could not cover them."""
 
     cost: float = 0.0
+    estimated_cost: float = 0.0  # the batch's estimate before any query (`estimate_many` of the admitted prompts)
     skipped: list[int]
     stats: dict[str, Any] | None = None  # the shared runner's counters for the whole batch (api_calls, spend, ...)
 
@@ -624,8 +714,9 @@ class _Meter:
     """A view of a shared Runner that adds up what ONE explanation paid (answers not served from the cache),
     so each explanation of a batch reports its own cost while caps and limits stay shared."""
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, member: Any = None) -> None:
         object.__setattr__(self, "_runner", runner)
+        object.__setattr__(self, "_member", member)  # a BatchRunner.gather_rounds member: its rounds are merged
         object.__setattr__(self, "paid", 0.0)
         object.__setattr__(self, "sent", 0)
         object.__setattr__(self, "cached", 0)
@@ -646,6 +737,8 @@ class _Meter:
 
         ledger = Ledger()
         try:
+            if self._member is not None:
+                return await self._runner.run(requests, validate, ledger, member=self._member)
             return await self._runner.run(requests, validate, ledger)
         finally:
             self.paid += ledger.paid
@@ -768,16 +861,17 @@ def _finish(pre: Preview, expl: Explanation, reference: Any, original_score: flo
 
 
 def _run_one(pre: Preview, adapter: Adapter, runner: Runner, io: BackgroundLoop, progress: bool,
-             session: _Session | None = None) -> Explanation:
+             session: _Session | None = None, member: Any = None) -> Explanation:
     """Original answer, then the planned queries; returns the Explanation with cost and metadata. `session`: the
-    value function `preview` built over this runner (else one is built here, over the runner it is given)."""
+    value function `preview` built over this runner (else one is built here, over the runner it is given);
+    `member`: its rounds merged with the other prompts' in batch mode (explain_many)."""
     from providers.value_function import LLMValueFunction
 
-    if session is not None and session.runner is runner:
+    if session is not None and session.runner is runner and member is None:
         meter, vf = session.meter, session.value_function
         vf.progress = progress
     else:
-        meter = _Meter(runner)
+        meter = _Meter(runner, member)
         vf = LLMValueFunction(pre.prompt, adapter, pre.scorer, cast("Runner", meter), progress=progress)  # a Runner view
     explainer = _explainer(pre, lambda masks, repeat=0: io.run(vf(masks, repeat=repeat)))
     reference = io.run(vf.reference())
@@ -884,12 +978,7 @@ def _live_adapter(pre: Preview, stack: ExitStack, console: Any) -> Adapter:
     """The preview's adapter; for the local provider without a base_url, pointed at a llama-server started
     now (no client exists before the first call, so nothing holds the placeholder URL) and the scorer checked
     again against it (single-token labels, by its /tokenize)."""
-    adapter = pre._adapter
-    if adapter is None:  # an unpickled Preview: its public URL, and the key from the environment
-        secret = pre.credentials
-        adapter = _make_adapter(pre.provider, pre.model, (secret and secret.get("base_url")) or pre.base_url,
-                                secret and secret.get("api_key"), pre.prices, _timeout(pre))
-        object.__setattr__(pre, "_adapter", adapter)
+    adapter = _preview_adapter(pre)  # an unpickled Preview: its public URL, and the key from the environment
     if not pre.local or pre.base_url:
         return adapter
     from providers.local import LocalServer
@@ -975,7 +1064,8 @@ def explain_many(
         return result
     console = Console(stderr=True, quiet=not progress)
     total_q = sum(pres[i].n_queries for i in admitted)
-    est = float(sum(pres[i].estimated_cost for i in admitted))
+    est = estimate_many([pres[i] for i in admitted])
+    result.estimated_cost = est
     console.print(pres[admitted[0]].renderable())
     console.print(
         f"batch: {len(admitted)} prompts, at most {total_q} queries, "
@@ -1003,6 +1093,9 @@ def explain_many(
         io = BackgroundLoop()
         stack.callback(io.close)
         runner.on_progress = tracker.on_progress
+        merged = pres[0].mode == "batch"  # every prompt at once, each round of all of them one batch
+        if merged:
+            io.loop.call_soon_threadsafe(runner.gather_rounds, list(admitted))
         failures: list[BaseException] = []
         lock = threading.Lock()
 
@@ -1010,7 +1103,7 @@ def explain_many(
             PROMPT.set(i)
             tracker.start(i)
             try:
-                expl = _run_one(pres[i], adapter, runner, io, progress=False)
+                expl = _run_one(pres[i], adapter, runner, io, progress=False, member=i if merged else None)
                 tracker.done(i, expl)
                 return expl
             except Exception as exc:  # noqa: BLE001 - handed back to the caller on request
@@ -1024,8 +1117,12 @@ def explain_many(
                         io.loop.call_soon_threadsafe(runner.stop, BatchCancelled(
                             f"stopped because prompt {i} failed: {type(exc).__name__}: {exc}"))
                 raise
+            finally:
+                if merged:  # the other prompts' rounds no longer wait for this one
+                    io.loop.call_soon_threadsafe(runner.leave, i)
 
-        pool = ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(admitted))))
+        # batch mode: a prompt waiting for its round's batch holds a thread, not a CPU
+        pool = ThreadPoolExecutor(max_workers=len(admitted) if merged else max(1, min(concurrency, len(admitted))))
         futures = {i: pool.submit(one, i) for i in admitted}
         try:
             wait(list(futures.values()), return_when=FIRST_EXCEPTION)

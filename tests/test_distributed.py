@@ -288,3 +288,26 @@ def test_real_server_four_workers_one_limit_then_single_process_pays_nothing(clu
     local = sdk.explain_many(prompts, base_url=proxy.url + "/v1", **kw)
     assert local.stats["api_calls"] == 0
     assert [_comparable(e) for e in spread] == [_comparable(e) for e in local]
+
+
+@pytest.mark.live
+def test_batch_mode_on_ray_sends_each_round_of_all_prompts_as_one_batch(cluster, local_server, tmp_path):
+    from batchserver import BatchServer
+
+    from providers.cost import DEFAULT_PRICES
+
+    reviews = ["The room was clean. The staff were rude.", "The view was lovely. The food was cold.",
+               "The bed was soft. The bar was loud."]
+    with BatchServer(local_server) as emu:
+        kw = dict(provider="openai", model="gpt-4o-mini", base_url=emu.base_url, api_key="sk-test-batch",
+                  template="Is this hotel review positive? Answer True or False.\nReview: {content}\nAnswer:",
+                  features="sentences", labels=["True", "False"], scorer="label-margin", budget=64, mode="batch",
+                  cache_dir=str(tmp_path), progress=False,
+                  prices={"openai-compatible": {"gpt-4o-mini": DEFAULT_PRICES["openai"]["gpt-4o-mini"]}})
+        spread = sdk.explain_many(reviews, backend="ray", ray_options={"num_cpus": 0.5}, **kw)
+        # the gateway's BatchRunner merged the tasks' rounds: original answers, then designs, one batch each
+        assert emu.created == 2
+        assert set(emu.forwarded.values()) == {1} and spread.cost > 0  # the shared all-masked prompt paid once
+        local = sdk.explain_many(reviews, **kw)  # the same job in one process: all cached, nothing submitted
+    assert emu.created == 2 and local.cost == 0
+    assert [{**_comparable(e), "cost": 0} for e in spread] == [_comparable(e) for e in local]

@@ -5,15 +5,19 @@ several samples of one request are identical bodies sent as separate calls (the 
 Prompt caching: a system prompt long enough for Anthropic to cache (`cache_min_tokens` of the model, by the
 chars/4 estimate) goes as one text block with `cache_control` (ephemeral), so every masked prompt of a run
 reads it from the cache at a tenth of the input price after the first writes it (1.25x).
+Token counts for estimates come from Anthropic's free `messages.count_tokens` endpoint (the exact count of
+what a request would bill, never a paid call); without it, the chars/4 approximation.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import asyncio
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
 
 import anthropic
 
-from providers.adapters.base import Adapter
+from providers.adapters.base import COUNT_CONCURRENCY, COUNT_TIMEOUT, Adapter
 from providers.errors import ConfigurationError
 from providers.types import Completion, Request, Usage
 
@@ -73,11 +77,39 @@ class AnthropicAdapter(Adapter):
                                      "placeholder (mask_style='placeholder')")
 
 
-    def cached_prefix_tokens(self, request: Request) -> int:
-        """The system prompt's tokens when it is sent with cache_control (read from the cache on repeats)."""
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-        n = self.count_tokens(system) if system else 0
+    def cached_prefix_tokens(self, request: Request, prefix_tokens: int | None = None) -> int:
+        """The system prompt's tokens when it is sent with cache_control (read from the cache on repeats);
+        with its exact count (`prefix_tokens`), 0 when that is below the model's minimum (Anthropic then caches
+        nothing, though the block is marked)."""
+        if not self.cacheable_prefix(request):
+            return 0
+        n = self.count_tokens(self.cacheable_prefix(request)) if prefix_tokens is None else prefix_tokens
         return n if n >= cache_min_tokens(self.model) else 0
+
+    def cacheable_prefix(self, request: Request) -> str:
+        """The system prompt, when `body` sends it with cache_control."""
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        return system if system and self.count_tokens(system) >= cache_min_tokens(self.model) else ""
+
+    def without_prefix(self, request: Request) -> Request | None:
+        if not self.cacheable_prefix(request):
+            return None
+        return replace(request, messages=tuple(m for m in request.messages if m.role != "system"))
+
+    async def _count_tokens(self, requests: Sequence[Request]) -> list[int] | None:
+        """Anthropic's free `messages.count_tokens` (llama-server serves it too): the prompt tokens as billed."""
+        client = self.client()
+        slots = asyncio.Semaphore(COUNT_CONCURRENCY)
+
+        async def one(request: Request) -> int:
+            b = self.body(request)
+            extra = {"system": b["system"]} if "system" in b else {}
+            async with slots:
+                counted = await client.messages.count_tokens(model=b["model"], messages=b["messages"],
+                                                             timeout=COUNT_TIMEOUT, **extra)
+            return int(counted.input_tokens)
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
 
     def parse(self, payload: Mapping[str, Any], request: Request) -> Completion:
         if payload.get("type") == "error" or "content" not in payload:

@@ -18,11 +18,14 @@ import math
 import os
 import struct
 import tempfile
+import logging
 import weakref
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Coroutine, Mapping, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
@@ -46,6 +49,15 @@ from providers.types import Completion, Request
 # Per-message chat-template overhead used by the token bound (OpenAI documents ~4 tokens/message + 3 priming).
 MESSAGE_OVERHEAD_TOKENS = 16
 REQUEST_OVERHEAD_TOKENS = 16
+# Free token counting (estimates only): calls at once, seconds per call, and how many counts are remembered.
+COUNT_CONCURRENCY = 4
+COUNT_TIMEOUT = 10.0
+COUNT_MEMO = 4096
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+# (server, model, endpoint, body digest) -> prompt tokens the endpoint's free counter reported
+_COUNTS: "OrderedDict[tuple[str, str, str, str], int]" = OrderedDict()
 
 
 class Adapter(ABC):
@@ -301,15 +313,71 @@ class Adapter(ABC):
         """Typical prompt size of a request (for estimates and the tokens-per-minute limiter)."""
         return sum(self.count_tokens(m.content) + 4 for m in request.messages) + 3
 
-    def cached_prefix_tokens(self, request: Request) -> int:
+    def cached_prefix_tokens(self, request: Request, prefix_tokens: int | None = None) -> int:
         """Prompt tokens the provider serves from its prompt cache when this prompt's fixed prefix repeats
-        (0: no prompt caching, or the prefix is too short to cache)."""
+        (0: no prompt caching, or the prefix is too short to cache). `prefix_tokens`: the prefix's exact count
+        (see `without_prefix`), else it is estimated."""
         return 0
+
+    def cacheable_prefix(self, request: Request) -> str:
+        """The text the provider caches for this request ("" when nothing is cached): requests with the same
+        prefix share one cache entry, written once and read afterwards."""
+        return ""
+
+    def without_prefix(self, request: Request) -> Request | None:
+        """The request without its cacheable prefix (None when nothing is cached): counting both gives the
+        prefix's exact tokens."""
+        return None
+
+    # ---- exact token counts from the endpoint (free, for estimates) ---------------------------------
+    async def count_prompt_tokens(self, requests: Sequence[Request]) -> list[int] | None:
+        """Exact prompt tokens of each request from the endpoint's own free token counter (never a paid call),
+        or None when it has none or it fails (estimates then use `estimate_input_tokens`). Counts are remembered
+        per server, model and request body, so previewing the same prompt again asks nothing."""
+        keys = [(endpoint_identity(self.base_url), self.model, self.endpoint(r),
+                 hashlib.sha256(encode_body(self.body(r))).hexdigest()) for r in requests]
+        todo = {k: r for k, r in zip(keys, requests) if k not in _COUNTS}
+        if todo:
+            try:
+                got = await self._count_tokens(list(todo.values()))
+            except Exception as exc:  # noqa: BLE001 - only an estimate depends on it: fall back, say so
+                log.info("%s: the endpoint's token counter failed (%s); estimating tokens instead", self,
+                         self._redact(f"{type(exc).__name__}: {exc}")[:300])
+                return None
+            if got is None:
+                return None
+            for k, n in zip(todo, got):
+                _COUNTS[k] = int(n)
+            while len(_COUNTS) > COUNT_MEMO:
+                _COUNTS.popitem(last=False)
+        return [_COUNTS[k] for k in keys]
+
+    async def _count_tokens(self, requests: Sequence[Request]) -> list[int] | None:
+        """Exact prompt tokens from the endpoint's free counter (None: it has none)."""
+        return None
+
+    def count_prompt_tokens_now(self, requests: Sequence[Request]) -> list[int] | None:
+        """`count_prompt_tokens` from synchronous code (a preview), on a loop of its own; None when the caller
+        injected one http_client instance (it must stay on the loop the run uses)."""
+        if self._http_client is not None and not callable(self._http_client):
+            return None
+        return run_sync(self.count_prompt_tokens(requests))
 
     def input_token_bound(self, request: Request) -> int:
         """Upper bound on billed prompt tokens: byte-level BPE never makes more tokens than UTF-8 bytes."""
         return (sum(len(m.content.encode()) + MESSAGE_OVERHEAD_TOKENS for m in request.messages)
                 + REQUEST_OVERHEAD_TOKENS)
+
+
+def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run a coroutine to completion from synchronous code: on a fresh event loop here, or on a worker thread's
+    when this thread already runs one (its clients close with that loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def endpoint_identity(base_url: str | None) -> str:
@@ -465,4 +533,4 @@ def tiktoken_encoding(model: str) -> Any:
         return None
 
 
-__all__ = ["Adapter", "merge_completions", "seed_tiktoken_offline", "split_samples", "tiktoken_encoding"]
+__all__ = ["Adapter", "merge_completions", "run_sync", "seed_tiktoken_offline", "split_samples", "tiktoken_encoding"]

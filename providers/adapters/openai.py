@@ -13,13 +13,14 @@ least 16 output tokens per call and has no stop sequences or `n`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import openai
 
-from providers.adapters.base import Adapter, tiktoken_encoding
+from providers.adapters.base import COUNT_CONCURRENCY, COUNT_TIMEOUT, Adapter, tiktoken_encoding
 from providers.errors import ConfigurationError, UnexpectedAnswerError
 from providers.types import Completion, Request, TokenLogprob, Usage
 
@@ -107,13 +108,19 @@ class OpenAIAdapter(Adapter):
 
     prompt_cache_key = True  # OpenAI's routing hint for prompts sharing a cached prefix (not on other servers)
 
-    def cached_prefix_tokens(self, request: Request) -> int:
+    def cached_prefix_tokens(self, request: Request, prefix_tokens: int | None = None) -> int:
         """OpenAI caches prompts of >= 1024 tokens automatically, in 128-token steps of the repeated prefix: the
         fixed system message (rendered first) is that prefix."""
-        if request.raw_completion or not request.messages or request.messages[0].role != "system":
+        if not self.cacheable_prefix(request):
             return 0
-        n = self.count_tokens(request.messages[0].content) + 4
+        n = self.count_tokens(request.messages[0].content) + 4 if prefix_tokens is None else prefix_tokens
         return 0 if n < OPENAI_CACHE_MIN else OPENAI_CACHE_MIN + (n - OPENAI_CACHE_MIN) // 128 * 128
+
+    def cacheable_prefix(self, request: Request) -> str:
+        """The leading system message (chat requests only; other servers may cache too, OpenAI's rule is used)."""
+        if request.raw_completion or not request.messages or request.messages[0].role != "system":
+            return ""
+        return request.messages[0].content
 
     def _cache_routing_key(self, request: Request) -> str:
         """The same key for every prompt that starts with this system message (no user text in it)."""
@@ -178,6 +185,32 @@ class CompatibleAdapter(OpenAIAdapter):
 
     def count_tokens(self, text: str) -> int:
         return Adapter.count_tokens(self, text)
+
+    async def _count_tokens(self, requests: Sequence[Request]) -> list[int] | None:
+        """llama-server's free counters: `/tokenize` of the prompt as the server builds it (`/apply-template`
+        renders chat messages with the model's chat template first), BOS included as the server adds it. A
+        server without them (vLLM, Ollama) fails here, and the estimate falls back to chars/4."""
+        if not self.base_url:
+            return None
+        client = self.client()
+        root = self.base_url.rstrip("/").removesuffix("/v1")
+        slots = asyncio.Semaphore(COUNT_CONCURRENCY)
+        opts = {"timeout": COUNT_TIMEOUT}
+
+        async def one(request: Request) -> int:
+            async with slots:
+                if request.raw_completion:
+                    prompt = "".join(m.content for m in request.messages)  # as `body` sends it
+                else:
+                    applied = await client.post(root + "/apply-template", cast_to=object, options=opts,
+                                                body={"messages": [{"role": m.role, "content": m.content}
+                                                                   for m in request.messages]})
+                    prompt = applied["prompt"]
+                tokens = await client.post(root + "/tokenize", cast_to=object, options=opts,
+                                           body={"content": prompt, "add_special": True})
+            return len(tokens["tokens"])
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
 
 
 class OpenAIResponsesAdapter(OpenAIAdapter):

@@ -8,7 +8,8 @@ file lines `{"id", "custom_id", "response": {"status_code", "request_id", "body"
 canceled / expired results), so the official SDKs' `files`, `batches` and `messages.batches` clients talk to
 it unchanged. Routes: `POST /v1/files` (multipart), `GET /v1/files/{id}[/content]`, `POST|GET /v1/batches`,
 `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`, `POST /v1/messages/batches`,
-`GET /v1/messages/batches/{id}[/results]`, `POST /v1/messages/batches/{id}/cancel`.
+`GET /v1/messages/batches/{id}[/results]`, `POST /v1/messages/batches/{id}/cancel`, and Anthropic's free
+`POST /v1/messages/count_tokens` (answered by the real server's own counter, `counted` counts the calls).
 
 Usage is reported as each provider would bill it, since Gemma's own counts are not what OpenAI bills:
 OpenAI answers are re-counted with OpenAI's public tokenizer (tiktoken's encoding for the model; 3 tokens per
@@ -59,9 +60,10 @@ def _iso(t: float) -> str:
 
 
 class BatchServer:
-    """The emulator (see module doc); `with BatchServer(local_server) as s:` serves on `s.base_url`."""
+    """The emulator (see module doc); `with BatchServer(local_server) as s:` serves on `s.base_url` (`port`: a
+    fixed one, so answers cached by an earlier process under this server's URL are found again)."""
 
-    def __init__(self, model_server: Any, parallel: int = 4) -> None:
+    def __init__(self, model_server: Any, parallel: int = 4, port: int = 0) -> None:
         self.model_root = model_server.root_url
         self.parallel = parallel
         self.hold = threading.Event()
@@ -71,6 +73,7 @@ class BatchServer:
         self.fail_first = 0
         self.forwarded: Counter[str] = Counter()
         self.created = 0
+        self.counted = 0
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
@@ -78,7 +81,7 @@ class BatchServer:
         self._openai_seen: set[bytes] = set()
         self._anthropic_seen: set[str] = set()
         self._pool = ThreadPoolExecutor(parallel)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())  # a fixed port keeps cache keys
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -104,9 +107,9 @@ class BatchServer:
         return f"{prefix}{next(self._ids):06d}{hashlib.sha256(str(time.time()).encode()).hexdigest()[:12]}"
 
     # ------------------------------------------------------------------ forwarding to the real server
-    def _forward(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _forward(self, path: str, body: dict[str, Any], fault: bool = True) -> tuple[int, dict[str, Any]]:
         with self._lock:
-            fail = self.fail_first > 0
+            fail = fault and self.fail_first > 0
             self.fail_first -= fail
         if fail:
             return 500, {"error": {"message": "The server had an error processing your request.", "type": "server_error"}}
@@ -432,6 +435,9 @@ class BatchServer:
                     return self._send(*server._openai_batch(body))
                 if path == "/v1/messages/batches":
                     return self._send(*server._anthropic_batch(body))
+                if path == "/v1/messages/count_tokens":  # Anthropic's free counter: the real server's count
+                    server.counted += 1
+                    return self._send(*server._forward(path, body, fault=False))
                 if parts[-1] == "cancel":
                     rec = server.batches.get(parts[-2])
                     if rec is None:

@@ -2,7 +2,8 @@
 
 It listens on 127.0.0.1 (real sockets, so the official SDKs run unmodified against it) and serves
 `/v1/chat/completions`, `/v1/completions` (legacy, with vLLM-style `prompt_logprobs`), `/v1/responses` and
-`/v1/messages`.
+`/v1/messages`; the token-counting routes (`/tokenize`, `/apply-template`, `/v1/messages/count_tokens`) are
+404 (counted in `counter_calls`, never in `requests`), as on a server without a counter.
 Answers are a deterministic function of the request body, so a rerun gets identical scores.
 
 Misbehaviour is scripted: `script([...])` queues faults for the next requests in arrival order, and
@@ -37,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 LABELS = ("True", "False", "Maybe", "Yes", "No", "Unknown")
+# Free token counters of llama-server and Anthropic, which this server lacks (never answers, never faults).
+COUNTER_ROUTES = ("/apply-template", "/tokenize", "/v1/messages/count_tokens")
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -91,6 +94,7 @@ class State:
         self.seen: Counter[str] = Counter()
         self.paid: Counter[str] = Counter()
         self.requests = 0
+        self.counter_calls = 0  # calls to the token-counting routes it does not serve
         self.faults_served: Counter[str] = Counter()
         self.headers_seen: list[dict[str, str]] = []
         self.bodies: list[dict[str, Any]] = []
@@ -119,6 +123,7 @@ class State:
                 self.seen.clear()
                 self.paid.clear()
                 self.requests = 0
+                self.counter_calls = 0
                 self.faults_served.clear()
                 self.headers_seen.clear()
                 self.bodies.clear()
@@ -142,6 +147,7 @@ class State:
         with self.lock:
             return {
                 "requests": self.requests,
+                "counter_calls": self.counter_calls,
                 "paid": dict(self.paid),
                 "paid_total": sum(self.paid.values()),
                 "faults_served": dict(self.faults_served),
@@ -189,6 +195,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/_control":
             state.control(json.loads(raw))
             self._send(200, {"ok": True})
+            return
+        if self.path in COUNTER_ROUTES:  # like a server without a token counter: estimates fall back to chars/4
+            with state.lock:
+                state.counter_calls += 1
+            self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found_error"}})
             return
         try:
             body = json.loads(raw)

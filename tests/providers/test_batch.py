@@ -301,3 +301,36 @@ def test_explain_in_batch_mode_plans_at_batch_prices_sends_one_batch_per_round_a
         sdk.preview(text, mode="batch", **{**kw, "provider": "openai-compatible"})
     with pytest.raises(ValueError, match="needs a cache_dir"):
         sdk.preview(text, mode="batch", **{**kw, "cache_dir": None})
+
+
+REVIEWS = ["The room was clean. The staff were rude.", "The view was lovely. The food was cold.",
+           "The bed was soft. The bar was loud."]
+
+
+def _many_kw(emulator: BatchServer, cache) -> dict:
+    return dict(provider="openai", model="gpt-4o-mini", base_url=emulator.base_url, api_key="sk-test-batch",
+                template="Is this hotel review positive? Answer True or False.\nReview: {content}\nAnswer:",
+                features="sentences", labels=["True", "False"], scorer="label-margin", budget=64, mode="batch",
+                cache_dir=str(cache), prices=PRICES, progress=False)
+
+
+def test_explain_many_sends_each_round_of_all_prompts_as_one_batch(emulator, tmp_path, monkeypatch) -> None:
+    from spex_api import sdk
+
+    monkeypatch.setattr("providers.batch.POLL_INITIAL", 0.05)
+    monkeypatch.setattr("providers.batch.POLL_MAX", 0.2)
+    kw = _many_kw(emulator, tmp_path)
+    pres = [sdk.preview(r, **{k: v for k, v in kw.items() if k != "progress"}) for r in REVIEWS]
+    result = sdk.explain_many(REVIEWS, confirm=False, **kw)
+    # the original answers of all three prompts went out as one batch, then their designs as another (one per
+    # prompt per round before)
+    assert emulator.created == pres[0].rounds == 2
+    # every feature masked renders the same prompt for all three: it is asked (and paid) once
+    assert set(emulator.forwarded.values()) == {1} and sum(emulator.forwarded.values()) == 3 * 4 - 2
+    assert result.cost == pytest.approx(sum(e.cost for e in result))  # each answer charged to one prompt
+    assert sum(e.metadata.stats.cache_hits for e in result) >= 2  # the shared answer, for the other prompts
+    # the estimate, made before any query, prices the shared query once
+    assert result.estimated_cost == pytest.approx(sdk.estimate_many(pres))
+    shared = pres[0].estimated_cost / 4  # about one query of one prompt
+    assert sum(p.estimated_cost for p in pres) - result.estimated_cost == pytest.approx(2 * shared, rel=0.3)
+    assert result.estimated_cost == pytest.approx(result.cost, rel=0.05)
