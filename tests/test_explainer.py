@@ -220,3 +220,30 @@ def test_removal_check_masks_the_top_features_and_compares():
     given = check_removal(e, f, 2, index="shapley", full_score=6.5)  # the full prompt's score is known: not asked
     assert given.queries_used == e.queries_used + 2
     assert [s["measured"] for s in given.removal.steps] == pytest.approx([-4.0, -6.0])  # 2.5 and 0.5 against 6.5
+
+
+def test_n_jobs_limits_the_thread_pools_while_fitting_and_leaves_results_alone(hier64):
+    from threadpoolctl import threadpool_info
+
+    def pools():
+        return sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+    outside = pools()
+    inside = []
+
+    def f(masks):
+        inside.append(pools())
+        return hier64(masks)
+
+    one = Explainer(f, 64, 800, method="proxyspex", n_jobs=1).explain()
+    assert inside and all(set(p) == {1} for p in inside)  # every BLAS pool at one thread during the run ...
+    assert pools() == outside  # ... and the libraries' own setting back after it
+    inside.clear()
+    default = Explainer(f, 64, 800, method="proxyspex", n_jobs=None).explain()
+    assert all(p == outside for p in inside)
+    assert one.fourier.keys == default.fourier.keys
+    # other thread counts sum LightGBM's histograms in another order: equal up to rounding, not bit for bit
+    np.testing.assert_allclose(one.fourier.values, default.fourier.values, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="n_jobs"):
+        Explainer(f, 64, 800, n_jobs=0)
+

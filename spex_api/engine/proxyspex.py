@@ -26,6 +26,7 @@ from spex_api.engine.masks import as_answers, distinct_rows
 from spex_api.engine.oracle import Oracle, ValueFunction
 from spex_api.engine.regression import lasso_cv
 from spex_api.engine.seeding import RandomState, check_random_state, stream
+from spex_api.engine.threads import check_n_jobs, limit_threads
 
 # Penalties of a growth round's Lasso, relative to the previous round's.
 GROW_ALPHAS = np.geomspace(4.0, 1.0 / 16.0, 7)
@@ -291,7 +292,8 @@ class ProxySPEX:
     Gemma-270M answers that bias let refits through that generalised worse than the proxy: mean R² on
     unseen masks 0.13 against 0.38 without it at 200 answers; residual passes, whose terms are chosen
     on all answers, cost 0.06 more, and moved planted-function R² by less than 0.006.)
-    random_state: seeds the masks, the CV folds and LightGBM. n_jobs: LightGBM threads.
+    random_state: seeds the masks, the CV folds and LightGBM. n_jobs: threads of LightGBM and of the BLAS
+    pools during a fit (None = the libraries' defaults; see `spex_api.engine.threads`).
     """
 
     def __init__(
@@ -310,7 +312,7 @@ class ProxySPEX:
         grow_terms: int | None = None,
         tune_rows: int | None = 2000,
         min_child_samples: int | None = None,
-        n_jobs: int = 1,
+        n_jobs: int | None = 1,
     ) -> None:
         self.n = n
         self.n_samples = n_samples
@@ -357,6 +359,7 @@ class ProxySPEX:
             raise ValueError(f"grow_terms must be >= 1 or None, got {self.grow_terms}")
         if self.cv_folds < 2:
             raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
+        check_n_jobs(self.n_jobs)
         self._grid()
 
     def _grid(self) -> dict[str, tuple]:
@@ -388,7 +391,7 @@ class ProxySPEX:
             "learning_rate": rate,
             "min_data_in_leaf": min_leaf,
             "min_sum_hessian_in_leaf": 0.0,
-            "num_threads": self.n_jobs,
+            "num_threads": self.n_jobs or 0,  # 0: LightGBM's default (OpenMP's)
             "seed": seed,
             "deterministic": True,
             "force_row_wise": True,
@@ -464,6 +467,10 @@ class ProxySPEX:
     def fit_answers(self, masks: np.ndarray, y: np.ndarray, seed: int | None = None) -> Explanation:
         """Fit on answers already paid for ((N, n) bool masks, N scores): proxy, extraction, selection, refit.
         Lets a caller cross-validate the whole procedure without new queries."""
+        with limit_threads(self.n_jobs):
+            return self._fit_answers(masks, y, seed)
+
+    def _fit_answers(self, masks: np.ndarray, y: np.ndarray, seed: int | None) -> Explanation:
         cpu0 = time.process_time()
         masks, y = as_answers(masks, y, self.n)
         if seed is None:
