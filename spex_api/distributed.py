@@ -56,6 +56,14 @@ def require_ray() -> Any:
     return ray
 
 
+def _process_cpu() -> float:
+    """CPU seconds (user + system) this process has used."""
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return use.ru_utime + use.ru_stime
+
+
 class Gateway:
     """The job's only caller of the provider: one adapter, one Runner, one value function per prompt.
 
@@ -74,6 +82,7 @@ class Gateway:
         self._runner = sdk._make_runner(first, self._adapter, max_cost, max_queries)
         self._vfs: dict[int, Any] = {}
         self._meters: dict[int, Any] = {}
+        self._cpu0 = _process_cpu()  # what serving the job costs, not the actor's start-up imports
         self._merged = False
 
     async def gather_rounds(self, members: list[int]) -> None:
@@ -105,9 +114,10 @@ class Gateway:
         completion = await vf.reference()
         return completion, float(vf.scorer.score_many([completion])[0])  # the scorer bound to that answer
 
-    async def score(self, i: int, masks: np.ndarray) -> np.ndarray:
-        """Scores of prompt i's masked prompts, one per row of `masks`."""
-        return await self._value_function(i)(masks)
+    async def score(self, i: int, masks: np.ndarray, repeat: int = 0) -> np.ndarray:
+        """Scores of prompt i's masked prompts, one per row of `masks`; `repeat` = k > 0 asks them again as the
+        k-th genuine re-ask (the noise pilot's), never answered from the first asking's cache entries."""
+        return await self._value_function(i)(masks, repeat=repeat)
 
     def accounts(self, i: int) -> dict[str, Any]:
         """What prompt i paid and how its queries were served, over all of its task's attempts."""
@@ -117,11 +127,9 @@ class Gateway:
         return _accounts(self._meters[i], scorer)
 
     def stats(self) -> dict[str, Any]:
-        """The runner's counters for the whole job (api_calls, cache_hits, spend, ...) and this process's CPU."""
-        import resource
-
-        use = resource.getrusage(resource.RUSAGE_SELF)
-        return {**self._runner.stats.as_dict(), "gateway_cpu_seconds": use.ru_utime + use.ru_stime}
+        """The runner's counters for the whole job (api_calls, cache_hits, spend, ...) and the CPU this process
+        spent on the job since it was set up."""
+        return {**self._runner.stats.as_dict(), "gateway_cpu_seconds": _process_cpu() - self._cpu0}
 
     async def settle(self, reason: BaseException) -> None:
         """Stop sending (later calls raise `reason`) and wait, at most the answer timeout, for the calls in
@@ -141,9 +149,15 @@ def _explain_task(pre: Preview, i: int, gateway: Any, base_url: str | None) -> A
 
     from spex_api.sdk import _explainer, _finish
 
+    def scores(masks: np.ndarray, repeat: int = 0) -> np.ndarray:
+        return ray.get(gateway.score.remote(i, np.asarray(masks, dtype=bool), repeat))
+
     reference, original_score = ray.get(gateway.reference.remote(i))
-    explainer = _explainer(pre, lambda masks: ray.get(gateway.score.remote(i, np.asarray(masks, dtype=bool))))
-    expl = explainer.explain()
+    expl = _explainer(pre, scores).explain()  # `repeat`: the noise pilot re-asks as on the single-process path
+    if pre.verify_removal:
+        from spex_api.engine.removal import check_removal
+
+        expl = check_removal(expl, scores, pre.verify_removal, full_score=original_score)
     return _finish(pre, expl, reference, original_score, ray.get(gateway.accounts.remote(i)),
                    types.SimpleNamespace(base_url=base_url))
 

@@ -208,6 +208,18 @@ def test_a_dead_gateway_resumes_from_its_disk_cache(cluster, fake, tmp_path, sin
     assert [_comparable(e) for e in rerun] == single_process
 
 
+def test_noise_pilot_and_removal_check_on_ray_equal_the_single_process_path(cluster, fake, tmp_path):
+    prompts = _prompts(1, 10)
+    kw = dict(budget=72, verify_removal=2, **_kw(fake.url + "/v1", tmp_path / "one"))  # 70 + 2: pilot fits
+    single = sdk.explain_many(prompts, **kw)
+    assert all(e.noise is not None and e.noise.n_pairs == 8 and e.removal is not None for e in single)
+    fake.state.control({"reset": True})
+    spread = sdk.explain_many(prompts, backend="ray", **{**kw, "cache_dir": str(tmp_path / "ray")})
+    assert [_comparable(e) for e in spread] == [_comparable(e) for e in single]
+    # the pilot's re-asks reached the server as genuine second askings: its 8 bodies were paid twice
+    assert sorted(fake.stats()["paid"].values()).count(2) == 8
+
+
 def test_cli_explain_many_on_ray(cluster, fake, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
