@@ -22,10 +22,9 @@ import logging
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Coroutine, Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import httpx2
@@ -45,6 +44,7 @@ from providers.errors import (
 )
 from providers.redact import basic_auth_header, redact, split_userinfo
 from providers.types import Completion, Request
+from spex_api.engine.aio import run_sync
 
 # Per-message chat-template overhead used by the token bound (OpenAI documents ~4 tokens/message + 3 priming).
 MESSAGE_OVERHEAD_TOKENS = 16
@@ -55,7 +55,6 @@ COUNT_TIMEOUT = 10.0
 COUNT_MEMO = 4096
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 # (server, model, endpoint, body digest) -> prompt tokens the endpoint's free counter reported
 _COUNTS: "OrderedDict[tuple[str, str, str, str], int]" = OrderedDict()
 
@@ -369,17 +368,6 @@ class Adapter(ABC):
                 + REQUEST_OVERHEAD_TOKENS)
 
 
-def run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run a coroutine to completion from synchronous code: on a fresh event loop here, or on a worker thread's
-    when this thread already runs one (its clients close with that loop)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 def endpoint_identity(base_url: str | None) -> str:
     """What tells one server from another: scheme://host:port/path of its base_url, never user, password, query
     or fragment (they may hold credentials). A LocalServer running in this process is named by its model file
@@ -533,4 +521,4 @@ def tiktoken_encoding(model: str) -> Any:
         return None
 
 
-__all__ = ["Adapter", "merge_completions", "run_sync", "seed_tiktoken_offline", "split_samples", "tiktoken_encoding"]
+__all__ = ["Adapter", "merge_completions", "seed_tiktoken_offline", "split_samples", "tiktoken_encoding"]
