@@ -60,6 +60,17 @@ def test_one_call_per_round_exact_accounting_and_reproducible():
     assert runs[0][1].keys == runs[1][1].keys and np.array_equal(runs[0][1].values, runs[1][1].values)
 
 
+def test_a_generator_random_state_seeds_every_round_and_fit_alike():
+    """A numpy Generator is drawn once, like every other estimator's random_state: equal Generators, equal runs."""
+    runs = []
+    for _ in range(2):
+        fn = Recorder(40)
+        expl = AdaptiveProxySPEX(40, n_samples=300, random_state=np.random.default_rng(5)).fit(Oracle(fn, 40))
+        runs.append((np.concatenate(fn.batches), expl.fourier))
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1].keys == runs[1][1].keys and np.array_equal(runs[0][1].values, runs[1][1].values)
+
+
 def test_answers_already_held_are_free_and_the_budget_holds():
     fn = Recorder(40)
     oracle = Oracle(fn, 40, budget=300)

@@ -23,6 +23,7 @@ from spex_api.engine.fourier import SparseFourier, incidence
 from spex_api.engine.oracle import Oracle, ValueFunction
 from spex_api.engine.masks import distinct_rows
 from spex_api.engine.proxyspex import ProxySPEX, uniform_masks
+from spex_api.engine.seeding import RandomState, check_random_state, stream
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class AdaptiveProxySPEX:
     """
 
     def __init__(self, n: int, n_samples: int | None = None, rounds: int = 2, first_share: float = 0.5,
-                 active_share: float = 0.99, keep: float = 0.7, max_order: int = 5, random_state: int = 0,
+                 active_share: float = 0.99, keep: float = 0.7, max_order: int = 5, random_state: RandomState = 0,
                  n_jobs: int = 1) -> None:
         if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 2:
             raise ValueError(f"rounds must be an integer >= 2 (one round is ProxySPEX), got {rounds!r}")
@@ -80,10 +81,11 @@ class AdaptiveProxySPEX:
         self.n, self.n_samples, self.rounds = n, n_samples, int(rounds)
         self.first_share, self.active_share, self.keep = float(first_share), float(active_share), float(keep)
         self.max_order, self.random_state, self.n_jobs = max_order, random_state, n_jobs
+        self._seed = check_random_state(random_state)  # once: round 1 and every fit share this seed
         self._proxy()._check()
 
     def _proxy(self, n_samples: int | None = None) -> ProxySPEX:
-        return ProxySPEX(self.n, n_samples=n_samples, max_order=self.max_order, random_state=self.random_state,
+        return ProxySPEX(self.n, n_samples=n_samples, max_order=self.max_order, random_state=self._seed,
                          n_jobs=self.n_jobs)
 
     def round_sizes(self) -> tuple[int, ...]:
@@ -97,10 +99,9 @@ class AdaptiveProxySPEX:
             raise ValueError(f"oracle has n={oracle.n}, estimator has n={self.n}")
         sizes = self.round_sizes()
         before, wall0 = oracle.queries_used, time.perf_counter()
-        rng = np.random.default_rng(self.random_state)  # round 1 is ProxySPEX's (and the noise pilot's) stream
-        masks = uniform_masks(self.n, sizes[0], rng)
+        masks = uniform_masks(self.n, sizes[0], stream(self._seed))  # ProxySPEX's (and the noise pilot's) stream
         y = oracle(masks)
-        focus_rng = np.random.default_rng([self.random_state, 0xADA])
+        focus_rng = stream(self._seed, 0xADA)
         history = [f"round 1: {len(masks)} uniform masks"]
         n_active = 0
         for r, size in enumerate(sizes[1:], start=2):
