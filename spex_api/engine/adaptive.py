@@ -69,7 +69,7 @@ class AdaptiveProxySPEX:
 
     def __init__(self, n: int, n_samples: int | None = None, rounds: int = 2, first_share: float = 0.5,
                  active_share: float = 0.99, keep: float = 0.7, max_order: int = 5, random_state: RandomState = 0,
-                 n_jobs: int = 1) -> None:
+                 n_jobs: int | None = 1) -> None:
         if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 2:
             raise ValueError(f"rounds must be an integer >= 2 (one round is ProxySPEX), got {rounds!r}")
         if not 0.0 < first_share < 1.0:

@@ -185,7 +185,7 @@ class Explainer:
 
             return AdaptiveProxySPEX(self.n, n_samples=p.n_queries, rounds=len(p.rounds),
                                      first_share=p.rounds[0] / p.n_queries, max_order=self.max_order,
-                                     random_state=self.random_state)
+                                     random_state=self.random_state, n_jobs=self.n_jobs)
         from spex_api.engine.proxyspex import ProxySPEX
 
         return ProxySPEX(self.n, n_samples=p.n_queries, max_order=self.max_order, random_state=self.random_state,
