@@ -24,7 +24,7 @@ def test_tree_extraction_is_exact(depth):
     params = {"objective": "regression", "max_depth": depth, "num_leaves": 2**depth, "min_data_in_leaf": 3,
               "learning_rate": 0.2, "verbosity": -1, "seed": 1, "num_threads": 1}
     booster = lgb.train(params, lgb.Dataset(X.astype(np.float32), y), num_boost_round=60)
-    f = tree_fourier(booster.dump_model(), n)
+    f = tree_fourier(booster, n)
     test = rng.random((300, n)) < 0.5
     test[0], test[1] = True, False
     assert np.allclose(f.predict(test), booster.predict(test.astype(np.float32)), atol=1e-8, rtol=0)
@@ -34,8 +34,22 @@ def test_tree_extraction_is_exact(depth):
 def test_tree_extraction_of_constant_trees():
     X = np.zeros((30, 4), dtype=np.float32)
     booster = lgb.train({"objective": "regression", "verbosity": -1}, lgb.Dataset(X, np.full(30, 2.5)), 5)
-    f = tree_fourier(booster.dump_model(), 4)
+    f = tree_fourier(booster, 4)
     assert f.to_dict() == pytest.approx({(): 2.5})
+
+
+def test_tree_extraction_reads_a_truncated_model_and_refuses_non_binary_splits():
+    rng = np.random.default_rng(3)
+    X = (rng.random((300, 6)) < 0.5).astype(np.float32)
+    y = 2.0 * X[:, 0] * X[:, 1] - X[:, 3] + rng.normal(0, 0.1, 300)
+    params = {"objective": "regression", "max_depth": 3, "num_leaves": 8, "min_data_in_leaf": 3, "verbosity": -1}
+    booster = lgb.train(params, lgb.Dataset(X, y), num_boost_round=40)
+    f = tree_fourier(booster, 6, num_iteration=7)
+    assert np.allclose(f.predict(X.astype(bool)), booster.predict(X, num_iteration=7), atol=1e-8, rtol=0)
+    levels = np.floor(rng.random((300, 2)) * 4).astype(np.float32)  # a 4-level feature splits at 1.5 or 2.5
+    booster = lgb.train(params, lgb.Dataset(levels, levels[:, 0] ** 2), num_boost_round=3)
+    with pytest.raises(ValueError, match="cannot extract"):
+        tree_fourier(booster, 2)
 
 
 def test_selection_and_closure():
