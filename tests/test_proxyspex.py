@@ -108,6 +108,22 @@ class Recorder:
         return self.f(masks)
 
 
+def test_screened_refit_drops_the_lasso_noise_terms_on_noisy_answers():
+    # Noise 0.3 x signal: the Lasso's CV penalty keeps many small noise terms; least squares on the terms
+    # whose |t| passes the out-of-fold threshold keeps far fewer false ones and predicts unseen masks better.
+    f = planted_hierarchical(64, n_top=10, noise=0.3, seed=1)
+    masks = random_masks(64, 1000, seed=4)
+    X = random_masks(64, 1000, seed=99)
+    truth = {k for k in f.fourier.keys if k}
+    fits = {screen: ProxySPEX(64, random_state=0, screen=screen).fit_answers(masks, f(masks)) for screen in (True, False)}
+    refit = fits[True].diagnostics.details.refit
+    assert refit.screen_z is not None and refit.screen_z > 0 and fits[False].diagnostics.details.refit.screen_z is None
+    false_terms = {s: len({k for k in e.fourier.keys if k} - truth) for s, e in fits.items()}
+    assert false_terms[True] < false_terms[False] / 2
+    r2 = {s: r2_score(f.clean(X), e.predict(X)) for s, e in fits.items()}
+    assert r2[True] > r2[False]
+
+
 def test_queries_one_batch_with_extremes():
     f = planted_hierarchical(30, n_top=3, seed=1)
     rec = Recorder(f)

@@ -108,12 +108,13 @@ class ProxyRefit(Fields):
     n_nonzero: int
     residual_passes: tuple[ResidualPass, ...] = ()
     growth: tuple[ResidualPass, ...] = ()  # hierarchical growth rounds (grow_candidates), after the residual passes
+    screen_z: float | None = None  # |t| threshold of the least-squares screen replacing the Lasso (None: no screen)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ProxyRefit":
         return cls(bool(data["used"]), float(data["cv_mse"]), float(data["oof_mse"]), float(data["alpha"]),
                    int(data["n_nonzero"]), tuple(ResidualPass.from_dict(p) for p in data.get("residual_passes", ())),
-                   tuple(ResidualPass.from_dict(p) for p in data.get("growth", ())))
+                   tuple(ResidualPass.from_dict(p) for p in data.get("growth", ())), _num(data.get("screen_z")))
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,14 @@ from spex_api.engine.fourier import Key, SparseFourier, fourier_basis, incidence
 from spex_api.engine.indices import subset_patterns
 from spex_api.engine.masks import as_answers, distinct_rows
 from spex_api.engine.oracle import Oracle, ValueFunction
-from spex_api.engine.regression import lasso_cv
+from spex_api.engine.regression import lasso_cv, screened_least_squares
 from spex_api.engine.seeding import RandomState, check_random_state, stream
 from spex_api.engine.threads import check_n_jobs, limit_threads
 
 # Penalties of a growth round's Lasso, relative to the previous round's.
 GROW_ALPHAS = np.geomspace(4.0, 1.0 / 16.0, 7)
+# |t| thresholds of the screened least-squares refit, chosen out of fold (0 = least squares on the Lasso support).
+SCREEN_Z = (0.0, 2.0, 2.5, 3.0, 3.5, 4.0)
 DEFAULT_GRID = {"max_depth": (3, 5), "learning_rate": (0.1,), "n_estimators": (500,)}
 
 
@@ -322,6 +324,11 @@ class ProxySPEX:
     Gemma-270M answers that bias let refits through that generalised worse than the proxy: mean R² on
     unseen masks 0.13 against 0.38 without it at 200 answers; residual passes, whose terms are chosen
     on all answers, cost 0.06 more, and moved planted-function R² by less than 0.006.)
+    screen (default True): when the gate is judged out of fold, it also judges least squares on each fold's Lasso
+    support keeping only the terms whose |t| passes z (SCREEN_Z); if the best z beats the Lasso out of fold, the
+    final support is refitted that way. A Lasso's CV penalty is small enough to leave the large terms unshrunk, so
+    on noisy answers it keeps many noise terms: planted n=256, 20 tops, 1,000 answers at noise 0.3 x signal,
+    295 terms (88 true) -> 64 and held-out R² 0.895 -> 0.909; clean, 169 -> 155 terms (154 true), R² 1.000.
     random_state: seeds the masks, the CV folds and LightGBM. n_jobs: threads of LightGBM and of the BLAS
     pools during a fit (None = the libraries' defaults; see `spex_api.engine.threads`).
     """
@@ -338,6 +345,7 @@ class ProxySPEX:
         param_grid: dict[str, Sequence[Any]] | None = None,
         refit: bool = True,
         residual_passes: int = 0,
+        screen: bool = True,
         grow_rounds: int = 10,
         grow_terms: int | None = None,
         tune_rows: int | None = 2000,
@@ -355,6 +363,7 @@ class ProxySPEX:
         self.param_grid = param_grid
         self.refit = refit
         self.residual_passes = residual_passes
+        self.screen = screen
         self.grow_rounds = grow_rounds
         self.grow_terms = grow_terms
         self.tune_rows = tune_rows
@@ -456,25 +465,41 @@ class ProxySPEX:
         return results, splits, fold_boosters
 
     def _refit_oof_mse(self, splits: list, boosters: dict[int, tuple[list, int]], extra: set[Key],
-                       masks: np.ndarray, y: np.ndarray, alpha: float, top_k: int | None) -> float:
-        """Out-of-fold MSE of the refit pipeline, every fold selecting its own candidates from trees that
+                       masks: np.ndarray, y: np.ndarray, alpha: float, top_k: int | None,
+                       z_grid: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray]:
+        """Out-of-fold squared error per answer of the refit pipeline, every fold selecting its own candidates from trees that
         never saw it (plus the residual pass's terms) and refitting at the chosen alpha. The refit's own CV
         error is optimistic: its candidates were picked from trees fitted to all answers, held-out ones too,
-        and on noisy answers that bias let a refit that generalises worse than the proxy pass the gate."""
+        and on noisy answers that bias let a refit that generalises worse than the proxy pass the gate.
+        Also returns, per z_grid threshold (one row each), the out-of-fold squared errors of least squares on each fold's Lasso support
+        screened by |t| > z (screened_least_squares): judged out of fold for the same reason."""
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import Lasso
 
-        errors = []
+        errors, screened = np.empty(len(y)), np.empty((len(z_grid), len(y)))
         for f, (train, test) in enumerate(splits):
             chosen: set[Key] = set(extra)
             for fold_models, rounds in boosters.values():
                 chosen.update(tree_terms(fold_models[f], self.n, rounds).top(self.energy, top_k))
             keys = downward_closure(chosen)
+            basis_train, basis_test = fourier_basis(masks[train], keys, self.n), fourier_basis(masks[test], keys, self.n)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                lasso = Lasso(alpha=alpha, max_iter=5000, tol=1e-5).fit(fourier_basis(masks[train], keys, self.n), y[train])
-            errors.append(float(np.mean((lasso.predict(fourier_basis(masks[test], keys, self.n)) - y[test]) ** 2)))
-        return float(np.mean(errors))
+                lasso = Lasso(alpha=alpha, max_iter=5000, tol=1e-5).fit(basis_train, y[train])
+            errors[test] = (lasso.predict(basis_test) - y[test]) ** 2
+            support = np.flatnonzero(lasso.coef_)
+            fits = screened_least_squares(basis_train[:, support], y[train], z_grid) if z_grid else []
+            for i, (coef, intercept) in enumerate(fits):
+                screened[i, test] = (basis_test[:, support] @ coef + intercept - y[test]) ** 2
+        return errors, screened
+
+    def _screened(self, refit: RefitResult, masks: np.ndarray, y: np.ndarray, z: float) -> RefitResult:
+        """The refit's support refitted by least squares on the terms whose |t| passes z (see SCREEN_Z)."""
+        keys = [k for k in refit.fourier.keys if k]
+        coef, intercept = screened_least_squares(fourier_basis(masks, keys, self.n), y, (z,))[0]
+        nonzero = np.flatnonzero(coef)
+        fourier = SparseFourier(self.n, [()] + [keys[i] for i in nonzero], np.concatenate([[intercept], coef[nonzero]]))
+        return RefitResult(fourier, refit.cv_mse, refit.alpha)
 
     def fit(self, value_fn: ValueFunction | Oracle) -> Explanation:
         """Query n_samples distinct uniform masks (one batch), fit the proxy, extract, select, refit."""
@@ -568,11 +593,17 @@ class ProxySPEX:
                     break
                 refit = again
                 candidates = candidates + sorted(extra)
-            gate_mse = refit.cv_mse
+            gate_mse, screen_z = refit.cv_mse, None
             if tune_rows == len(y):  # the tuning folds cover every answer: judge the refit out of fold
                 boosters = {d: (fold_boosters[(d, r["learning_rate"])], r["rounds"]) for d, r in per_depth.items()}
                 extra_terms = set(candidates[n_selected:])
-                gate_mse = self._refit_oof_mse(splits, boosters, extra_terms, masks, y, refit.alpha, top_k)
+                errors, screened = self._refit_oof_mse(splits, boosters, extra_terms, masks, y, refit.alpha, top_k,
+                                                       SCREEN_Z if self.screen else ())
+                gate_mse = float(errors.mean())
+                if len(screened):
+                    pick = int(np.argmin(screened.mean(axis=1)))
+                    if screened[pick].mean() < gate_mse:
+                        screen_z, gate_mse = SCREEN_Z[pick], float(screened[pick].mean())
                 lap("refit")
             growth: list[ResidualPass] = []
             grow_terms = self.grow_terms if self.grow_terms is not None else max(20, len(y) // 10)
@@ -594,10 +625,13 @@ class ProxySPEX:
                     break
                 refit = again
                 candidates = offer
+            if screen_z is not None:
+                refit = self._screened(refit, masks, y, screen_z)
+                lap("refit")
             used = gate_mse < best["cv_mse"]
             refit_info = ProxyRefit(used=used, cv_mse=refit.cv_mse, oof_mse=gate_mse, alpha=refit.alpha,
                                     n_nonzero=len(refit.fourier) - 1, residual_passes=tuple(passes),
-                                    growth=tuple(growth))
+                                    growth=tuple(growth), screen_z=screen_z)
             if used:
                 final = refit.fourier
         if final is None:

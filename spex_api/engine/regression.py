@@ -59,3 +59,28 @@ def support_cv_r2(masks: np.ndarray, y: np.ndarray, keys: Sequence[Key], n: int,
         gram[np.diag_indices_from(gram)] += 1e-6 * max(np.trace(gram) / max(len(gram), 1), 1.0)
         y_hat[test] = basis[test] @ np.linalg.solve(gram, basis[train].T @ y[train])
     return r2_score(y, y_hat)
+
+
+def screened_least_squares(basis: np.ndarray, y: np.ndarray, z_grid: Sequence[float]) -> list[tuple[np.ndarray, float]]:
+    """Per threshold z: least squares (with an intercept) on the columns whose |t|-statistic in the full least
+    squares exceeds z, as (coefficients, intercept); z = 0 keeps every column.
+
+    Separates the few large terms of a noisy fit from the many small ones a cross-validated Lasso keeps (it
+    needs a small penalty to leave the large ones unshrunk, and that penalty lets noise terms in). A tiny
+    ridge (1e-9 of the mean diagonal) only guards against singular Gram matrices.
+    """
+    design = np.hstack([np.ones((len(y), 1)), basis])
+    gram = design.T @ design
+    gram[np.diag_indices_from(gram)] += 1e-9 * max(np.trace(gram) / len(gram), 1.0)
+    xty = design.T @ y
+    inverse = np.linalg.inv(gram)
+    beta = inverse @ xty
+    sigma = np.sqrt(max(float(y @ y - beta @ xty), 0.0) / max(len(y) - len(beta), 1))
+    tstat = np.abs(beta) / np.maximum(sigma * np.sqrt(np.maximum(np.diag(inverse), 0.0)), 1e-300)
+    fits = []
+    for z in z_grid:
+        keep = np.flatnonzero((tstat > z) | (np.arange(len(beta)) == 0))
+        coef = np.zeros(len(beta))
+        coef[keep] = np.linalg.solve(gram[np.ix_(keep, keep)], xty[keep])
+        fits.append((coef[1:], float(coef[0])))
+    return fits
