@@ -250,3 +250,29 @@ def test_n_jobs_limits_the_thread_pools_while_fitting_and_leaves_results_alone(h
     with pytest.raises(ValueError, match="n_jobs"):
         Explainer(f, 64, 800, n_jobs=0)
 
+
+
+def test_n_jobs_limits_the_blas_pools_from_any_thread(hier64):
+    """explain_many runs explanations on worker threads: their limit must hold even after another thread (here
+    the main one) has set it, which threadpoolctl's one-controlling-thread rule for OpenBLAS used to ignore."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_info
+
+    from spex_api.engine.threads import limit_threads
+
+    def pools():
+        return sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+
+    with limit_threads(1):  # the main thread sets and restores the pools first
+        pass
+    outside, inside = pools(), []
+
+    def f(masks):
+        inside.append(pools())
+        return hier64(masks)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: Explainer(f, 64, 800, method="proxyspex", n_jobs=1).explain()).result()
+    assert inside and all(set(p) == {1} for p in inside)
+    assert pools() == outside

@@ -5,17 +5,32 @@ default pools, and it lets N explanations (threads, processes or Ray tasks) real
 is process-wide (the pools are), so concurrent explanations in one process share it: the first to enter sets
 it, the last to leave restores the library's own setting. (OpenMP's setting is per calling thread, which is
 why LightGBM, the engine's OpenMP user, is told its thread count per call instead.)
+
+threadpoolctl (3.8 here) lets only one live thread change a pthreads OpenBLAS pool and silently ignores the
+others, so the limit is always set and restored by one long-lived thread of this module: set from each
+explanation's own thread (explain_many's workers), it was ignored once another thread had set it first, and
+the fits then ran on every core's BLAS thread (measured: twice the CPU seconds for the same explanations).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 _lock = threading.Lock()
 _active = 0
 _limiter: Any = None
+_controller: ThreadPoolExecutor | None = None
+
+
+def _on_controller(fn: Callable[[], Any]) -> Any:
+    """fn() run on the module's one thread that changes the BLAS pools (started on first use; call under _lock)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spex-blas-limits")
+    return _controller.submit(fn).result()
 
 
 def check_n_jobs(n_jobs: int | None) -> int | None:
@@ -36,7 +51,7 @@ def limit_threads(n_jobs: int | None) -> Iterator[None]:
 
     with _lock:
         if _active == 0:
-            _limiter = threadpool_limits(limits=n_jobs, user_api="blas")
+            _limiter = _on_controller(lambda: threadpool_limits(limits=n_jobs, user_api="blas"))
         _active += 1
     try:
         yield
@@ -44,5 +59,5 @@ def limit_threads(n_jobs: int | None) -> Iterator[None]:
         with _lock:
             _active -= 1
             if _active == 0:
-                _limiter.restore_original_limits()
+                _on_controller(_limiter.restore_original_limits)
                 _limiter = None
