@@ -10,13 +10,15 @@
    faithfulness checks): wall time and CPU seconds of the SDK's default single-process path (explain_many's
    defaults, as a user gets them; its thread settings are printed) and of one prompt at a time, against Ray
    with 1 and 2 workers (a fresh `ray.init(num_cpus=k)` each, started and warmed before the clock), with the
-   CPU seconds of each Ray worker, the gateway and Ray's own processes, and the cores each row kept busy
+   CPU seconds of each Ray worker, the gateway and Ray's own processes (each named: raylet, GCS, agents, idle
+   workers; a process is classed by every title it showed while sampled), and the cores each row kept busy
    (total CPU s / wall: parallel efficiency that a loaded machine does not hide). Each row `--repeats` times.
 3) A paper model of `--model-prompts` prompts on a cluster of `--nodes` x `--cores`: queries, provider
    time at several RPMs, CPU-hours (from the engine CPU per prompt measured in 2), and what one gateway
    can carry (its CPU per call, measured in 1).
 
     python benchmarks/scale.py [--prompts 50] [--rpm 1200] [--latency 0.05] [--workers 4] [--quick]
+        [--parts 2] [--cache-dir DIR --port 38012]  (part 2's cache kept: a rerun's fill costs no request)
 
 Targets: utilisation >= 0.95 cluster-wide with >= 4 workers; engine-bound speed-up >= 1.7x on 2 cores;
 zero duplicate paid requests. The machine's load average is printed with each measurement: on a shared
@@ -54,9 +56,9 @@ def prompts(k: int, n: int, seed: int) -> list[str]:
     return [f"r{seed}x{i} " + " ".join(rng.choice(WORDS, n - 1)) for i in range(k)]
 
 
-def server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/providers/fakeserver.py"), "--latency", str(latency)],
-                            stdout=subprocess.PIPE, text=True)
+def server(latency: float, port: int = 0) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/providers/fakeserver.py"), "--latency", str(latency),
+                             "--port", str(port)], stdout=subprocess.PIPE, text=True)
     return proc, f"http://127.0.0.1:{int(proc.stdout.readline())}"
 
 
@@ -134,7 +136,7 @@ def rate_limit(args: argparse.Namespace, url: str) -> dict[str, float]:
 
 def _tree_cpu(root: int) -> dict[int, tuple[str, float]]:
     """{pid: (title, CPU seconds)} of root's descendant processes (Linux /proc): the local Ray's raylet, GCS
-    and workers are children of the ray.init that started them."""
+    and workers are children of the ray.init that started them. A process that is exiting has an empty title."""
     tick = os.sysconf("SC_CLK_TCK")
     stat, title = {}, {}
     for entry in os.listdir("/proc"):
@@ -143,7 +145,7 @@ def _tree_cpu(root: int) -> dict[int, tuple[str, float]]:
                 with open(f"/proc/{entry}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    title[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+                    title[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
             stat[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
@@ -153,22 +155,43 @@ def _tree_cpu(root: int) -> dict[int, tuple[str, float]]:
         while p in stat and p != root:
             p = stat[p][0]
         if p == root and pid != root:
-            out[pid] = (title.get(pid, "?"), cpu)
+            out[pid] = (title.get(pid, ""), cpu)
     return out
 
 
+def _role(titles: set[str]) -> str:
+    """What a process was, from every title it showed: a Ray worker renames itself after what it runs
+    (ray::_explain_task, ray::Gateway, ray::IDLE between tasks), and an exiting one shows no title."""
+    for prefix, role in (("ray::Gateway", "gateway"), ("ray::_explain_task", "worker"), ("ray::IDLE", "idle worker")):
+        if any(t.startswith(prefix) for t in titles):
+            return role
+    if any("fakeserver.py" in t for t in titles):
+        return "server"
+    for t in sorted(titles, key=len, reverse=True):  # Ray's own: binaries, and python agents named by script
+        parts = t.split()
+        if parts and not parts[0].endswith("python"):
+            return parts[0].rsplit("/", 1)[-1]
+        script = next((a for a in parts[1:] if a.endswith(".py")), None)
+        if script:
+            return script.rsplit("/", 1)[-1]
+    return "?"
+
+
 def _timed(fn: Any) -> tuple[Any, float, float, dict[int, tuple[str, float]]]:
-    """fn()'s result, wall seconds, this process's CPU seconds, and each child process's CPU seconds in that
-    time (sampled every 0.2 s, so a process that exits before the end keeps its last figure)."""
+    """fn()'s result, wall seconds, this process's CPU seconds, and each child process's role and CPU seconds
+    in that time (sampled every 0.2 s, so a process that exits before the end keeps its last figure)."""
     import threading
 
     before = _tree_cpu(os.getpid())
-    seen: dict[int, tuple[str, float]] = {}
+    seen: dict[int, float] = {}
+    titles: dict[int, set[str]] = {}
     stop = threading.Event()
 
     def sample() -> None:
         while True:
-            seen.update(_tree_cpu(os.getpid()))
+            for pid, (name, used) in _tree_cpu(os.getpid()).items():
+                seen[pid] = used
+                titles.setdefault(pid, set()).add(name)
             if stop.wait(0.2):
                 return
 
@@ -179,8 +202,9 @@ def _timed(fn: Any) -> tuple[Any, float, float, dict[int, tuple[str, float]]]:
     wall, cpu = time.perf_counter() - t, cpu_self() - c
     stop.set()
     sampler.join()
-    seen.update(_tree_cpu(os.getpid()))
-    children = {pid: (name, used - before.get(pid, (name, 0.0))[1]) for pid, (name, used) in seen.items()}
+    for pid, (_, used) in before.items():
+        titles.setdefault(pid, set()).add(before[pid][0])
+    children = {pid: (_role(titles[pid]), used - before.get(pid, ("", 0.0))[1]) for pid, used in seen.items()}
     return out, wall, cpu, children
 
 
@@ -199,7 +223,7 @@ def _engine_threads() -> str:
 
 def engine_bound(args: argparse.Namespace, url: str) -> dict[str, float]:
     ps = prompts(args.engine_prompts, args.engine_n, seed=2)
-    cache = tempfile.mkdtemp(prefix="spex-engine-")
+    cache = args.cache_dir or tempfile.mkdtemp(prefix="spex-engine-")
     k = kw(url, cache, args.engine_budget)
     print(f"\n2) engine-bound: {len(ps)} prompts of {args.engine_n} words, budget {args.engine_budget}, every "
           "answer cached beforehand")
@@ -207,7 +231,7 @@ def engine_bound(args: argparse.Namespace, url: str) -> dict[str, float]:
     httpx2.post(url + "/_control", json={"latency": 0.0}, timeout=30)
     t = time.perf_counter()
     sdk.explain_many(ps, concurrency=2, **k)
-    print(f"   (filling the cache: {time.perf_counter() - t:.1f} s, not timed)")
+    print(f"   (filling the cache: {time.perf_counter() - t:.1f} s, not timed; {cache})")
     rows: list[dict[str, Any]] = []
     for rep in range(args.repeats):
         for name, extra in (("one process (SDK default)", {}), ("one process, 1 at a time", {"concurrency": 1})):
@@ -220,13 +244,15 @@ def engine_bound(args: argparse.Namespace, url: str) -> dict[str, float]:
         for rep in range(args.repeats):
             res, wall, cpu, children = _timed(lambda: sdk.explain_many(ps, backend="ray", **k))
             assert res.stats["api_calls"] == 0
-            tasks = sorted(used for name, used in children.values()
-                           if name.startswith("ray::") and not name.startswith("ray::Gateway") and used > 0.05)
-            gateway = sum(used for name, used in children.values() if name.startswith("ray::Gateway"))
-            other = sum(used for name, used in children.values()
-                        if not name.startswith("ray::") and "fakeserver.py" not in name)
+            tasks = sorted(used for role, used in children.values() if role == "worker")
+            gateway = sum(used for role, used in children.values() if role == "gateway")
+            own: dict[str, float] = {}
+            for role, used in children.values():
+                if role not in ("worker", "gateway", "server"):
+                    own[role] = own.get(role, 0.0) + used
             rows.append({"name": f"Ray, {workers} worker{'s' * (workers > 1)}", "wall": wall, "cpu": cpu,
-                         "workers": tasks, "gateway": gateway, "other": other, "load": load()})
+                         "workers": tasks, "gateway": gateway, "other": sum(own.values()), "own": own,
+                         "load": load()})
         ray.shutdown()
     print(f"   {'':26s} {'wall s':>7s} {'CPU s':>7s} {'cores busy':>10s} {'speed-up':>9s}  CPU s: driver, "
           "per worker, gateway, Ray's own")
@@ -237,6 +263,9 @@ def engine_bound(args: argparse.Namespace, url: str) -> dict[str, float]:
         print(f"   {r['name']:26s} {r['wall']:7.1f} {total:7.1f} {total / r['wall']:10.2f} "
               f"{np.mean(base) / r['wall']:8.2f}x  {r['cpu']:.1f}, {per}, {r['gateway']:.1f}, {r['other']:.1f}   "
               f"({r['load']})")
+        if r.get("own"):
+            print("   " + " " * 26 + "  Ray's own: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                            sorted(r["own"].items(), key=lambda kv: -kv[1])))
     ray2 = [r for r in rows if r["name"] == "Ray, 2 workers"]
     speed = np.mean(base) / np.mean([r["wall"] for r in ray2])
     single = [r for r in rows if r["name"] == "one process (SDK default)"]
@@ -299,11 +328,13 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=8)
     ap.add_argument("--cores", type=int, default=16)
     ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3], help="which of 1) 2) 3) to run")
+    ap.add_argument("--cache-dir", help="part 2's answer cache, kept: a rerun with the same --port fills it free")
+    ap.add_argument("--port", type=int, default=0, help="the fake server's port (answers are cached per server)")
     ap.add_argument("--quick", action="store_true", help="20 prompts in 1), 4 smaller prompts in 2)")
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.engine_prompts, args.engine_n, args.engine_budget = 20, 4, 64, 800
-    proc, url = server(args.latency)
+    proc, url = server(args.latency, args.port)
     try:
         print(f"fake server {url} (own process); {os.cpu_count()} cores; {load()}")
         measured = rate_limit(args, url) if 1 in args.parts else {}
