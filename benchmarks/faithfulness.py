@@ -350,7 +350,7 @@ def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndar
                      "cpu": time.process_time() - t, "note": note})
 
     record("linear", lambda g: LinearBaseline(n, random_state=SEED).fit(pool, g(pool)))
-    record("auto", lambda g: Explainer(g, n, budget, method="auto", random_state=SEED).explain())
+    record("auto", lambda g: Explainer(g, n, budget, method="auto", random_state=SEED, ordered_features=True).explain())
     b = spex_b(n, budget)
     record("spex", lambda g: SPEX(n, b=b, random_state=SEED).fit(Oracle(g, n, budget)) if b else _refuse(n, budget))
     record("proxyspex", lambda g: ProxySPEX(n, n_samples=budget, random_state=SEED).fit(Oracle(g, n, budget)))

@@ -162,16 +162,30 @@ class HierarchicalDetails(Fields):
         return cls(tuple(LassoStage.from_dict(s) for s in data.get("stages", ())))
 
 
-Details = Union[SpexDetails, ProxySpexDetails, HierarchicalDetails]
-_DETAILS: dict[str, type[SpexDetails] | type[ProxySpexDetails] | type[HierarchicalDetails]] = {
-    "spex": SpexDetails, "proxyspex": ProxySpexDetails, "hierarchical": HierarchicalDetails}
+@dataclass(frozen=True)
+class NeighbourDetails(Fields):
+    """The neighbour-pair Lasso's chosen window and the cross-validated error of every width tried (0: none)."""
+
+    window: int
+    cv_mse_by_window: dict[int, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "NeighbourDetails":
+        return cls(int(data["window"]), {int(k): float(v) for k, v in data.get("cv_mse_by_window", {}).items()})
+
+
+Details = Union[SpexDetails, ProxySpexDetails, HierarchicalDetails, NeighbourDetails]
+_DETAILS: dict[str, type[SpexDetails] | type[ProxySpexDetails] | type[HierarchicalDetails] | type[NeighbourDetails]] = {
+    "spex": SpexDetails, "proxyspex": ProxySpexDetails, "hierarchical": HierarchicalDetails,
+    "neighbours": NeighbourDetails}
 
 
 @dataclass(frozen=True)
 class Diagnostics(Fields):
     """How one fit was obtained (see the module doc).
 
-    method: the estimator that made this fit ("spex", "proxyspex", "hierarchical", "kernel", "exhaustive", "linear").
+    method: the estimator that made this fit ("spex", "proxyspex", "hierarchical", "neighbours", "kernel", "exhaustive",
+        "linear").
     rows_used: distinct answers the fit rests on (SPEX: distinct design masks, asked now or earlier).
     n_coefficients: Fourier coefficients of the fit, the constant included.
     train_r2, cv_r2, cv_mse: on the answers it was fitted on; the CV figures where the method computes them

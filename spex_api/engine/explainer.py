@@ -22,6 +22,7 @@ from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_H
                                      minimum_budget)
 from spex_api.engine.hierarchical import HierarchicalLasso
 from spex_api.engine.kernel import FourierRidge
+from spex_api.engine.neighbours import NeighbourLasso
 from spex_api.engine.masks import row_ids
 from spex_api.engine.regression import support_cv_r2
 from spex_api.engine.seeding import RandomState, check_random_state, stream
@@ -91,6 +92,9 @@ class Explainer:
         several explanations at once scale with cores. Another thread count changes the results only by
         rounding (~1e-15: LightGBM sums in another order); the SDK's paths all use the default, so theirs
         are equal bit for bit.
+    ordered_features: the features are spans of one text in reading order (words, sentences, documents), so
+        neighbours are likelier to interact than distant features; ProxySPEX plans then also compare the
+        neighbour-pair Lasso (`spex_api.engine.neighbours`). False for functions whose feature order means nothing.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class Explainer:
         noise_pairs: int | str = 0,
         plan: Plan | None = None,
         n_jobs: int | None = 1,
+        ordered_features: bool = False,
     ) -> None:
         if not callable(value_fn):
             raise TypeError(f"value_fn must be callable, got {type(value_fn).__name__}")
@@ -123,6 +128,7 @@ class Explainer:
         self.feature_names = None if feature_names is None else [str(s) for s in feature_names]
         self.noise_pairs = self._noise_pairs(noise_pairs)
         self.n_jobs = check_n_jobs(n_jobs)
+        self.ordered_features = bool(ordered_features)
         if plan is None:
             plan = self._make_plan(None)
         elif (plan.n, plan.budget, plan.max_order) != (n, budget, max_order):
@@ -194,16 +200,20 @@ class Explainer:
     def _families(self) -> list[str]:
         """Interaction families compared on the same answers: the planned method, and for ProxySPEX plans
         also the hierarchical pairwise Lasso (better with few answers, where trees find little) and, up to
-        KERNEL_MAX_ANSWERS answers, the Fourier kernel ridge (many small terms, the shape of noisy LLM scores)."""
+        KERNEL_MAX_ANSWERS answers, the Fourier kernel ridge (many small terms, the shape of noisy LLM scores), and
+        with ordered features the neighbour-pair Lasso."""
         p = self._plan
         if p.method != "proxyspex":
             return [p.method]
-        return [p.method, "hierarchical"] + (["kernel"] if p.n_queries <= KERNEL_MAX_ANSWERS else [])
+        return ([p.method, "hierarchical"] + (["neighbours"] if self.ordered_features else [])
+                + (["kernel"] if p.n_queries <= KERNEL_MAX_ANSWERS else []))
 
     def _fit_family(self, name: str, masks: np.ndarray, y: np.ndarray) -> Explanation:
         if name == "hierarchical":
             return HierarchicalLasso(self.n, max_order=min(self.max_order, 3),
                                      random_state=self.random_state).fit_answers(masks, y)
+        if name == "neighbours":
+            return NeighbourLasso(self.n, random_state=self.random_state).fit_answers(masks, y)
         if name == "kernel":
             return FourierRidge(self.n, max_order=min(self.max_order, 3),
                                 random_state=self.random_state).fit_answers(masks, y)
