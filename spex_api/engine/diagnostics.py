@@ -175,7 +175,7 @@ class NeighbourDetails(Fields):
 
 
 Details = Union[SpexDetails, ProxySpexDetails, HierarchicalDetails, NeighbourDetails]
-_DETAILS: dict[str, type[SpexDetails] | type[ProxySpexDetails] | type[HierarchicalDetails] | type[NeighbourDetails]] = {
+_DETAILS: dict[str, type[Details]] = {
     "spex": SpexDetails, "proxyspex": ProxySpexDetails, "hierarchical": HierarchicalDetails,
     "neighbours": NeighbourDetails}
 

@@ -10,7 +10,6 @@ pairs reached 0.441). The window is chosen by cross-validated error among a few 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Sequence
 
@@ -21,7 +20,7 @@ from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier
 from spex_api.engine.masks import as_answers
 from spex_api.engine.oracle import Oracle, ValueFunction
-from spex_api.engine.proxyspex import uniform_masks
+from spex_api.engine.proxyspex import fit_uniform
 from spex_api.engine.regression import lasso_cv
 from spex_api.engine.seeding import RandomState, check_random_state, stream
 
@@ -56,14 +55,7 @@ class NeighbourLasso:
 
     def fit(self, value_fn: ValueFunction | Oracle) -> Explanation:
         """Query uniform random masks (one batch) and fit them."""
-        from spex_api.engine.proxyspex import ProxySPEX
-
-        oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, self.n)
-        count = self.n_samples if self.n_samples is not None else ProxySPEX.default_samples(self.n)
-        masks = uniform_masks(self.n, int(count), stream(self._seed))
-        before = oracle.queries_used
-        result = self.fit_answers(masks, oracle(masks))
-        return dataclasses.replace(result, queries_used=oracle.queries_used - before)
+        return fit_uniform(self, value_fn, self.n_samples, stream(self._seed))
 
     def fit_answers(self, masks: np.ndarray, y: np.ndarray) -> Explanation:
         """Fit on answers already paid for ((N, n) bool masks, N scores); no query is sent."""

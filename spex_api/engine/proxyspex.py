@@ -19,6 +19,7 @@ import lightgbm as lgb
 import numpy as np
 
 from spex_api.engine.diagnostics import Diagnostics, GridPoint, ProxyRefit, ProxySpexDetails, ResidualPass
+from spex_api.engine.estimator import AnswerEstimator
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis, incidence
 from spex_api.engine.indices import subset_patterns
@@ -54,6 +55,18 @@ def uniform_masks(n: int, n_samples: int, rng: np.random.Generator) -> np.ndarra
         both = np.concatenate([masks, draw])
         masks = both[distinct_rows(both)][:n_samples]
     return masks
+
+
+def fit_uniform(estimator: AnswerEstimator, value_fn: ValueFunction | Oracle, n_samples: int | None,
+                rng: np.random.Generator) -> Explanation:
+    """Ask n_samples uniform masks (default ProxySPEX.default_samples) in one batch and fit them with the
+    estimator's fit_answers; queries_used is what that batch cost (answers the Oracle already held are free)."""
+    oracle = value_fn if isinstance(value_fn, Oracle) else Oracle(value_fn, estimator.n)
+    count = n_samples if n_samples is not None else ProxySPEX.default_samples(estimator.n)
+    masks = uniform_masks(estimator.n, int(count), rng)
+    before = oracle.queries_used
+    result = estimator.fit_answers(masks, oracle(masks))
+    return replace(result, queries_used=oracle.queries_used - before)
 
 
 # ---------------------------------------------------------------------------------------------
