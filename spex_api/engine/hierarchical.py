@@ -18,7 +18,7 @@ import numpy as np
 from spex_api.engine.diagnostics import Diagnostics, HierarchicalDetails, LassoStage
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
-from spex_api.engine.masks import as_answers
+from spex_api.engine.masks import as_answers, check_n
 from spex_api.engine.proxyspex import fit_uniform
 from spex_api.engine.regression import lasso_cv
 from spex_api.engine.oracle import Oracle, ValueFunction
@@ -54,8 +54,7 @@ class HierarchicalLasso:
 
     def __init__(self, n: int, max_pairs: int = 600, max_order: int = 3, cv_folds: int = 5,
                  n_samples: int | None = None, random_state: RandomState = 0) -> None:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_n(n)
         if max_pairs < 1:
             raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
         if max_order < 1:

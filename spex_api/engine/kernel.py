@@ -21,7 +21,7 @@ import numpy as np
 from spex_api.engine.diagnostics import Diagnostics
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis
-from spex_api.engine.masks import as_answers
+from spex_api.engine.masks import as_answers, check_n
 
 # Prior variance of all order-d terms together, as a share of the first-order total (0 = no order-d terms).
 DEFAULT_SHARES: dict[int, tuple[float, ...]] = {2: (0.0, 0.3, 1.0, 3.0), 3: (0.0, 1.0)}
@@ -51,8 +51,7 @@ class FourierRidge:
     def __init__(self, n: int, max_order: int = 3, shares: dict[int, Sequence[float]] | None = None,
                  sharpness: Sequence[float] = DEFAULT_SHARPNESS, alphas: Sequence[float] | None = None,
                  max_terms: int = 40_000, random_state: int = 0) -> None:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_n(n)
         if not 1 <= max_order <= 3:
             raise ValueError(f"max_order must be 1, 2 or 3, got {max_order}")
         self.n, self.max_order, self.max_terms, self.random_state = int(n), int(max_order), int(max_terms), random_state

@@ -18,7 +18,7 @@ import numpy as np
 from spex_api.engine.diagnostics import Diagnostics, NeighbourDetails
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier
-from spex_api.engine.masks import as_answers
+from spex_api.engine.masks import as_answers, check_n
 from spex_api.engine.oracle import Oracle, ValueFunction
 from spex_api.engine.proxyspex import fit_uniform
 from spex_api.engine.regression import lasso_cv
@@ -43,8 +43,7 @@ class NeighbourLasso:
 
     def __init__(self, n: int, windows: Sequence[int] = DEFAULT_WINDOWS, cv_folds: int = 5,
                  n_samples: int | None = None, random_state: RandomState = 0) -> None:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        check_n(n)
         if not windows or any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 1 for w in windows):
             raise ValueError(f"windows must be positive integers, got {windows!r}")
         if cv_folds < 2:

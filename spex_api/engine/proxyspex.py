@@ -23,7 +23,7 @@ from spex_api.engine.estimator import AnswerEstimator
 from spex_api.engine.explanation import Explanation
 from spex_api.engine.fourier import Key, SparseFourier, fourier_basis, incidence
 from spex_api.engine.indices import subset_patterns
-from spex_api.engine.masks import as_answers, distinct_rows
+from spex_api.engine.masks import as_answers, check_n, distinct_rows
 from spex_api.engine.oracle import Oracle, ValueFunction
 from spex_api.engine.regression import lasso_cv, screened_least_squares
 from spex_api.engine.seeding import RandomState, check_random_state, stream
@@ -392,8 +392,7 @@ class ProxySPEX:
         return count if n >= 31 else min(count, 2**n)
 
     def _check(self) -> None:
-        if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n < 1:
-            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        check_n(self.n)
         if self.n_samples is not None and self.n_samples < 8:
             raise ValueError(f"n_samples must be >= 8 (cross-validation needs rows per fold), got {self.n_samples}")
         if self.max_order < 1:
