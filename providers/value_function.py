@@ -180,6 +180,8 @@ class LLMValueFunction:
     def _check_budget(self, requests: list[Request]) -> None:
         """Refuse a batch, before sending any of it, when its uncached part cannot fit the runner's caps."""
         r = self.runner
+        if r.max_cost is None and r.max_queries is None:
+            return  # nothing to refuse: skip a second cache look-up per request (the runner does one)
         todo = [q for q in requests if not r.is_cached(q)]
         if r.max_cost is not None:
             need = sum(r.estimate_cost(q) for q in todo)
