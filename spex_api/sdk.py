@@ -841,9 +841,10 @@ def _explainer(pre: Preview, scores: Any) -> Any:
 
     # without a way to say "re-ask", a cache would answer the re-ask with the first answer: no pilot then
     pairs = getattr(pre.plan, "n_noise", 0) // 2 if accepts_repeat(scores) else 0
+    # a MaskedPrompt's features are spans of its text in reading order: the neighbour-pair family applies
     return Explainer(scores, pre.prompt.n_features, pre.plan.budget, method=pre.method, max_order=pre.max_order,
                      random_state=pre.random_state, feature_names=pre.prompt.feature_names, plan=pre.plan,
-                     noise_pairs=pairs)
+                     noise_pairs=pairs, ordered_features=True)
 
 
 def _accounts(meter: _Meter, scorer: Any) -> dict[str, Any]:
