@@ -68,13 +68,17 @@ class Gateway:
     """The job's only caller of the provider: one adapter, one Runner, one value function per prompt.
 
     Run as an async Ray actor, so every task's mask batches share one event loop, rate limiter and cache.
-    `previews` are the job's plans (index i = prompt i), `base_url`/`api_key` the live endpoint's.
+    `previews` are the job's plans (index i = prompt i), `base_url`/`api_key` the live endpoint's, `server` the
+    driver's endpoint_identity of it (so both key answers alike: a LocalServer by its model, not its port).
     """
 
     def __init__(self, previews: Sequence[Preview], base_url: str | None, api_key: str | None,
-                 max_cost: float | None, max_queries: int | None) -> None:
+                 max_cost: float | None, max_queries: int | None, server: str | None = None) -> None:
+        from providers.adapters.base import name_server
         from spex_api import sdk
 
+        if base_url is not None and server is not None:
+            name_server(base_url, server)  # the driver's identity of the server (a LocalServer: by its model)
         self._previews = list(previews)
         first = self._previews[0]
         self._adapter = sdk._make_adapter(first.provider, first.model, base_url, api_key, first.prices,
@@ -192,6 +196,7 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
     spex_api.progress.BatchProgress) hears of each prompt's start and end. With `return_exceptions=False` the
     first failure stops the job (the gateway sends nothing more, the other tasks are cancelled) and is raised.
     """
+    from providers.adapters.base import endpoint_identity
     from spex_api.sdk import BatchCancelled, Interrupted, _public_base_url
 
     ray = require_ray()
@@ -206,7 +211,7 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
         secret = previews[0].credentials
         gateway = ray.remote(Gateway).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(
             previews, (secret and secret.get("base_url")) or adapter.base_url,  # user:pass@ kept for the gateway
-            secret and secret.get("api_key"), max_cost, max_queries)
+            secret and secret.get("api_key"), max_cost, max_queries, endpoint_identity(adapter.base_url))
         if previews[0].mode == "batch":  # before any task asks
             ray.get(gateway.gather_rounds.remote(list(admitted)))
         options = {"num_cpus": 1, "max_retries": TASK_RETRIES, **(ray_options or {})}

@@ -303,6 +303,22 @@ def test_real_server_four_workers_one_limit_then_single_process_pays_nothing(clu
 
 
 @pytest.mark.live
+def test_gateway_keys_a_local_server_as_the_driver_does(cluster, local_server, tmp_path):
+    # the driver runs the LocalServer, the gateway does not: it must still key answers by the server's model, not
+    # its random port, or the single-process path (and a rerun on a new port) would pay for every answer again
+    from providers.adapters.base import endpoint_identity
+
+    assert endpoint_identity(local_server.base_url).startswith("local-llama-server")
+    kw = dict(base_url=local_server.base_url, model=local_server.model, template=TEMPLATE, labels=["True", "False"],
+              budget=17, progress=False, cache_dir=str(tmp_path))
+    spread = sdk.explain_many(["warm bread kind host", "cold tea slow bus"], backend="ray", **kw)
+    assert spread.stats["api_calls"] > 0
+    local = sdk.explain_many(["warm bread kind host", "cold tea slow bus"], **kw)
+    assert local.stats["api_calls"] == 0
+    assert [_comparable(e) for e in spread] == [_comparable(e) for e in local]
+
+
+@pytest.mark.live
 def test_batch_mode_on_ray_sends_each_round_of_all_prompts_as_one_batch(cluster, local_server, tmp_path):
     from batchserver import BatchServer
 

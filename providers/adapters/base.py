@@ -380,7 +380,19 @@ def endpoint_identity(base_url: str | None) -> str:
     server = _running.get(root[: -len("/v1")] if root.endswith("/v1") else root)
     if server is not None and server.running:
         return "local-llama-server" + ("/v1" if root.endswith("/v1") else "")
-    return _url_identity(base_url)
+    url = _url_identity(base_url)
+    return _named.get(url, url)
+
+
+# Servers another process of the job named (see name_server): URL identity -> that process's identity.
+_named: dict[str, str] = {}
+
+
+def name_server(base_url: str, identity: str) -> None:
+    """Let this process key `base_url`'s answers as `identity`, the endpoint_identity the process that started
+    the server computed (a Ray gateway does not hold the driver's LocalServer, and would otherwise key its
+    answers by the server's random port: a rerun on a new port, or the single-process path, would miss them)."""
+    _named[_url_identity(base_url)] = identity
 
 
 @functools.lru_cache(maxsize=64)
