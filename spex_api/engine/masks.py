@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 
 
-def check_n(n: Any) -> int:
-    """`n` (the number of features) as an int, or a ValueError unless it is a positive integer."""
+def check_n(n: Any) -> None:
+    """Raise a ValueError unless `n` (the number of features) is a positive integer."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    return int(n)
 
 
 def as_masks(masks: Any, n: int, error: type[Exception] = ValueError) -> np.ndarray:
