@@ -26,6 +26,9 @@ from spex_api.engine.seeding import RandomState, check_random_state, stream
 
 DEFAULT_WINDOWS = (1, 2, 3, 4, 6)
 N_ALPHAS = 20
+# Widths tried after the best one before giving up: wider windows cost most (more columns) and on 10 real prompts
+# the error never fell again after two widths in a row failed to beat the best (same window chosen on all 10).
+PATIENCE = 2
 
 
 def neighbour_pairs(n: int, window: int) -> list[Key]:
@@ -37,7 +40,8 @@ class NeighbourLasso:
     """Main effects and neighbour pairs (at most `window` apart in feature order) by LassoCV, window by CV error.
 
     n: number of features, in reading order. windows: candidate widths; the one with the lowest cross-validated
-    error is kept (main effects alone compete as width 0). cv_folds: folds of every LassoCV. n_samples: masks
+    error is kept (main effects alone compete as width 0); widening stops after PATIENCE widths in a row that do
+    not beat the best. cv_folds: folds of every LassoCV. n_samples: masks
     `fit` queries (uniform, default 4·n·log2 n). random_state: seeds the masks and the folds.
     """
 
@@ -72,16 +76,17 @@ class NeighbourLasso:
         pairs = neighbour_pairs(self.n, max(self.windows))
         left, right = (np.array(side, dtype=int) for side in zip(*pairs)) if pairs else (np.zeros(0, int),) * 2
         products = chi[:, left] * chi[:, right]  # the widest window's pair columns; narrower ones take a subset
-        previous = 0
+        previous, worse = 0, 0
         for w in self.windows:
-            if not (right - left > previous).any():
-                break  # this window adds no pair the narrower ones lack (n is small)
+            if not (right - left > previous).any() or worse == PATIENCE:
+                break  # this window adds no pair the narrower ones lack (n is small), or widening stopped paying
             within = right - left <= w
             previous = w
             fit = lasso_cv(np.hstack([chi, products[:, within]]), y, folds, self._seed, max_iter=3000,
                            alphas=N_ALPHAS)
             errors[w] = fit.cv_mse
-            if fit.cv_mse < best[2].cv_mse:
+            worse = 0 if fit.cv_mse < best[2].cv_mse else worse + 1
+            if not worse:
                 best = (w, singles + [p for p, keep in zip(pairs, within) if keep], fit)
         window, keys, fit = best
         nonzero = np.flatnonzero(fit.coef)
