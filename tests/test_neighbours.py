@@ -41,6 +41,8 @@ def test_main_effects_alone_when_there_is_no_pair() -> None:
     expl = NeighbourLasso(n).fit_answers(masks, y)
     assert expl.diagnostics is not None
     assert sum(len(k) == 2 for k in expl.fourier.keys) <= 3
+    # widths 1 and 2 do not beat main effects alone: the wider (costlier) ones are not fitted
+    assert sorted(expl.diagnostics.details.cv_mse_by_window) == [0, 1, 2]
 
 
 def test_explainer_compares_the_family_only_for_ordered_features() -> None:
