@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from spex_api import Explainer, Plan
-from spex_api.engine.planner import CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, PROXYSPEX_MIN_SAMPLES, auto_min_b, minimum_budget, plan
+from spex_api.engine.planner import (MIN_HOLDOUT, PROXYSPEX_MIN_SAMPLES, auto_min_b, cross_validates, minimum_budget,
+                                     plan)
 from spex_api.engine.spex import SPEX
 
 
@@ -31,8 +32,8 @@ def test_plan_never_exceeds_budget_and_counts_exactly(method, holdout):
             if p.method == "exhaustive":  # auto, and only when every mask fits
                 assert method == "auto" and p.n_queries == 2**n == p.total and p.n_holdout == 0
                 continue
-            if holdout == 0 or (p.method == "proxyspex" and budget <= CROSSVAL_MAX_ANSWERS):
-                assert p.n_holdout == 0  # small ProxySPEX budgets: cross-validation instead of a slice
+            if holdout == 0 or (p.method == "proxyspex" and cross_validates(n, budget)):
+                assert p.n_holdout == 0  # small ProxySPEX fits: cross-validation instead of a slice
             else:
                 assert p.n_holdout >= MIN_HOLDOUT and p.n_holdout >= holdout * budget
             if p.method == "spex":
@@ -126,3 +127,12 @@ def test_auto_explains_its_proxyspex_choice_with_the_spex_query_count():
     # function computing them, so this branch raised TypeError whenever SPEX could afford some b >= 2
     p = plan(10, 79, method="auto")
     assert p.method == "proxyspex" and "training queries" in p.reason
+
+
+def test_small_prompts_cross_validate_up_to_the_work_limit():
+    """Every answer trains the fit (cross-validation judges it) for small budgets, and for small prompts up to
+    CROSSVAL_MAX_WORK answers x features; larger fits keep a withheld slice (per-fold refits would cost too much)."""
+    assert plan(35, 1500).n_holdout == 0 and "cross-validation" in plan(35, 1500).reason
+    assert plan(211, 500).n_holdout == 0
+    assert plan(211, 1500).n_holdout == 75 and plan(256, 1000).n_holdout == 50
+    assert cross_validates(64, 1500) and not cross_validates(65, 1500) and cross_validates(10_000, 600)

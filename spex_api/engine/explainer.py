@@ -18,8 +18,8 @@ from spex_api.engine.explanation import Explanation, NoiseEstimate
 from spex_api.engine.fourier import r2_score
 from spex_api.engine.baseline import LinearBaseline
 from spex_api.engine import planner
-from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, default_noise_pairs,
-                                     minimum_budget)
+from spex_api.engine.planner import (CROSSVAL_FOLDS, CROSSVAL_MAX_ANSWERS, MIN_HOLDOUT, Plan, cross_validates,
+                                     default_noise_pairs, minimum_budget)
 from spex_api.engine.hierarchical import HierarchicalLasso
 from spex_api.engine.kernel import FourierRidge
 from spex_api.engine.neighbours import NeighbourLasso
@@ -231,9 +231,9 @@ class Explainer:
         return out
 
     def _cross_validated(self, n_answers: int) -> bool:
-        """Small ProxySPEX budgets: the whole fit is judged by cross-validation over every answer, none withheld."""
+        """Small ProxySPEX fits (`cross_validates`): judged by cross-validation over every answer, none withheld."""
         p = self._plan
-        return p.method == "proxyspex" and p.n_holdout == 0 and n_answers <= CROSSVAL_MAX_ANSWERS
+        return p.method == "proxyspex" and p.n_holdout == 0 and cross_validates(self.n, n_answers)
 
     def holdout_masks(self, train_masks: np.ndarray) -> np.ndarray:
         """The held-out masks the plan asks after `train_masks` (deterministic under random_state): none for an
