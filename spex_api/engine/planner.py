@@ -30,9 +30,9 @@ MIN_HOLDOUT = 20
 # >= 20 masks would take a third of a 60-query budget and still judge the fit on a noisy handful.
 CROSSVAL_MAX_ANSWERS = 600
 # ... and up to CROSSVAL_MAX_WORK answers x features (1,500 answers of a 64-feature prompt): on 10 real prompts
-# at 1,500 answers, choosing the family by cross-validation gave held-out R² 0.483 against 0.456 with a 75-mask
-# slice (the 9 prompts of n <= 46: 4-9 s CPU instead of 1-2 s); at n=256 the per-fold ProxySPEX refits would add
-# ~20 s, so larger prompts keep the slice.
+# at 1,500 answers, choosing the family by cross-validation raised mean held-out R² from 0.456 (a 75-mask slice)
+# to 0.479 (the 9 prompts of n <= 46 cross-validated, 3-9 s CPU instead of 1-2 s; the n=211 one keeps its slice);
+# at n=256 the per-fold ProxySPEX refits would add ~20 s, so larger prompts keep the slice.
 CROSSVAL_MAX_WORK = 96_000
 CROSSVAL_FOLDS = 5
 # Repeat-noise pilot: NOISE_SHARE of the budget (at least NOISE_MIN_PAIRS masks), each asked twice.
