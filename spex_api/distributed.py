@@ -167,13 +167,14 @@ def _explain_task(pre: Preview, i: int, gateway: Any, base_url: str | None) -> A
 
 
 def _slots(ray: Any, task_cpus: float, mode: str, tasks: int) -> int:
-    """How many explanation tasks to keep in flight: as many as the cluster has CPU slots for. A task blocked in
-    ray.get on the gateway lends its CPU back, and Ray would start another worker process for a queued task
-    (~2 CPU s of imports each) and run more fits than there are cores: 6 prompts on 2 CPUs started 6 workers,
-    26.6 worker CPU s against 11.8 on one. Batch mode keeps every task in flight: each round waits for all of them."""
+    """How many of the job's `tasks` explanation tasks to keep in flight: as many as the cluster has CPU slots for.
+    A task blocked in ray.get on the gateway lends its CPU back, and Ray would start another worker process for a
+    queued task (~2 CPU s of imports each) and run more fits than there are cores: 6 prompts on 2 CPUs started 6
+    workers, 26.6 worker CPU s against 11.8 on one. Batch mode keeps every task in flight: each round waits for all
+    of them."""
     if mode == "batch" or not task_cpus:
         return tasks
-    return max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) / task_cpus))
+    return min(tasks, max(1, int(float(ray.cluster_resources().get("CPU", 1.0)) / task_cpus)))
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -228,7 +229,7 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
                 tracker.start(i)
             return ref
 
-        pending = [submit() for _ in range(min(len(queue), _slots(ray, options["num_cpus"], previews[0].mode, len(queue))))]
+        pending = [submit() for _ in range(_slots(ray, options["num_cpus"], previews[0].mode, len(queue)))]
         results: dict[int, Any] = {}
         try:
             while pending:
