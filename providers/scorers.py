@@ -75,20 +75,19 @@ def _listed(position: TokenLogprob) -> dict[str, float]:
 
 def missing_bound(listed_logprobs: Sequence[float]) -> float:
     """Upper bound on the logprob of a token that is NOT among the listed top-k alternatives."""
-    lps = np.asarray(listed_logprobs, dtype=float)
-    if lps.size == 0:
+    lps = [float(x) for x in listed_logprobs]  # ~20 values: plain floats beat numpy's per-call overhead 3-4x
+    if not lps:
         return 0.0  # nothing listed: the only safe upper bound is log(1)
-    p_min = float(np.exp(lps.min()))
-    remainder = 1.0 - float(np.exp(lps).sum())
+    p_min = math.exp(min(lps))
+    remainder = 1.0 - math.fsum(math.exp(x) for x in lps)
     if remainder <= 1e-12:
         return math.log(p_min) + _REMAINDER_FLOOR
     return math.log(min(p_min, remainder))
 
 
 def _logsumexp(values: Sequence[float]) -> float:
-    a = np.asarray(values, dtype=float)
-    m = a.max()
-    return float(m + np.log(np.exp(a - m).sum()))
+    m = max(values)
+    return m + math.log(math.fsum(math.exp(v - m) for v in values))
 
 
 def _token_count(tokenizer: Callable[[str], Any] | None, adapter: Any, text: str) -> int | None:
@@ -255,6 +254,10 @@ class Scorer:
         return f"{type(self).__name__}({self.name})"
 
 
+_BLANK = string.whitespace + "*_`\"'#:"  # what a position may generate before the answer token
+_MATCH_MEMO = 100_000  # distinct tokens a label matcher remembers (bounded memory)
+
+
 class _LabelMatcher:
     """Normalises tokens/answers so that 'True', ' true', 'TRUE' match label 'True' (as configured)."""
 
@@ -266,14 +269,23 @@ class _LabelMatcher:
         self.keys = tuple(self.norm(x) for x in labels)
         if len(set(self.keys)) != len(self.keys):
             raise ScorerError(f"labels {labels!r} collide after normalisation (case_sensitive={case_sensitive})")
+        self._seen: dict[str, int | None] = {}
 
     def norm(self, s: str) -> str:
         s = s.strip() if self.strip else s
         return s if self.case_sensitive else s.lower()
 
     def which(self, token: str) -> int | None:
-        key = self.norm(token)
-        return self.keys.index(key) if key in self.keys else None
+        """Index of the label this token is, else None; remembered per token (answers repeat a small vocabulary,
+        and every answer's ~20 listed tokens are matched when it is checked and when it is scored)."""
+        try:
+            return self._seen[token]
+        except KeyError:
+            key = self.norm(token)
+            found = self.keys.index(key) if key in self.keys else None
+            if len(self._seen) < _MATCH_MEMO:
+                self._seen[token] = found
+            return found
 
 
 _EDGES = re.compile(r"^[\W_]+|[\W_]+$")  # surrounding whitespace, punctuation and markup (**, _, `)
@@ -382,16 +394,15 @@ class LabelMargin(Scorer):
     def label_logprobs(self, completion: Completion) -> tuple[float, float, bool]:
         """(logprob label0, logprob label1, whether a bound was used) at the scored position."""
         positions = _first_logprobs(completion)
-        chosen = positions[0]
+        listed = None
         for pos in positions:
-            listed = _listed(pos)
-            if any(self.matcher.which(t) is not None for t in listed):
-                chosen = pos
+            here = _listed(pos)
+            # the first position listing a label, or a real (non-label) token generated first: score it
+            if any(self.matcher.which(t) is not None for t in here) or pos.token.strip(_BLANK):
+                listed = here
                 break
-            if pos.token.strip(string.whitespace + "*_`\"'#:"):
-                chosen = pos  # a real (non-label) token was generated first: score this position
-                break
-        listed = _listed(chosen)
+        if listed is None:
+            listed = _listed(positions[0])
         found: list[list[float]] = [[], []]
         for tok, lp in listed.items():
             i = self.matcher.which(tok)
