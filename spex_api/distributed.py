@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import types
+from collections import deque
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -218,11 +219,11 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
         options = {"num_cpus": 1, "max_retries": TASK_RETRIES, **(ray_options or {})}
         task = ray.remote(_explain_task).options(**options)
         public = _public_base_url(previews[0], adapter)
-        queue = list(admitted)
+        queue = deque(admitted)
         refs: dict[Any, int] = {}
 
         def submit() -> Any:
-            i = queue.pop(0)
+            i = queue.popleft()
             ref = task.remote(previews[i], i, gateway, public)
             refs[ref] = i
             if tracker is not None:
