@@ -57,6 +57,38 @@ def test_missing_label_uses_bound_not_floor():
     assert missing_bound([lp for _, lp in full]) == pytest.approx(math.log(0.1) + math.log(1e-6))
 
 
+def test_label_matches_are_remembered_within_a_bound(monkeypatch):
+    """The matcher remembers each token's label (answers repeat a small vocabulary) but never more than
+    _MATCH_MEMO tokens, and answers the same whether a token was remembered or not."""
+    import providers.scorers as scorers
+
+    monkeypatch.setattr(scorers, "_MATCH_MEMO", 3)
+    matcher = LabelMargin(labels=("Yes", "No")).matcher
+    tokens = [" yes", "YES", "No", " maybe", "no ", "Yes", " yes"]
+    first = [matcher.which(t) for t in tokens]
+    assert first == [0, 0, 1, None, 1, 0, 0]
+    assert [matcher.which(t) for t in tokens] == first  # now partly from memory
+    assert len(matcher._seen) == 3
+
+
+def test_logsumexp_and_bound_match_numpy_on_many_lists():
+    """The float-only sums agree with numpy's to rounding on lists like top_logprobs' (1-20 values)."""
+    import numpy as np
+
+    from providers.scorers import _logsumexp
+
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 5, 20):
+        for _ in range(50):
+            raw = rng.dirichlet(np.ones(size + 1))[:size]  # listed probabilities, an unlisted remainder
+            lps = list(np.log(raw))
+            m = max(lps)
+            assert _logsumexp(lps) == pytest.approx(float(m + np.log(np.exp(np.array(lps) - m).sum())), abs=1e-12)
+            rest = 1.0 - raw.sum()
+            expect = math.log(raw.min()) + math.log(1e-6) if rest <= 1e-12 else math.log(min(raw.min(), rest))
+            assert missing_bound(lps) == pytest.approx(expect, abs=1e-9)
+
+
 def test_label_margin_skips_markup_tokens_when_max_tokens_gt_1():
     s = LabelMargin(max_tokens=3).bind(OPENAI)
     c = comp(("**", -0.1, [("**", -0.1), ("True", -3.0)]), ("False", -0.2, [("False", -0.2), ("True", -1.9)]))
