@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from typing import Any, Mapping, Sequence
-
-import openai
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from providers.adapters.base import COUNT_CONCURRENCY, COUNT_TIMEOUT, Adapter, tiktoken_encoding
 from providers.errors import ConfigurationError, UnexpectedAnswerError
 from providers.types import Completion, Request, TokenLogprob, Usage
+
+if TYPE_CHECKING:
+    import openai
 
 
 # OpenAI's reasoning models (o1, o3, o4-mini, gpt-5 except its chat variant): no logprobs, temperature 1 only,
@@ -73,6 +74,10 @@ class OpenAIAdapter(Adapter):
         super().check(request)
 
     def _make_client(self, api_key: str | None) -> openai.AsyncOpenAI:
+        # Imported on the first call sent (~0.8 s): checking, planning and answers served from the cache never
+        # load the SDK, so a cached rerun or a Ray gateway starts without it.
+        import openai
+
         return openai.AsyncOpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, timeout=self.timeout,
                                   http_client=self._http_for_loop(), default_headers=self._auth_headers())
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import pytest
@@ -47,6 +49,24 @@ async def test_cache_first_then_no_calls(server, tmp_path):
     assert server.stats()["requests"] == 12
 
 
+async def test_answers_from_the_cache_never_load_the_sdk(server, tmp_path):
+    # a cached rerun (or a Ray gateway serving cached answers) starts without the openai SDK's ~0.8 s import
+    await Runner(compat(server), cache=str(tmp_path)).run(reqs(3))
+    code = (
+        "import asyncio, sys\n"
+        "from providers.adapters import make_adapter\n"
+        "from providers.runner import Runner\n"
+        "from providers.types import Message, Request\n"
+        f"r = Runner(make_adapter('compatible', 'm', base_url={server.url + '/v1'!r}), cache={str(tmp_path)!r})\n"
+        "qs = [Request(messages=(Message('user', f'q {i}'),), top_logprobs=5, max_tokens=2) for i in range(3)]\n"
+        "asyncio.run(r.run(qs))\n"
+        "assert r.stats.cache_hits == 3 and r.stats.api_calls == 0, r.stats\n"
+        "assert 'openai' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert server.stats()["requests"] == 3
+
+
 async def test_identical_requests_in_one_batch_are_sent_once(server):
     r = Runner(compat(server), concurrency=8)
     out = await r.run(reqs(3) * 4)
@@ -85,6 +105,24 @@ async def test_requests_per_minute_limit(server):
     elapsed = time.monotonic() - t
     assert elapsed >= 20 / 20 * 0.95
     assert r.stats.api_calls / elapsed <= 1200 / 60 * 1.1
+
+
+async def test_a_slow_first_client_build_does_not_bunch_calls(server, monkeypatch):
+    # the SDK client (and the SDK's import, ~0.8 s) is built before a rate-limit slot is taken: a stall between
+    # slot and send would let the next call through at once, two calls closer than the limit allows
+    adapter = compat(server)
+    build = adapter._make_client
+
+    def slow(api_key):
+        time.sleep(0.5)  # blocks the loop as an import does
+        return build(api_key)
+
+    monkeypatch.setattr(adapter, "_make_client", slow)
+    r = Runner(adapter, concurrency=8, rpm=600)  # one call per 0.1 s
+    await r.run(reqs(6))
+    arrivals = sorted(server.state.arrivals)
+    assert len(arrivals) == 6
+    assert min(b - a for a, b in zip(arrivals, arrivals[1:])) >= 0.1 * 0.8
 
 
 async def test_tokens_per_minute_limit(server):
