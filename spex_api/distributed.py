@@ -35,7 +35,8 @@ from __future__ import annotations
 import os
 import types
 from collections import deque
-from typing import TYPE_CHECKING, Any, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -73,8 +74,14 @@ class Gateway:
     driver's endpoint_identity of it (so both key answers alike: a LocalServer by its model, not its port).
     """
 
-    def __init__(self, previews: Sequence[Preview], base_url: str | None, api_key: str | None,
-                 max_cost: float | None, max_queries: int | None, server: str | None = None) -> None:
+    def __init__(self) -> None:
+        """Started while the driver still plans the job: the process's start-up and imports overlap planning."""
+        from spex_api import sdk  # noqa: F401 - imported now, not when the first task asks
+        from providers import value_function  # noqa: F401
+
+    def setup(self, previews: Sequence[Preview], base_url: str | None, api_key: str | None,
+              max_cost: float | None, max_queries: int | None, server: str | None = None) -> None:
+        """Take the planned job: build the adapter and the Runner (limits, caps, cache) that serve every task."""
         from providers.adapters.base import name_server
         from spex_api import sdk
 
@@ -143,9 +150,42 @@ class Gateway:
         await self._runner.drain(float(self._adapter.timeout))
 
     def close(self) -> None:
-        """Release the cache's file handles before the actor goes."""
-        if self._runner.cache is not None:
-            self._runner.cache.close()
+        """Release the cache's file handles before the actor goes (a job stopped before set-up has none)."""
+        runner = getattr(self, "_runner", None)
+        if runner is not None and runner.cache is not None:
+            runner.cache.close()
+
+
+@contextmanager
+def ray_gateway() -> Iterator[Any]:
+    """Ray and the job's gateway actor, started before the driver plans the job so that the actor's start-up
+    (a fresh process: ~1.2 s of Ray's boot and imports) overlaps planning; the gateway is stopped on exit.
+
+    Uses the running Ray (after `ray.init(address=...)`), else joins the cluster at RAY_ADDRESS, else starts a
+    small local one; what it started it shuts down on exit. The gateway sends nothing before `explain_on_ray`
+    hands it the job.
+    """
+    ray = require_ray()
+    started = not ray.is_initialized()
+    if started:  # RAY_ADDRESS names a cluster to join; without it a small local Ray is started
+        ray.init(**({"log_to_driver": False} if os.environ.get("RAY_ADDRESS") else LOCAL_RAY))
+    try:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # The gateway lives on the driver's node: that is where the disk cache (and a local server) is.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        gateway = ray.remote(Gateway).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
+        try:
+            yield gateway
+        finally:
+            try:
+                ray.get(gateway.close.remote())
+            except Exception:  # noqa: BLE001 - a dead gateway has nothing left to close
+                pass
+            ray.kill(gateway)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _explain_task(pre: Preview, i: int, gateway: Any, base_url: str | None) -> Any:
@@ -187,14 +227,15 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter: Any, max_cost: float | None,
-                   max_queries: int | None, tracker: Any = None, *, return_exceptions: bool = False,
-                   ray_options: dict[str, Any] | None = None) -> tuple[dict[int, Any], dict[str, Any]]:
+def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter: Any, gateway: Any,
+                   max_cost: float | None, max_queries: int | None, tracker: Any = None, *,
+                   return_exceptions: bool = False, ray_options: dict[str, Any] | None = None
+                   ) -> tuple[dict[int, Any], dict[str, Any]]:
     """Explanations of the `admitted` prompts, {index: Explanation or its exception}, with engine work as Ray
-    tasks and every query through one gateway on `adapter`'s endpoint; and the gateway's counters for the job.
+    tasks and every query through `gateway` (from `ray_gateway`) on `adapter`'s endpoint; and the gateway's
+    counters for the job.
 
-    Uses the running Ray (after `ray.init(address=...)`), else joins the cluster at RAY_ADDRESS, else starts a
-    small local one; what it started it shuts down after. `ray_options` are Ray task options (default num_cpus=1, max_retries=3). `tracker` (a
+    `ray_options` are Ray task options (default num_cpus=1, max_retries=3). `tracker` (a
     spex_api.progress.BatchProgress) hears of each prompt's start and end. With `return_exceptions=False` the
     first failure stops the job (the gateway sends nothing more, the other tasks are cancelled) and is raised.
     """
@@ -202,71 +243,57 @@ def explain_on_ray(previews: Sequence[Preview], admitted: Sequence[int], adapter
     from spex_api.sdk import BatchCancelled, Interrupted, _public_base_url
 
     ray = require_ray()
-    started = not ray.is_initialized()
-    if started:  # RAY_ADDRESS names a cluster to join; without it a small local Ray is started
-        ray.init(**({"log_to_driver": False} if os.environ.get("RAY_ADDRESS") else LOCAL_RAY))
-    try:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        # The gateway lives on the driver's node: that is where the disk cache (and a local server) is.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        secret = previews[0].credentials
-        gateway = ray.remote(Gateway).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote(
+    secret = previews[0].credentials
+    try:  # before any task asks
+        ray.get(gateway.setup.remote(
             previews, (secret and secret.get("base_url")) or adapter.base_url,  # user:pass@ kept for the gateway
-            secret and secret.get("api_key"), max_cost, max_queries, endpoint_identity(adapter.base_url))
-        if previews[0].mode == "batch":  # before any task asks
-            ray.get(gateway.gather_rounds.remote(list(admitted)))
-        options = {"num_cpus": 1, "max_retries": TASK_RETRIES, **(ray_options or {})}
-        task = ray.remote(_explain_task).options(**options)
-        public = _public_base_url(previews[0], adapter)
-        queue = deque(admitted)
-        refs: dict[Any, int] = {}
+            secret and secret.get("api_key"), max_cost, max_queries, endpoint_identity(adapter.base_url)))
+    except Exception as exc:  # noqa: BLE001 - the gateway's own error, not Ray's wrapper of it
+        raise _cause(exc) from None
+    if previews[0].mode == "batch":
+        ray.get(gateway.gather_rounds.remote(list(admitted)))
+    options = {"num_cpus": 1, "max_retries": TASK_RETRIES, **(ray_options or {})}
+    task = ray.remote(_explain_task).options(**options)
+    public = _public_base_url(previews[0], adapter)
+    queue = deque(admitted)
+    refs: dict[Any, int] = {}
 
-        def submit() -> Any:
-            i = queue.popleft()
-            ref = task.remote(previews[i], i, gateway, public)
-            refs[ref] = i
-            if tracker is not None:
-                tracker.start(i)
-            return ref
+    def submit() -> Any:
+        i = queue.popleft()
+        ref = task.remote(previews[i], i, gateway, public)
+        refs[ref] = i
+        if tracker is not None:
+            tracker.start(i)
+        return ref
 
-        pending = [submit() for _ in range(_slots(ray, options["num_cpus"], previews[0].mode, len(queue)))]
-        results: dict[int, Any] = {}
+    pending = [submit() for _ in range(_slots(ray, options["num_cpus"], previews[0].mode, len(queue)))]
+    results: dict[int, Any] = {}
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            if queue:
+                pending.append(submit())
+            i = refs[ready[0]]
+            gateway.leave.remote(i)
+            try:
+                results[i] = ray.get(ready[0])
+                if tracker is not None:
+                    tracker.done(i, results[i])
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller on request
+                cause = _cause(exc)
+                if tracker is not None:
+                    tracker.failed(i, cause)
+                if not return_exceptions:
+                    raise cause from None
+                results[i] = cause
+        return results, ray.get(gateway.stats.remote())
+    except BaseException as exc:
+        reason = Interrupted("interrupted") if isinstance(exc, KeyboardInterrupt) else BatchCancelled(
+            f"stopped because a prompt failed: {type(exc).__name__}: {exc}")
+        for ref in pending:
+            ray.cancel(ref)
         try:
-            while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
-                if queue:
-                    pending.append(submit())
-                i = refs[ready[0]]
-                gateway.leave.remote(i)
-                try:
-                    results[i] = ray.get(ready[0])
-                    if tracker is not None:
-                        tracker.done(i, results[i])
-                except Exception as exc:  # noqa: BLE001 - handed back to the caller on request
-                    cause = _cause(exc)
-                    if tracker is not None:
-                        tracker.failed(i, cause)
-                    if not return_exceptions:
-                        raise cause from None
-                    results[i] = cause
-            return results, ray.get(gateway.stats.remote())
-        except BaseException as exc:
-            reason = Interrupted("interrupted") if isinstance(exc, KeyboardInterrupt) else BatchCancelled(
-                f"stopped because a prompt failed: {type(exc).__name__}: {exc}")
-            for ref in pending:
-                ray.cancel(ref)
-            try:
-                ray.get(gateway.settle.remote(reason))  # paid answers in flight reach the cache first
-            except Exception:  # noqa: BLE001 - a dead gateway has nothing left to settle
-                pass
-            raise
-        finally:
-            try:
-                ray.get(gateway.close.remote())
-            except Exception:  # noqa: BLE001 - a dead gateway has nothing left to close
-                pass
-            ray.kill(gateway)
-    finally:
-        if started:
-            ray.shutdown()
+            ray.get(gateway.settle.remote(reason))  # paid answers in flight reach the cache first
+        except Exception:  # noqa: BLE001 - a dead gateway has nothing left to settle
+            pass
+        raise

@@ -1046,36 +1046,45 @@ def explain_many(
         raise ValueError("ray_options need backend='ray'")
     if isinstance(concurrency, bool) or not isinstance(concurrency, (int, np.integer)) or concurrency < 1:
         raise ValueError(f"concurrency must be an integer >= 1 (prompts at once), got {concurrency!r}")
-    pres = [preview(p, budget=budget, max_cost=max_cost, concurrency=query_concurrency, **kwargs) for p in prompts]
-    result = BatchResult([None] * len(pres))
-    skipped = _admit(pres, max_cost)
-    result.skipped = sorted(skipped)
-    if skipped:
-        why = "; ".join(skipped.values())
-        log.warning("explain_many: %d of %d prompts do not fit max_cost and are skipped before any spend: %s",
-                    len(skipped), len(pres), why)
-        if not return_exceptions:
-            raise PromptSkipped(f"{len(skipped)} of {len(pres)} prompts cannot fit max_cost=${max_cost:.4f} at their "
-                                f"worst case ({why}); nothing was sent. Raise max_cost, lower the budget, or pass "
-                                "return_exceptions=True to run the prompts that fit")
-        for i, why_i in skipped.items():
-            result[i] = PromptSkipped(f"skipped before any spend: {why_i}")
-    admitted = [i for i in range(len(pres)) if i not in skipped]
-    if not admitted:
-        return result
-    console = Console(stderr=True, quiet=not progress)
-    total_q = sum(pres[i].n_queries for i in admitted)
-    est = estimate_many([pres[i] for i in admitted])
-    result.estimated_cost = est
-    console.print(pres[admitted[0]].renderable())
-    console.print(
-        f"batch: {len(admitted)} prompts, at most {total_q} queries, "
-        + f"about ${est:.4f} before cache hits"
-        + (f", hard cap ${max_cost:.2f} across the batch" if max_cost is not None else "")
-        + (f"; skipped (cap too small for their worst case): prompts {result.skipped}" if skipped else "")
-    )
-    _confirm(pres[admitted[0]], confirm, console, est)
+    def plan(prompt: Any) -> Preview:
+        return preview(prompt, budget=budget, max_cost=max_cost, concurrency=query_concurrency, **kwargs)
+
     with ExitStack() as stack:
+        pres = [plan(p) for p in prompts[:1]]  # the first prompt checks the settings every prompt shares
+        gateway = None
+        if backend == "ray" and pres:
+            from spex_api.distributed import ray_gateway
+
+            gateway = stack.enter_context(ray_gateway())  # it starts up while the other prompts are planned
+        pres += [plan(p) for p in prompts[1:]]
+        result = BatchResult([None] * len(pres))
+        skipped = _admit(pres, max_cost)
+        result.skipped = sorted(skipped)
+        if skipped:
+            why = "; ".join(skipped.values())
+            log.warning("explain_many: %d of %d prompts do not fit max_cost and are skipped before any spend: %s",
+                        len(skipped), len(pres), why)
+            if not return_exceptions:
+                raise PromptSkipped(f"{len(skipped)} of {len(pres)} prompts cannot fit max_cost=${max_cost:.4f} at "
+                                    f"their worst case ({why}); nothing was sent. Raise max_cost, lower the budget, or "
+                                    "pass return_exceptions=True to run the prompts that fit")
+            for i, why_i in skipped.items():
+                result[i] = PromptSkipped(f"skipped before any spend: {why_i}")
+        admitted = [i for i in range(len(pres)) if i not in skipped]
+        if not admitted:
+            return result
+        console = Console(stderr=True, quiet=not progress)
+        total_q = sum(pres[i].n_queries for i in admitted)
+        est = estimate_many([pres[i] for i in admitted])
+        result.estimated_cost = est
+        console.print(pres[admitted[0]].renderable())
+        console.print(
+            f"batch: {len(admitted)} prompts, at most {total_q} queries, "
+            + f"about ${est:.4f} before cache hits"
+            + (f", hard cap ${max_cost:.2f} across the batch" if max_cost is not None else "")
+            + (f"; skipped (cap too small for their worst case): prompts {result.skipped}" if skipped else "")
+        )
+        _confirm(pres[admitted[0]], confirm, console, est)
         adapter = _live_adapter(pres[0], stack, console)
         tracker = stack.enter_context(BatchProgress(
             [label_for(p) for p in prompts], [p.n_queries for p in pres], console, enabled=progress))
@@ -1084,7 +1093,7 @@ def explain_many(
         if backend == "ray":
             from spex_api.distributed import explain_on_ray
 
-            done, result.stats = explain_on_ray(pres, admitted, adapter, max_cost, max_queries, tracker,
+            done, result.stats = explain_on_ray(pres, admitted, adapter, gateway, max_cost, max_queries, tracker,
                                                 return_exceptions=return_exceptions, ray_options=ray_options)
             for i, expl in done.items():
                 result[i] = expl

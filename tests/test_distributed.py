@@ -112,6 +112,27 @@ def test_missing_ray_names_the_extra_before_any_query(monkeypatch, fake, tmp_pat
         sdk.explain_many(_prompts(2, 5), backend="dask", budget=33, **_kw(fake.url + "/v1", tmp_path))
 
 
+def test_a_prompt_failing_its_plan_stops_the_early_gateway_and_the_ray_it_started(fake, tmp_path, monkeypatch):
+    """The gateway starts while the other prompts are planned; a bad later prompt still fails before any
+    query, and neither the gateway nor the local Ray that explain_many started outlives the call."""
+    from providers.prompt import PromptError
+
+    planned_with_ray = []
+    real_preview = sdk.preview
+
+    def preview(prompt: Any, **kw: Any) -> Any:
+        planned_with_ray.append(ray.is_initialized())
+        return real_preview(prompt, **kw)
+
+    monkeypatch.setattr(sdk, "preview", preview)
+    assert not ray.is_initialized()  # the module's cluster is not up yet: explain_many starts its own
+    with pytest.raises(PromptError, match="empty"):
+        sdk.explain_many([_prompts(1, 5)[0], "   "], backend="ray", budget=33, **_kw(fake.url + "/v1", tmp_path))
+    assert planned_with_ray == [False, True]  # the first prompt checked the settings before Ray was started
+    assert not ray.is_initialized()
+    assert fake.stats()["requests"] == 0
+
+
 PROMPTS = _prompts(2, 10)  # n=10 at budget 53: ProxySPEX, the seeded path with the most randomness
 BUDGET = 53
 
