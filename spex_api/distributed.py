@@ -70,8 +70,9 @@ class Gateway:
     """The job's only caller of the provider: one adapter, one Runner, one value function per prompt.
 
     Run as an async Ray actor, so every task's mask batches share one event loop, rate limiter and cache.
-    `previews` are the job's plans (index i = prompt i), `base_url`/`api_key` the live endpoint's, `server` the
-    driver's endpoint_identity of it (so both key answers alike: a LocalServer by its model, not its port).
+    Started empty (`ray_gateway`); `setup` hands it the job: `previews` are the job's plans (index i = prompt
+    i), `base_url`/`api_key` the live endpoint's, `server` the driver's endpoint_identity of it (so both key
+    answers alike: a LocalServer by its model, not its port).
     """
 
     def __init__(self) -> None:
@@ -158,7 +159,7 @@ class Gateway:
 
 @contextmanager
 def ray_gateway() -> Iterator[Any]:
-    """Ray and the job's gateway actor, started before the driver plans the job so that the actor's start-up
+    """Ray and the job's gateway actor, started while the driver plans the job so that the actor's start-up
     (a fresh process: ~1.2 s of Ray's boot and imports) overlaps planning; the gateway is stopped on exit.
 
     Uses the running Ray (after `ray.init(address=...)`), else joins the cluster at RAY_ADDRESS, else starts a
