@@ -80,6 +80,8 @@ class Gateway:
         from spex_api import sdk  # noqa: F401 - imported now, not when the first task asks
         from providers import value_function  # noqa: F401
 
+        self._runner: Any = None  # set by `setup`
+
     def setup(self, previews: Sequence[Preview], base_url: str | None, api_key: str | None,
               max_cost: float | None, max_queries: int | None, server: str | None = None) -> None:
         """Take the planned job: build the adapter and the Runner (limits, caps, cache) that serve every task."""
@@ -152,9 +154,8 @@ class Gateway:
 
     def close(self) -> None:
         """Release the cache's file handles before the actor goes (a job stopped before set-up has none)."""
-        runner = getattr(self, "_runner", None)
-        if runner is not None and runner.cache is not None:
-            runner.cache.close()
+        if self._runner is not None and self._runner.cache is not None:
+            self._runner.cache.close()
 
 
 @contextmanager
