@@ -1,8 +1,12 @@
-"""Run one shapiq estimator on one planted function and print its figures as JSON (one line on stdout).
+"""Run one shapiq estimator in another interpreter and print its figures as JSON (one line on stdout).
 
-Called by benchmarks/engine.py with another interpreter: shapiq >= 1.5 needs Python >= 3.12 while the
-project runs on 3.11, so the newest shapiq lives in its own venv. Only numpy, scipy and shapiq are needed
-there (the planted function and R² come from this repository via PYTHONPATH).
+shapiq >= 1.5 needs Python >= 3.12 while the project runs on 3.11, so the newest shapiq lives in its own venv;
+`call` runs this file there. Only numpy, scipy and shapiq are needed in it (the planted function and R² come
+from this repository via PYTHONPATH). Two jobs:
+
+- benchmarks/engine.py: shapiq's SPEX or ProxySPEX on a planted function, its figures;
+- benchmarks/faithfulness.py (`"answers"`: an .npz of masks and scores already paid for): shapiq's ProxySPEX
+  fitted on exactly those answers, its Fourier coefficients (the parent measures R² on its held-out answers).
 
     <venv>/bin/python benchmarks/_shapiq_child.py '{"kind": "proxyspex", "n": 256, "budget": 1000, ...}'
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 import warnings
@@ -78,12 +83,72 @@ def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, hol
             "version": getattr(shapiq, "__version__", "?")}
 
 
+class _Answers:
+    """Stands in for shapiq's coalition sampler: hands its ProxySPEX the masks that were already answered."""
+
+    def __init__(self, masks: np.ndarray) -> None:
+        self.masks = masks
+        self.coalitions_matrix: np.ndarray | None = None
+
+    def sample(self, budget: int) -> None:
+        self.coalitions_matrix = self.masks[:budget].copy()
+
+
+def run_answers(n: int, budget: int, answers: str, max_order: int, seed: int) -> dict[str, Any]:
+    """shapiq's ProxySPEX fitted on the answers in `answers` (.npz: masks, y): its refined Fourier
+    coefficients (keys as index lists) and its CPU seconds. It asks nothing: every mask it wants is in the file."""
+    warnings.filterwarnings("ignore")
+    import shapiq
+
+    data = np.load(answers)
+    masks, y = data["masks"].astype(bool), np.asarray(data["y"], dtype=float)
+
+    def game(coalitions: np.ndarray) -> np.ndarray:
+        if not np.array_equal(np.asarray(coalitions, dtype=bool), masks[: len(coalitions)]):
+            raise RuntimeError("shapiq asked masks other than the answered ones")
+        return y[: len(coalitions)]
+
+    approx = shapiq.ProxySPEX(n=n, index="FBII", max_order=max_order, random_state=seed)
+    approx._sampler = _Answers(masks)
+    captured: dict[str, Any] = {}
+    method = approx.fourier_to_moebius
+
+    def capture(transform: dict) -> dict:
+        captured["fourier"] = dict(transform)
+        return method(transform)
+
+    approx.fourier_to_moebius = capture
+    cpu = time.process_time()
+    approx.approximate(budget, game)
+    cpu = time.process_time() - cpu
+    fourier = captured["fourier"]
+    return {"keys": [list(map(int, k)) for k in fourier], "values": [float(v) for v in fourier.values()],
+            "cpu": cpu, "version": getattr(shapiq, "__version__", "?")}
+
+
+def call(python: str, args: dict[str, Any], cpu_limit: float) -> dict[str, Any]:
+    """Run this file under `python` on `args`, capped at `cpu_limit` CPU seconds: its result, or {"timeout": ...}
+    / {"error": ...}."""
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    try:
+        proc = subprocess.run([python, os.path.abspath(__file__), json.dumps({**args, "cpu_limit": cpu_limit})],
+                              capture_output=True, text=True, env=env, timeout=10 * cpu_limit + 120)
+    except subprocess.TimeoutExpired:
+        return {"timeout": cpu_limit}
+    lines = [line[len(RESULT_TAG):] for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if not lines:  # stopped by SIGXCPU, or died before answering
+        if proc.returncode < 0:
+            return {"timeout": cpu_limit}
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:80]}
+    return dict(json.loads(lines[-1]))
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     limit = int(np.ceil(args.pop("cpu_limit")))
     resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 5))
     try:
-        out = run(**args)
+        out = run_answers(**args["answers"]) if "answers" in args else run(**args)
     except Exception as exc:  # reported in the table, not swallowed
         out = {"error": f"{type(exc).__name__}: {exc}"[:80]}
     print(RESULT_TAG + json.dumps(out), flush=True)

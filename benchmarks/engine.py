@@ -36,7 +36,6 @@ import json
 import multiprocessing as mp
 import os
 import resource
-import subprocess
 import sys
 import time
 import warnings
@@ -47,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import _shapiq_child as shapiq_child  # noqa: E402
 from benchmarks._planted import PlantedFunction, planted_hierarchical, random_masks  # noqa: E402
 from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
 
@@ -184,7 +184,6 @@ def _child(conn, method: str, case: Case, cpu_limit: float) -> None:
 
 def _dump(case: Case, method: str, fourier: SparseFourier, queries: int) -> None:
     """One explanation as canonical JSON (repr-exact floats, sorted keys) in DUMP_DIR."""
-    import json
 
     name = f"{case.label} {method}".replace(" ", "_").replace("=", "") + ".json"
     data = {"case": case.label, "method": method, "queries": int(queries),
@@ -219,20 +218,8 @@ def run_shapiq18(kind: str, case: Case, cpu_limit: float, python: str | None) ->
     if not python or not os.path.exists(python):
         return {"skipped": f"skipped: no Python 3.12 venv with shapiq 1.8 at {python} (see this script's docstring)"}
     args = {"kind": kind, "n": case.n, "budget": case.budget, "noise": case.noise, "n_top": case.n_top,
-            "seed": case.seed, "holdout_seed": HOLDOUT_SEED, "cpu_limit": cpu_limit}
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    try:
-        proc = subprocess.run([python, os.path.join(ROOT, "benchmarks", "_shapiq_child.py"), json.dumps(args)],
-                              capture_output=True, text=True, env=env, timeout=10 * cpu_limit + 120)
-    except subprocess.TimeoutExpired:
-        return {"timeout": cpu_limit}
-    tag = "shapiq-child-result: "  # benchmarks/_shapiq_child.py's RESULT_TAG (stdout may carry LightGBM's logs)
-    lines = [line[len(tag):] for line in proc.stdout.splitlines() if line.startswith(tag)]
-    if not lines:  # stopped by SIGXCPU, or died before answering
-        if proc.returncode < 0:
-            return {"timeout": cpu_limit}
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1][:80]}
-    return json.loads(lines[-1])
+            "seed": case.seed, "holdout_seed": HOLDOUT_SEED}
+    return shapiq_child.call(python, args, cpu_limit)
 
 
 def run(method: str, case: Case, cpu_limit: float, shapiq18_python: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,8 @@ n >= 200 words); the score is the label margin logprob(True) − logprob(False).
   budget 500 are the first 500 of budget 1,500; linear LassoCV and shapiq's ProxySPEX are fitted on exactly those
   masks (shapiq's sampler is handed them), so the three see identical answers. SPEX designs are nested in b.
   auto asks what its plan asks (the same stream, plus its own held-out slice at larger budgets); shapiq's SPEX
-  asks its own design.
+  asks its own design. shapiq 1.8's ProxySPEX (Python >= 3.12: run in that venv's interpreter, see
+  benchmarks/engine.py; `--shapiq18-python`) is fitted on the same training answers, handed over in a file.
 
 Every answer goes through the runner's disk cache and a score store under `--cache` (default
 /work/notes/faith-cache, outside the repository), so a rerun with a changed engine asks nothing the cache
@@ -33,7 +34,9 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import ExitStack
@@ -49,6 +52,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
+from benchmarks import _shapiq_child as shapiq_child  # noqa: E402
 from spex_api.engine.baseline import LinearBaseline  # noqa: E402
 from spex_api.engine.explainer import Explainer  # noqa: E402
 from spex_api.engine.explanation import NoiseEstimate  # noqa: E402
@@ -133,7 +137,10 @@ PROMPTS: list[Spec] = [
          "farmer and all three at once. Left alone, the wolf eats the goat and the goat eats the cabbage."),
     Spec("lake-house-long", "long prompt (n >= 200 words)", "Is the review positive?", LONG_REVIEW),
 ]
-METHODS = ["linear", "auto", "spex", "proxyspex", "shapiq-SPEX", "shapiq-ProxySPEX"]
+METHODS = ["linear", "auto", "spex", "proxyspex", "shapiq-SPEX", "shapiq-ProxySPEX", "shapiq1.8-ProxySPEX"]
+# shapiq >= 1.5 needs Python >= 3.12: its ProxySPEX runs in that venv's interpreter (see benchmarks/engine.py)
+SHAPIQ18_DEFAULT = os.path.expanduser("~/.cache/spex-api/shapiq-1.8/bin/python")
+SHAPIQ18_CPU_LIMIT = 600.0
 
 
 def prompt_id(spec: Spec, scorer_name: str) -> str:
@@ -327,9 +334,36 @@ def shapiq_fourier(cls_name: str, n: int, budget: int, game: Callable[[np.ndarra
     return mobius_to_fourier(SparseMobius(n, keys, np.array(list(captured.values()), dtype=float)))
 
 
+@dataclass(frozen=True)
+class ChildFit:
+    """A fit made in another interpreter: its Fourier coefficients and the CPU seconds it took there."""
+
+    fourier: SparseFourier
+    cpu: float
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        return self.fourier.predict(masks)
+
+
+def shapiq18_proxyspex(n: int, budget: int, pool: np.ndarray, y: np.ndarray, python: str | None) -> ChildFit:
+    """shapiq 1.8's ProxySPEX (in its Python 3.12 venv) fitted on exactly these answers, max_order 2 as 1.4's row."""
+    if not python or not os.path.exists(python):
+        raise FileNotFoundError(f"no Python 3.12 venv with shapiq 1.8 at {python} (see benchmarks/engine.py)")
+    with tempfile.TemporaryDirectory(prefix="spex-faith-") as tmp:
+        path = os.path.join(tmp, "answers.npz")
+        np.savez(path, masks=pool[:budget], y=y[:budget])
+        out = shapiq_child.call(python, {"answers": {"n": n, "budget": budget, "answers": path, "max_order": 2,
+                                                     "seed": SEED}}, SHAPIQ18_CPU_LIMIT)
+    if "keys" not in out:
+        raise RuntimeError(f"shapiq 1.8: {out}")
+    keys = [tuple(k) for k in out["keys"]]
+    return ChildFit(SparseFourier(n, keys, np.asarray(out["values"], dtype=float)), float(out["cpu"]))
+
+
 # ---- one prompt ---------------------------------------------------------------------------------------------------
 
-def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndarray) -> list[dict]:
+def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndarray,
+                shapiq18_python: str | None = None) -> list[dict]:
     """Every method at one budget; rows with queries, held-out R², CPU seconds and the model's choice."""
     n = answers.n
     pool = pool_masks(n, budget)
@@ -342,12 +376,13 @@ def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndar
             model = fit(game)
             pred = model.predict(test)
             r2, note = r2_score(y_test, pred), ""
+            cpu = getattr(model, "cpu", None)  # a fit made in another interpreter: its own CPU seconds
             if hasattr(model, "faithfulness_detail"):
                 note = str(model.faithfulness_detail.get("selected") or model.method)
         except Exception as exc:  # a method that cannot run at this budget is reported, not fatal
-            pred, r2, note = None, float("nan"), f"{type(exc).__name__}: {exc}"[:90]
+            pred, r2, note, cpu = None, float("nan"), f"{type(exc).__name__}: {exc}"[:90], None
         rows.append({"method": name, "budget": budget, "queries": game.queries, "r2": r2, "pred": pred,
-                     "cpu": time.process_time() - t, "note": note})
+                     "cpu": time.process_time() - t if cpu is None else cpu, "note": note})
 
     record("linear", lambda g: LinearBaseline(n, random_state=SEED).fit(pool, g(pool)))
     record("auto", lambda g: Explainer(g, n, budget, method="auto", random_state=SEED, ordered_features=True).explain())
@@ -356,6 +391,7 @@ def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndar
     record("proxyspex", lambda g: ProxySPEX(n, n_samples=budget, random_state=SEED).fit(Oracle(g, n, budget)))
     record("shapiq-SPEX", lambda g: shapiq_fourier("SPEX", n, budget, g))
     record("shapiq-ProxySPEX", lambda g: shapiq_fourier("ProxySPEX", n, budget, g, pool=pool))
+    record("shapiq1.8-ProxySPEX", lambda g: shapiq18_proxyspex(n, budget, pool, g(pool), shapiq18_python))
     return rows
 
 
@@ -438,6 +474,14 @@ def print_table(results: dict[str, dict], budgets: list[int], methods: list[str]
         mean = {k: float(np.mean(v)) if v and np.all(np.isfinite(v)) else float("nan") for k, v in cols.items()}
         print("| **mean** | | " + " | ".join(f"{mean[m]:.3f}" for m in methods)
               + f" | {mean['ceiling']:.3f} | {mean['share']:.3f} | {mean['gain']:+.3f} |")
+        # a method without a figure on some prompts (answers not collected): its mean over those it has, beside
+        # auto's and linear's over the same prompts
+        for m in methods:
+            have = np.isfinite(cols[m])
+            if 0 < have.sum() < len(cols[m]):
+                sub = {k: float(np.mean(np.asarray(cols[k])[have])) for k in (m, "auto", "linear", "ceiling")}
+                print(f"  {m}: mean {sub[m]:.3f} over the {int(have.sum())} prompts it has (auto {sub['auto']:.3f}, "
+                      f"linear {sub['linear']:.3f}, ceiling {sub['ceiling']:.3f} on them)")
         verdicts[budget] = {"mean": mean, "below_linear": below, "prompts": len(cols["auto"])}
     print("\nTargets (#10):")
     if 500 in verdicts:
@@ -471,6 +515,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="llama-server threads (default: half the cores)")
     ap.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--shapiq18-python", default=os.environ.get("SHAPIQ18_PYTHON", SHAPIQ18_DEFAULT),
+                    help="Python of a venv with shapiq 1.8 (default $SHAPIQ18_PYTHON or %(default)s)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -525,7 +571,7 @@ def main() -> None:
                 except NotCollected as exc:
                     print(f"  {name} budget {budget}: skipped, training {exc}", flush=True)
                     continue
-                rows += run_methods(answers, budget, test, y)
+                rows += run_methods(answers, budget, test, y, args.shapiq18_python)
             results[name] = {"n": answers.n, "kind": answers.spec.kind, "rows": rows, "noise": noise, "y_test": y}
             for r in rows:
                 print(f"  {name:>16} {r['method']:>18} budget {r['budget']:5d}: queries {r['queries']:5d} "
