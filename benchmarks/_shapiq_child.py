@@ -6,7 +6,8 @@ from this repository via PYTHONPATH). Two jobs:
 
 - benchmarks/engine.py: shapiq's SPEX or ProxySPEX on a planted function, its figures;
 - benchmarks/faithfulness.py (`"answers"`: an .npz of masks and scores already paid for): shapiq's ProxySPEX
-  fitted on exactly those answers, its Fourier coefficients (the parent measures R² on its held-out answers).
+  fitted on exactly those answers, or its SPEX on its own design's answers (the masks it lacks come back to be
+  asked), its Fourier coefficients (the parent measures R² on its held-out answers).
 
     <venv>/bin/python benchmarks/_shapiq_child.py '{"kind": "proxyspex", "n": 256, "budget": 1000, ...}'
 """
@@ -72,6 +73,7 @@ def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, hol
             return to_moebius(transform)
 
         base.fourier_to_moebius = capture
+    np.random.seed(0)  # SPEX's design comes from numpy's global RNG (random_state does not reach it)
     cpu = time.process_time()
     approx.approximate(budget, game)
     cpu = time.process_time() - cpu
@@ -94,32 +96,61 @@ class _Answers:
         self.coalitions_matrix = self.masks[:budget].copy()
 
 
-def run_answers(n: int, budget: int, answers: str, max_order: int, seed: int) -> dict[str, Any]:
-    """shapiq's ProxySPEX fitted on the answers in `answers` (.npz: masks, y): its refined Fourier
-    coefficients (keys as index lists) and its CPU seconds. It asks nothing: every mask it wants is in the file."""
+class _Design(Exception):
+    """Raised once shapiq's SPEX has built its signal (asked its whole design) when some answers are missing."""
+
+
+def run_answers(kind: str, n: int, budget: int, answers: str, max_order: int, seed: int) -> dict[str, Any]:
+    """shapiq's ProxySPEX or SPEX fitted on the answers in `answers` (.npz: masks, y): its Fourier coefficients
+    (keys as index lists) and CPU seconds. It asks nothing. ProxySPEX is handed the file's masks as its sample;
+    SPEX asks its own (non-adaptive) design: when the file lacks some of it, the design's masks come back as
+    {"missing": rows of np.packbits as hex} for the caller to answer, and it is run again."""
     warnings.filterwarnings("ignore")
     import shapiq
 
     data = np.load(answers)
     masks, y = data["masks"].astype(bool), np.asarray(data["y"], dtype=float)
+    known = {row.tobytes(): float(v) for row, v in zip(np.packbits(masks, axis=1), y)}
+    captured: dict[str, Any] = {}
+    missing: dict[bytes, None] = {}
 
     def game(coalitions: np.ndarray) -> np.ndarray:
-        if not np.array_equal(np.asarray(coalitions, dtype=bool), masks[: len(coalitions)]):
-            raise RuntimeError("shapiq asked masks other than the answered ones")
-        return y[: len(coalitions)]
+        rows = np.packbits(np.asarray(coalitions, dtype=bool), axis=1)
+        missing.update((r.tobytes(), None) for r in rows if r.tobytes() not in known)
+        return np.array([known.get(r.tobytes(), 0.0) for r in rows])  # a missing one is never decoded
 
-    approx = shapiq.ProxySPEX(n=n, index="FBII", max_order=max_order, random_state=seed)
-    approx._sampler = _Answers(masks)
-    captured: dict[str, Any] = {}
-    method = approx.fourier_to_moebius
+    if kind == "proxyspex":
+        approx = shapiq.ProxySPEX(n=n, index="FBII", max_order=max_order, random_state=seed)
+        approx._sampler = _Answers(masks)
+        method = approx.fourier_to_moebius
 
-    def capture(transform: dict) -> dict:
-        captured["fourier"] = dict(transform)
-        return method(transform)
+        def capture(transform: dict) -> dict:
+            captured["fourier"] = dict(transform)
+            return method(transform)
 
-    approx.fourier_to_moebius = capture
+        approx.fourier_to_moebius = capture
+    else:
+        import shapiq.approximator.sparse.base as base
+
+        approx = shapiq.SPEX(n=n, index="FBII", max_order=max_order, random_state=seed)
+        transform, to_moebius = base.sparse_fourier_transform, base.fourier_to_moebius
+
+        def decode(signal: Any, **kwargs: Any) -> Any:
+            if missing:
+                raise _Design
+            return transform(signal, **kwargs)
+
+        def capture_spex(fourier: dict) -> dict:
+            captured["fourier"] = dict(fourier)
+            return to_moebius(fourier)
+
+        base.sparse_fourier_transform, base.fourier_to_moebius = decode, capture_spex
+    np.random.seed(seed)  # SPEX's design comes from numpy's global RNG (random_state does not reach it)
     cpu = time.process_time()
-    approx.approximate(budget, game)
+    try:
+        approx.approximate(budget, game)
+    except _Design:
+        return {"missing": [row.hex() for row in missing]}
     cpu = time.process_time() - cpu
     fourier = captured["fourier"]
     return {"keys": [list(map(int, k)) for k in fourier], "values": [float(v) for v in fourier.values()],

@@ -137,7 +137,8 @@ PROMPTS: list[Spec] = [
          "farmer and all three at once. Left alone, the wolf eats the goat and the goat eats the cabbage."),
     Spec("lake-house-long", "long prompt (n >= 200 words)", "Is the review positive?", LONG_REVIEW),
 ]
-METHODS = ["linear", "auto", "spex", "proxyspex", "shapiq-SPEX", "shapiq-ProxySPEX", "shapiq1.8-ProxySPEX"]
+METHODS = ["linear", "auto", "spex", "proxyspex", "shapiq-SPEX", "shapiq-ProxySPEX", "shapiq1.8-SPEX",
+           "shapiq1.8-ProxySPEX"]
 # shapiq >= 1.5 needs Python >= 3.12: its ProxySPEX runs in that venv's interpreter (see benchmarks/engine.py)
 SHAPIQ18_DEFAULT = os.path.expanduser("~/.cache/spex-api/shapiq-1.8/bin/python")
 SHAPIQ18_CPU_LIMIT = 600.0
@@ -326,6 +327,9 @@ def shapiq_fourier(cls_name: str, n: int, budget: int, game: Callable[[np.ndarra
         def stop(*args: Any, **kwargs: Any) -> Any:
             raise _Collected
         sparse_base.sparse_fourier_transform = stop
+    # SPEX's design (sparse-transform's delays and subsampling) comes from numpy's global RNG, which its
+    # random_state does not reach: two runs asked different masks, so a collected design was never found again.
+    np.random.seed(SEED)
     try:
         approx.approximate(budget, lambda X: game(np.asarray(X, dtype=bool)))
     finally:
@@ -345,15 +349,28 @@ class ChildFit:
         return self.fourier.predict(masks)
 
 
-def shapiq18_proxyspex(n: int, budget: int, pool: np.ndarray, y: np.ndarray, python: str | None) -> ChildFit:
-    """shapiq 1.8's ProxySPEX (in its Python 3.12 venv) fitted on exactly these answers, max_order 2 as 1.4's row."""
+def shapiq18(kind: str, n: int, budget: int, game: Callable[[np.ndarray], np.ndarray], python: str | None,
+             pool: np.ndarray | None = None, collect_only: bool = False) -> ChildFit | None:
+    """shapiq 1.8's ProxySPEX (fitted on the `pool` masks' answers) or SPEX (on its own design's) at max_order 2, as
+    1.4's rows, in its Python 3.12 venv. SPEX's design comes back from a first run and is asked through `game`;
+    `collect_only` stops there (None)."""
     if not python or not os.path.exists(python):
         raise FileNotFoundError(f"no Python 3.12 venv with shapiq 1.8 at {python} (see benchmarks/engine.py)")
+    masks = np.zeros((0, n), dtype=bool) if pool is None else pool[:budget]
+    y = game(masks) if len(masks) else np.zeros(0)
     with tempfile.TemporaryDirectory(prefix="spex-faith-") as tmp:
         path = os.path.join(tmp, "answers.npz")
-        np.savez(path, masks=pool[:budget], y=y[:budget])
-        out = shapiq_child.call(python, {"answers": {"n": n, "budget": budget, "answers": path, "max_order": 2,
-                                                     "seed": SEED}}, SHAPIQ18_CPU_LIMIT)
+        for _ in range(2):  # SPEX: the design, then the fit on its answers
+            np.savez(path, masks=masks, y=y)
+            out = shapiq_child.call(python, {"answers": {"kind": kind, "n": n, "budget": budget, "answers": path,
+                                                         "max_order": 2, "seed": SEED}}, SHAPIQ18_CPU_LIMIT)
+            if "missing" not in out:
+                break
+            asked = np.unpackbits(np.array([np.frombuffer(bytes.fromhex(h), np.uint8) for h in out["missing"]]),
+                                  axis=1)[:, :n].astype(bool)
+            masks, y = np.vstack([masks, asked]), np.concatenate([y, game(asked)])
+            if collect_only:
+                return None
     if "keys" not in out:
         raise RuntimeError(f"shapiq 1.8: {out}")
     keys = [tuple(k) for k in out["keys"]]
@@ -391,7 +408,8 @@ def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndar
     record("proxyspex", lambda g: ProxySPEX(n, n_samples=budget, random_state=SEED).fit(Oracle(g, n, budget)))
     record("shapiq-SPEX", lambda g: shapiq_fourier("SPEX", n, budget, g))
     record("shapiq-ProxySPEX", lambda g: shapiq_fourier("ProxySPEX", n, budget, g, pool=pool))
-    record("shapiq1.8-ProxySPEX", lambda g: shapiq18_proxyspex(n, budget, pool, g(pool), shapiq18_python))
+    record("shapiq1.8-SPEX", lambda g: shapiq18("spex", n, budget, g, shapiq18_python))
+    record("shapiq1.8-ProxySPEX", lambda g: shapiq18("proxyspex", n, budget, g, shapiq18_python, pool=pool))
     return rows
 
 
@@ -407,9 +425,10 @@ def measure_noise(answers: Answers, test: np.ndarray, y_test: np.ndarray, repeat
     return NoiseEstimate.from_pairs(y_test[:repeats], again, y_test)
 
 
-def collect(answers: Answers, budget: int, what: str) -> None:
+def collect(answers: Answers, budget: int, what: str, shapiq18_python: str | None = None) -> None:
     """Ask the answers one part of the table needs at this budget without fitting anything (CPU stays with
-    the server): "pool" (linear, ProxySPEX, auto's training, shapiq's ProxySPEX), "spex", "shapiq-spex"."""
+    the server): "pool" (linear, ProxySPEX, auto's training, shapiq's ProxySPEX), "spex", "shapiq-spex" (1.4's
+    design), "shapiq18-spex" (1.8's)."""
     n = answers.n
     if what == "pool":
         answers(pool_masks(n, budget))
@@ -422,11 +441,14 @@ def collect(answers: Answers, budget: int, what: str) -> None:
             answers(SPEX(n, b=b, random_state=SEED).design())
     else:
         try:
-            shapiq_fourier("SPEX", n, budget, answers, collect_only=True)
+            if what == "shapiq18-spex":
+                shapiq18("spex", n, budget, answers, shapiq18_python, collect_only=True)
+            else:
+                shapiq_fourier("SPEX", n, budget, answers, collect_only=True)
         except _Collected:
             pass
         except Exception as exc:  # e.g. a budget below shapiq's minimum: the table reports it
-            log.warning("shapiq SPEX at %d on %s: %s", budget, answers.spec.name, exc)
+            log.warning("shapiq SPEX (%s) at %d on %s: %s", what, budget, answers.spec.name, exc)
 
 
 # ---- report -------------------------------------------------------------------------------------------------------
@@ -507,9 +529,10 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="score store and runner cache")
     ap.add_argument("--base-url", default=None, help="reuse a running server (else one starts if needed)")
     ap.add_argument("--collect", action="store_true", help="only ask the answers (budget by budget), fit nothing")
-    ap.add_argument("--parts", nargs="+", choices=["pool", "spex", "shapiq-spex"], default=["pool", "spex", "shapiq-spex"],
+    ap.add_argument("--parts", nargs="+", choices=["pool", "spex", "shapiq-spex", "shapiq18-spex"],
+                    default=["pool", "spex", "shapiq-spex", "shapiq18-spex"],
                     help="collect: which designs to ask, in this order per budget")
-    ap.add_argument("--no-shapiq-spex", action="store_true", help="collect: skip shapiq SPEX's own design")
+    ap.add_argument("--no-shapiq-spex", action="store_true", help="collect: skip shapiq SPEX's own designs")
     ap.add_argument("--offline", action="store_true",
                     help="never ask the model: rows whose answers are not collected are reported as such")
     ap.add_argument("--threads", type=int, default=None, help="llama-server threads (default: half the cores)")
@@ -547,12 +570,12 @@ def main() -> None:
             return tests[name]
 
         if args.collect:  # budget by budget, part by part: linear/auto/ProxySPEX at the small budget first
-            parts = [p for p in args.parts if not (args.no_shapiq_spex and p == "shapiq-spex")]
+            parts = [p for p in args.parts if not (args.no_shapiq_spex and p.startswith("shapiq"))]
             for budget in budgets:
                 for what in parts:
                     for name, answers in prompts.items():
                         held_out(name)
-                        collect(answers, budget, what)
+                        collect(answers, budget, what, args.shapiq18_python)
                         asked = sum(a.asked for a in prompts.values())
                         log.info("%s budget %d %s collected (asked %d so far, %.0fs, %.2f queries/s)", name,
                                  budget, what, asked, time.time() - t0, asked / max(time.time() - t0, 1e-9))
