@@ -85,8 +85,9 @@ def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, hol
             "version": getattr(shapiq, "__version__", "?")}
 
 
-class _Answers:
-    """Stands in for shapiq's coalition sampler: hands its ProxySPEX the masks that were already answered."""
+class PoolSampler:
+    """Stands in for shapiq's coalition sampler: hands its ProxySPEX the masks that were already answered (also
+    used by benchmarks/faithfulness.py for shapiq 1.4 in its own process)."""
 
     def __init__(self, masks: np.ndarray) -> None:
         self.masks = masks
@@ -121,7 +122,7 @@ def run_answers(kind: str, n: int, budget: int, answers: str, max_order: int, se
 
     if kind == "proxyspex":
         approx = shapiq.ProxySPEX(n=n, index="FBII", max_order=max_order, random_state=seed)
-        approx._sampler = _Answers(masks)
+        approx._sampler = PoolSampler(masks)
         method = approx.fourier_to_moebius
 
         def capture(transform: dict) -> dict:

@@ -290,17 +290,6 @@ def spex_b(n: int, budget: int) -> int | None:
     return b if b is not None and b >= 2 else None
 
 
-class _PoolSampler:
-    """Stands in for shapiq's CoalitionSampler: hands shapiq's ProxySPEX our training masks."""
-
-    def __init__(self, masks: np.ndarray) -> None:
-        self.masks = masks
-        self.coalitions_matrix: np.ndarray | None = None
-
-    def sample(self, budget: int) -> None:
-        self.coalitions_matrix = self.masks[:budget].copy()
-
-
 class _Collected(Exception):
     """Raised after shapiq's SPEX asked its design, to skip its decoding in --collect mode."""
 
@@ -313,7 +302,7 @@ def shapiq_fourier(cls_name: str, n: int, budget: int, game: Callable[[np.ndarra
 
     approx = getattr(shapiq, cls_name)(n=n, index="FBII", max_order=2, random_state=SEED)
     if pool is not None:
-        approx._uniform_sampler = _PoolSampler(pool)
+        approx._uniform_sampler = shapiq_child.PoolSampler(pool)
     captured: dict[tuple, float] = {}
     original = approx._process_moebius
 
