@@ -31,6 +31,8 @@ from benchmarks._planted import planted_hierarchical, random_masks  # noqa: E402
 from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
 
 
+# The venv with shapiq 1.8 that benchmarks/engine.py's docstring builds (SHAPIQ18_PYTHON names another).
+DEFAULT_PYTHON = os.environ.get("SHAPIQ18_PYTHON", os.path.expanduser("~/.cache/spex-api/shapiq-1.8/bin/python"))
 # Prefix of the one result line: shapiq's proxy models may print to stdout too (LightGBM's C++ logger).
 RESULT_TAG = "shapiq-child-result: "
 

@@ -52,8 +52,6 @@ from spex_api.engine.fourier import SparseFourier, r2_score  # noqa: E402
 
 HOLDOUT_SEED = 987_654
 DUMP_DIR: str | None = None  # set by --dump; forked children inherit it
-SHAPIQ18_DEFAULT = os.path.expanduser("~/.cache/spex-api/shapiq-1.8/bin/python")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass(frozen=True)
@@ -185,7 +183,6 @@ def _child(conn, method: str, case: Case, cpu_limit: float) -> None:
 
 def _dump(case: Case, method: str, fourier: SparseFourier, queries: int) -> None:
     """One explanation as canonical JSON (repr-exact floats, sorted keys) in DUMP_DIR."""
-
     name = f"{case.label} {method}".replace(" ", "_").replace("=", "") + ".json"
     data = {"case": case.label, "method": method, "queries": int(queries),
             "keys": [list(map(int, k)) for k in fourier.keys], "values": [float(v) for v in fourier.values]}
@@ -412,7 +409,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller table (< 3 min)")
     parser.add_argument("--crossover", action="store_true", help="SPEX vs ProxySPEX sweep over b")
     parser.add_argument("--target", action="store_true", help="only the issue #10 target cases (n=256, B=1000)")
-    parser.add_argument("--shapiq18-python", default=os.environ.get("SHAPIQ18_PYTHON", SHAPIQ18_DEFAULT),
+    parser.add_argument("--shapiq18-python", default=shapiq_child.DEFAULT_PYTHON,
                         help="Python of a venv with shapiq 1.8 (default $SHAPIQ18_PYTHON or %(default)s)")
     parser.add_argument("--peer-timeout", type=float, default=None, help="CPU seconds allowed per shapiq run")
     parser.add_argument("--dump", metavar="DIR", default=None,

@@ -12,8 +12,9 @@ n >= 200 words); the score is the label margin logprob(True) − logprob(False).
   budget 500 are the first 500 of budget 1,500; linear LassoCV and shapiq's ProxySPEX are fitted on exactly those
   masks (shapiq's sampler is handed them), so the three see identical answers. SPEX designs are nested in b.
   auto asks what its plan asks (the same stream, plus its own held-out slice at larger budgets); shapiq's SPEX
-  asks its own design. shapiq 1.8's ProxySPEX (Python >= 3.12: run in that venv's interpreter, see
-  benchmarks/engine.py; `--shapiq18-python`) is fitted on the same training answers, handed over in a file.
+  asks its own design (numpy's global RNG seeded, so a collected design is asked again). shapiq 1.8 (Python >= 3.12:
+  run in that venv's interpreter, see benchmarks/engine.py; `--shapiq18-python`) fits its ProxySPEX on the same
+  training answers, handed over in a file, and its SPEX on its own design's answers, asked through the store.
 
 Every answer goes through the runner's disk cache and a score store under `--cache` (default
 /work/notes/faith-cache, outside the repository), so a rerun with a changed engine asks nothing the cache
@@ -139,8 +140,7 @@ PROMPTS: list[Spec] = [
 ]
 METHODS = ["linear", "auto", "spex", "proxyspex", "shapiq-SPEX", "shapiq-ProxySPEX", "shapiq1.8-SPEX",
            "shapiq1.8-ProxySPEX"]
-# shapiq >= 1.5 needs Python >= 3.12: its ProxySPEX runs in that venv's interpreter (see benchmarks/engine.py)
-SHAPIQ18_DEFAULT = os.path.expanduser("~/.cache/spex-api/shapiq-1.8/bin/python")
+# shapiq >= 1.5 needs Python >= 3.12: its SPEX and ProxySPEX run in that venv's interpreter (_shapiq_child)
 SHAPIQ18_CPU_LIMIT = 600.0
 
 
@@ -527,7 +527,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="llama-server threads (default: half the cores)")
     ap.add_argument("--parallel", type=int, default=4, help="llama-server slots")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
-    ap.add_argument("--shapiq18-python", default=os.environ.get("SHAPIQ18_PYTHON", SHAPIQ18_DEFAULT),
+    ap.add_argument("--shapiq18-python", default=shapiq_child.DEFAULT_PYTHON,
                     help="Python of a venv with shapiq 1.8 (default $SHAPIQ18_PYTHON or %(default)s)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
