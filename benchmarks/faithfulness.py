@@ -15,12 +15,15 @@ n >= 200 words); the score is the label margin logprob(True) − logprob(False).
   asks its own design (numpy's global RNG seeded, so a collected design is asked again). shapiq 1.8 (Python >= 3.12:
   run in that venv's interpreter, see benchmarks/engine.py; `--shapiq18-python`) fits its ProxySPEX on the same
   training answers, handed over in a file, and its SPEX on its own design's answers, asked through the store.
+  Adaptive ProxySPEX (two rounds, method="adaptive") asks round 1 from the same stream (the pool's first half,
+  already paid for) and round 2 from round 1's fit, so its row shows what the adaptive design adds over uniform
+  ProxySPEX at the same budget on these prompts.
 
 Every answer goes through the runner's disk cache and a score store under `--cache` (default
 /work/notes/faith-cache, outside the repository), so a rerun with a changed engine asks nothing the cache
 holds; missing answers are asked from a local server started on demand.
 
-    python benchmarks/faithfulness.py --collect        # ask every answer the table needs, fit nothing
+    python benchmarks/faithfulness.py --collect        # ask every answer the table needs (no table)
     python benchmarks/faithfulness.py                  # the table (from the cache; asks only what is missing)
     python benchmarks/faithfulness.py --offline --budgets 500 --prompts review-but not-bad
 
@@ -54,6 +57,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from benchmarks import _shapiq_child as shapiq_child  # noqa: E402
+from spex_api.engine.adaptive import AdaptiveProxySPEX  # noqa: E402
 from spex_api.engine.baseline import LinearBaseline  # noqa: E402
 from spex_api.engine.explainer import Explainer  # noqa: E402
 from spex_api.engine.explanation import NoiseEstimate  # noqa: E402
@@ -138,7 +142,7 @@ PROMPTS: list[Spec] = [
          "farmer and all three at once. Left alone, the wolf eats the goat and the goat eats the cabbage."),
     Spec("lake-house-long", "long prompt (n >= 200 words)", "Is the review positive?", LONG_REVIEW),
 ]
-METHODS = ["linear", "auto", "spex", "proxyspex", "shapiq-SPEX", "shapiq-ProxySPEX", "shapiq1.8-SPEX",
+METHODS = ["linear", "auto", "spex", "proxyspex", "adaptive", "shapiq-SPEX", "shapiq-ProxySPEX", "shapiq1.8-SPEX",
            "shapiq1.8-ProxySPEX"]
 # shapiq >= 1.5 needs Python >= 3.12: its SPEX and ProxySPEX run in that venv's interpreter (_shapiq_child)
 SHAPIQ18_CPU_LIMIT = 600.0
@@ -395,11 +399,17 @@ def run_methods(answers: Answers, budget: int, test: np.ndarray, y_test: np.ndar
     b = spex_b(n, budget)
     record("spex", lambda g: SPEX(n, b=b, random_state=SEED).fit(Oracle(g, n, budget)) if b else _refuse(n, budget))
     record("proxyspex", lambda g: ProxySPEX(n, n_samples=budget, random_state=SEED).fit(Oracle(g, n, budget)))
+    record("adaptive", lambda g: adaptive(n, budget).fit(Oracle(g, n, budget)))
     record("shapiq-SPEX", lambda g: shapiq_fourier("SPEX", n, budget, g))
     record("shapiq-ProxySPEX", lambda g: shapiq_fourier("ProxySPEX", n, budget, g, pool=pool))
     record("shapiq1.8-SPEX", lambda g: shapiq18("spex", n, budget, g, shapiq18_python))
     record("shapiq1.8-ProxySPEX", lambda g: shapiq18("proxyspex", n, budget, g, shapiq18_python, pool=pool))
     return rows
+
+
+def adaptive(n: int, budget: int) -> AdaptiveProxySPEX:
+    """Two-round ProxySPEX on the whole budget, as the "proxyspex" row spends it: round 1 is the pool's head."""
+    return AdaptiveProxySPEX(n, n_samples=budget, random_state=SEED)
 
 
 def _refuse(n: int, budget: int) -> Any:
@@ -415,9 +425,9 @@ def measure_noise(answers: Answers, test: np.ndarray, y_test: np.ndarray, repeat
 
 
 def collect(answers: Answers, budget: int, what: str, shapiq18_python: str | None = None) -> None:
-    """Ask the answers one part of the table needs at this budget without fitting anything (CPU stays with
-    the server): "pool" (linear, ProxySPEX, auto's training, shapiq's ProxySPEX), "spex", "shapiq-spex" (1.4's
-    design), "shapiq18-spex" (1.8's)."""
+    """Ask the answers one part of the table needs at this budget, fitting only where a design depends on
+    earlier answers (CPU stays with the server): "pool" (linear, ProxySPEX, auto's training, shapiq's ProxySPEX), "spex", "adaptive" (its second
+    round depends on the first round's fit, so that fit runs), "shapiq-spex" (1.4's design), "shapiq18-spex" (1.8's)."""
     n = answers.n
     if what == "pool":
         answers(pool_masks(n, budget))
@@ -428,6 +438,8 @@ def collect(answers: Answers, budget: int, what: str, shapiq18_python: str | Non
         b = spex_b(n, budget)
         if b:
             answers(SPEX(n, b=b, random_state=SEED).design())
+    elif what == "adaptive":
+        adaptive(n, budget).fit(Oracle(answers, n, budget))
     else:
         try:
             if what == "shapiq18-spex":
@@ -517,9 +529,9 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="*", default=None, help="prompt names, asked in this order (default: all ten)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="score store and runner cache")
     ap.add_argument("--base-url", default=None, help="reuse a running server (else one starts if needed)")
-    ap.add_argument("--collect", action="store_true", help="only ask the answers (budget by budget), fit nothing")
-    ap.add_argument("--parts", nargs="+", choices=["pool", "spex", "shapiq-spex", "shapiq18-spex"],
-                    default=["pool", "spex", "shapiq-spex", "shapiq18-spex"],
+    ap.add_argument("--collect", action="store_true", help="only ask the answers (budget by budget); fit only what a design depends on (adaptive)")
+    ap.add_argument("--parts", nargs="+", choices=["pool", "spex", "adaptive", "shapiq-spex", "shapiq18-spex"],
+                    default=["pool", "spex", "adaptive", "shapiq-spex", "shapiq18-spex"],
                     help="collect: which designs to ask, in this order per budget")
     ap.add_argument("--no-shapiq-spex", action="store_true", help="collect: skip shapiq SPEX's own designs")
     ap.add_argument("--offline", action="store_true",

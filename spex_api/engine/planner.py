@@ -48,6 +48,9 @@ SPEX_MAX_NOISE = 0.3
 # over seeds, load ~10 on 2 cores) measured a gain only on small noisy functions, and none to a loss elsewhere:
 # n=32 B=300 noise 0.3 +0.028 ± 0.010 (5/5 seeds), clean -0.003 ± 0.001; n=64 B=500 noise 0.3 -0.017 ± 0.020,
 # clean +0.008 ± 0.006; n=128 B=800 noise 0.3 +0.002 ± 0.012; n=256 B=1000 noise 0.3 -0.006 ± 0.015.
+# On 10 real Gemma-3-270M prompts (benchmarks/faithfulness.py, same budget, R² on 200 fresh uniform masks) two
+# rounds were even at 500 queries (mean -0.003, -0.060 to +0.097) and behind at 1,500 (mean -0.040, 8 of 10
+# behind, -0.117 to +0.005): round 2 keeps active words more often, so the trees learn less of the uniform masks.
 ADAPTIVE_MIN_SAMPLES = 2 * PROXYSPEX_MIN_SAMPLES
 
 
@@ -218,5 +221,6 @@ def plan(
                    "uniform, round 2 keeping the features round 1 found active more often")
     elif method == "auto" and train >= ADAPTIVE_MIN_SAMPLES:
         reason += ("; one uniform round, not adaptive ones (method='adaptive'): benchmarks/adaptive.py measured "
-                   "two rounds ahead at equal budget only on small noisy functions, even or behind elsewhere")
+                   "two rounds ahead at equal budget only on small noisy functions, even or behind elsewhere, and "
+                   "benchmarks/faithfulness.py even (500 queries) or behind (1,500) on real prompts")
     return Plan("proxyspex", n, budget, max_order, train, n_holdout, budget, reason, method, rounds=rounds)
