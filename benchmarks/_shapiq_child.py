@@ -41,6 +41,29 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def capture_fourier(approx: Any, kind: str, captured: dict[str, Any]) -> None:
+    """Record shapiq's Fourier transform in captured["fourier"] where it is handed to the Möbius step: ProxySPEX's
+    method in shapiq >= 1.5, else the sparse base module's function (SPEX, and ProxySPEX in shapiq 1.4)."""
+    if kind == "proxyspex" and hasattr(approx, "fourier_to_moebius"):
+        method = approx.fourier_to_moebius
+
+        def capture_method(transform: dict) -> dict:
+            captured["fourier"] = dict(transform)
+            return method(transform)
+
+        approx.fourier_to_moebius = capture_method
+    else:
+        import shapiq.approximator.sparse.base as base
+
+        to_moebius = base.fourier_to_moebius
+
+        def capture(transform: dict) -> dict:
+            captured["fourier"] = dict(transform)
+            return to_moebius(transform)
+
+        base.fourier_to_moebius = capture
+
+
 def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, holdout_seed: int) -> dict[str, Any]:
     """shapiq's SPEX or ProxySPEX; its Fourier transform is captured where it is handed to the Möbius step."""
     warnings.filterwarnings("ignore")
@@ -57,24 +80,7 @@ def run(kind: str, n: int, budget: int, noise: float, n_top: int, seed: int, hol
 
     captured: dict[str, Any] = {}
     approx = (shapiq.SPEX if kind == "spex" else shapiq.ProxySPEX)(n=n, index="FBII", max_order=5, random_state=0)
-    if kind == "proxyspex" and hasattr(approx, "fourier_to_moebius"):  # shapiq >= 1.5: a method
-        method = approx.fourier_to_moebius
-
-        def capture_method(transform: dict) -> dict:
-            captured["fourier"] = dict(transform)
-            return method(transform)
-
-        approx.fourier_to_moebius = capture_method
-    else:  # the sparse base module's function (SPEX, and ProxySPEX in shapiq 1.4)
-        import shapiq.approximator.sparse.base as base
-
-        to_moebius = base.fourier_to_moebius
-
-        def capture(transform: dict) -> dict:
-            captured["fourier"] = dict(transform)
-            return to_moebius(transform)
-
-        base.fourier_to_moebius = capture
+    capture_fourier(approx, kind, captured)
     np.random.seed(0)  # SPEX's design comes from numpy's global RNG (random_state does not reach it)
     cpu = time.process_time()
     approx.approximate(budget, game)
@@ -125,29 +131,19 @@ def run_answers(kind: str, n: int, budget: int, answers: str, max_order: int, se
     if kind == "proxyspex":
         approx = shapiq.ProxySPEX(n=n, index="FBII", max_order=max_order, random_state=seed)
         approx._sampler = PoolSampler(masks)
-        method = approx.fourier_to_moebius
-
-        def capture(transform: dict) -> dict:
-            captured["fourier"] = dict(transform)
-            return method(transform)
-
-        approx.fourier_to_moebius = capture
     else:
         import shapiq.approximator.sparse.base as base
 
         approx = shapiq.SPEX(n=n, index="FBII", max_order=max_order, random_state=seed)
-        transform, to_moebius = base.sparse_fourier_transform, base.fourier_to_moebius
+        transform = base.sparse_fourier_transform
 
         def decode(signal: Any, **kwargs: Any) -> Any:
             if missing:
                 raise _Design
             return transform(signal, **kwargs)
 
-        def capture_spex(fourier: dict) -> dict:
-            captured["fourier"] = dict(fourier)
-            return to_moebius(fourier)
-
-        base.sparse_fourier_transform, base.fourier_to_moebius = decode, capture_spex
+        base.sparse_fourier_transform = decode
+    capture_fourier(approx, kind, captured)
     np.random.seed(seed)  # SPEX's design comes from numpy's global RNG (random_state does not reach it)
     cpu = time.process_time()
     try:

@@ -114,20 +114,14 @@ def _shapiq(kind: str, f: PlantedFunction, budget: int) -> tuple[SparseFourier, 
     """shapiq's estimator; its Fourier transform is captured where it hands it to the Möbius step."""
     warnings.filterwarnings("ignore")
     import shapiq
-    import shapiq.approximator.sparse.base as base
 
     captured: dict[str, Any] = {}
-    to_moebius = base.fourier_to_moebius
-
-    def capture(transform):
-        captured["fourier"] = dict(transform)
-        return to_moebius(transform)
-
-    base.fourier_to_moebius = capture
     game = Counting(f)
     cls = shapiq.SPEX if kind == "spex" else shapiq.ProxySPEX
+    approx = cls(n=f.n, index="FBII", max_order=5, random_state=0)
+    shapiq_child.capture_fourier(approx, kind, captured)
     np.random.seed(0)  # shapiq SPEX's design comes from numpy's global RNG (random_state does not reach it)
-    cls(n=f.n, index="FBII", max_order=5, random_state=0).approximate(budget, game)
+    approx.approximate(budget, game)
     return SparseFourier.from_dict(f.n, captured["fourier"]), game.distinct
 
 
