@@ -424,10 +424,14 @@ def measure_noise(answers: Answers, test: np.ndarray, y_test: np.ndarray, repeat
     return NoiseEstimate.from_pairs(y_test[:repeats], again, y_test)
 
 
+PARTS = ("pool", "spex", "adaptive", "shapiq-spex", "shapiq18-spex")  # what --collect asks, in this order
+
+
 def collect(answers: Answers, budget: int, what: str, shapiq18_python: str | None = None) -> None:
     """Ask the answers one part of the table needs at this budget, fitting only where a design depends on
-    earlier answers (CPU stays with the server): "pool" (linear, ProxySPEX, auto's training, shapiq's ProxySPEX), "spex", "adaptive" (its second
-    round depends on the first round's fit, so that fit runs), "shapiq-spex" (1.4's design), "shapiq18-spex" (1.8's)."""
+    earlier answers (CPU stays with the server): "pool" (linear, ProxySPEX, auto's training, shapiq's
+    ProxySPEX), "spex", "adaptive" (its second round comes from its first round's fit, so that fit runs),
+    "shapiq-spex" (1.4's design), "shapiq18-spex" (1.8's)."""
     n = answers.n
     if what == "pool":
         answers(pool_masks(n, budget))
@@ -529,9 +533,9 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="*", default=None, help="prompt names, asked in this order (default: all ten)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="score store and runner cache")
     ap.add_argument("--base-url", default=None, help="reuse a running server (else one starts if needed)")
-    ap.add_argument("--collect", action="store_true", help="only ask the answers (budget by budget); fit only what a design depends on (adaptive)")
-    ap.add_argument("--parts", nargs="+", choices=["pool", "spex", "adaptive", "shapiq-spex", "shapiq18-spex"],
-                    default=["pool", "spex", "adaptive", "shapiq-spex", "shapiq18-spex"],
+    ap.add_argument("--collect", action="store_true",
+                    help="only ask the answers (budget by budget); fit only what a design depends on (adaptive)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                     help="collect: which designs to ask, in this order per budget")
     ap.add_argument("--no-shapiq-spex", action="store_true", help="collect: skip shapiq SPEX's own designs")
     ap.add_argument("--offline", action="store_true",

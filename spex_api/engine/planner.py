@@ -50,7 +50,8 @@ SPEX_MAX_NOISE = 0.3
 # clean +0.008 ± 0.006; n=128 B=800 noise 0.3 +0.002 ± 0.012; n=256 B=1000 noise 0.3 -0.006 ± 0.015.
 # On 10 real Gemma-3-270M prompts (benchmarks/faithfulness.py, same budget, R² on 200 fresh uniform masks) two
 # rounds were even at 500 queries (mean -0.003, -0.060 to +0.097) and behind at 1,500 (mean -0.040, 8 of 10
-# behind, -0.117 to +0.005): round 2 keeps active words more often, so the trees learn less of the uniform masks.
+# behind, -0.117 to +0.005); round 2 keeps active words with probability 0.7, away from the uniform masks the
+# fit is judged on (a likely cause, not measured).
 ADAPTIVE_MIN_SAMPLES = 2 * PROXYSPEX_MIN_SAMPLES
 
 
